@@ -1,0 +1,1 @@
+"""Hydra configs of sam_train (packaged as sam_train.conf)."""

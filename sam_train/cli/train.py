@@ -1,0 +1,84 @@
+"""`sam-train`: compose the config, build data, model and trainer, fit, report where results are.
+
+Returns the optimised metric so Hydra sweepers (basic, Optuna) can use it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from sam_train.config_checks import check_config, resolve_ckpt_path
+
+log = logging.getLogger("sam_train")
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+
+def train(cfg: DictConfig) -> float | None:
+    check_config(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    print(f"[sam-train] stage {cfg.stage.name} | run folder: {run_dir.resolve()}", flush=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    optim = instantiate(cfg.optim)
+    # a partial, so the run config (full of _target_ keys) is passed as plain data
+    make_module = instantiate(cfg.stage.module, _partial_=True)
+    module = make_module(
+        model=model, optim=optim, run_config=OmegaConf.to_container(cfg, resolve=True)
+    )
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False
+    )
+    if trainer.accelerator is not None and torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    if module.derived is not None:
+        print(f"[sam-train] {module.derived.describe()}", flush=True)
+    metric = trainer.callback_metrics.get(cfg.get("optimized_metric"))
+    if trainer.is_global_zero:
+        report_results(run_dir, cfg.get("optimized_metric"), metric)
+    return float(metric) if metric is not None else None
+
+
+def report_results(run_dir: Path, metric_name: str | None, metric) -> None:
+    """Print where the run left its files."""
+    lines = [f"[sam-train] done. Results in {run_dir.resolve()}:"]
+    for rel, what in [
+        ("checkpoints", "Lightning checkpoints (last.ckpt + best)"),
+        ("export", "exported weights (safetensors + metadata)"),
+        ("csv/metrics.csv", "metrics"),
+        ("reconstructions/final.png", "original | masked | reconstruction | pasted"),
+        ("masks", "predicted masks"),
+        (".hydra/config.yaml", "the composed config"),
+    ]:
+        if (run_dir / rel).exists():
+            lines.append(f"  {rel:<28} {what}")
+    if metric is not None:
+        lines.append(f"  {metric_name} = {float(metric):.4f}")
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Stage 1: the LightningModule that pretrains a `MaskedAutoencoder`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+
+from sam_train.lit.optim import (
+    DerivedSchedule,
+    OptimConfig,
+    build_optimizer,
+    derive_schedule,
+    encoder_layer_id,
+    param_groups,
+)
+from sam_train.models.mae import MaskedAutoencoder
+
+log = logging.getLogger(__name__)
+
+
+def effective_batch_size(trainer: L.Trainer, batch_size: int) -> int:
+    """Images per optimiser step over every device and accumulation step."""
+    return batch_size * trainer.accumulate_grad_batches * trainer.world_size
+
+
+class MaeModule(L.LightningModule):
+    """Trains a masked autoencoder.
+
+    Args:
+        model: the `MaskedAutoencoder` (a plain nn.Module).
+        optim: optimiser and schedule settings.
+        run_config: the composed run config, stored in every checkpoint so a checkpoint alone
+            says which architecture it holds (export and init read it).
+        val_seed: seeds the masks of validation batches so the validation loss is comparable
+            between epochs and runs.
+    """
+
+    def __init__(
+        self,
+        model: MaskedAutoencoder,
+        optim: OptimConfig,
+        run_config: dict | None = None,
+        val_seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.run_config = run_config
+        self.val_seed = val_seed
+        self.derived: DerivedSchedule | None = None
+        # read by Lightning's ThroughputMonitor; unknown here (benchmarks/ count FLOPs)
+        self.flops_per_batch: int | None = None
+
+    # ------------------------------------------------------------------------- steps
+    def training_step(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss, _, _ = self.model(images)
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def validation_step(self, images: torch.Tensor, batch_idx: int) -> None:
+        loss, _, _ = self.model(images, noise=self.validation_noise(images, batch_idx))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
+
+    def validation_noise(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Masking noise that depends only on `val_seed` and the batch index: [B, L]."""
+        n_patches = (images.shape[-2] // self.model.patch_size) * (
+            images.shape[-1] // self.model.patch_size
+        )
+        gen = torch.Generator().manual_seed(self.val_seed + batch_idx)
+        return torch.rand(images.shape[0], n_patches, generator=gen).to(images.device)
+
+    # ------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        trainer = self.trainer
+        batch_size = trainer.datamodule.batch_size
+        total = max(int(trainer.estimated_stepping_batches), 1)
+        steps_per_epoch = total / max(trainer.max_epochs or 1, 1)
+        self.derived = derive_schedule(
+            self.optim, effective_batch_size(trainer, batch_size), total, steps_per_epoch
+        )
+        log.info("stage-1 optimiser: %s", self.derived.describe())
+        encoder = self.model.encoder
+        groups = param_groups(
+            self.model,
+            self.optim.weight_decay,
+            no_decay_names=self.model.no_weight_decay(),
+            layer_decay=self.optim.layer_decay,
+            layer_of=lambda name: encoder_layer_id(name, encoder.depth),
+            num_layers=encoder.depth,
+        )
+        optimizer, scheduler = build_optimizer(groups, self.optim, self.derived)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def on_fit_start(self) -> None:
+        if self.derived is not None and self.logger is not None:
+            self.logger.log_hyperparams({f"derived/{k}": v for k, v in self.derived.as_dict().items()})
+
+    # ------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sam_train"] = {"stage": "mae", "config": self.run_config}
+
+    # ------------------------------------------------------------------------- export
+    def exports(self) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
+        """Weights written at the end of training: the encoder in our ViT layout."""
+        encoder = self.model.encoder
+        meta = {
+            "format": "sam_train.vit",
+            "stage": "mae",
+            "architecture": encoder.architecture,
+            "config": self.run_config,
+        }
+        return {"encoder": (encoder.state_dict(), meta)}

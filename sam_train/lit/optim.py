@@ -1,0 +1,163 @@
+"""Optimiser settings, parameter groups by rule, and learning-rate schedules.
+
+Everything derived (effective batch, learning rate, warm-up steps) is computed once in
+`derive_schedule` so it can be printed at start-up and stored with the run.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its schedule.
+
+    Args:
+        base_lr: learning rate per 256 images; the run uses `base_lr * effective_batch / 256`.
+        lr: absolute learning rate; when set it is used as is and `base_lr` is ignored.
+        weight_decay: decoupled weight decay; norms, biases, positional embeddings and tokens get none.
+        betas: AdamW betas.
+        schedule: "cosine" (to `min_lr`) or "step" (multiply by `gamma` at each of `milestones`).
+        warmup_epochs / warmup_steps: linear warm-up length (steps win when both are set).
+        min_lr: floor of the cosine decay.
+        milestones: optimiser steps of the step decays, or fractions of the run when all < 1.
+        gamma: factor of each step decay.
+        layer_decay: layer-wise lr decay for the encoder (1.0 = off): block i of d gets
+            `layer_decay ** (d - i)`, the patch embedding `layer_decay ** (d + 1)`.
+    """
+
+    base_lr: float = 1.5e-4
+    lr: float | None = None
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    warmup_steps: int | None = None
+    min_lr: float = 0.0
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    layer_decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        self.milestones = list(self.milestones)
+        problems = []
+        if self.schedule not in ("cosine", "step"):
+            problems.append(f"optim.schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        if self.base_lr <= 0 or (self.lr is not None and self.lr <= 0):
+            problems.append("optim.base_lr and optim.lr must be positive")
+        if self.weight_decay < 0:
+            problems.append(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.layer_decay <= 1:
+            problems.append(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class DerivedSchedule:
+    """Numbers derived from the config and the trainer, printed at start-up."""
+
+    effective_batch: int
+    lr: float
+    total_steps: int
+    warmup_steps: int
+    milestones: list[int]
+
+    def describe(self) -> str:
+        return (
+            f"effective batch {self.effective_batch} | lr {self.lr:.3g} | "
+            f"{self.total_steps} optimiser steps, {self.warmup_steps} warm-up"
+            + (f" | decays at {self.milestones}" if self.milestones else "")
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def derive_schedule(
+    cfg: OptimConfig, effective_batch: int, total_steps: int, steps_per_epoch: float
+) -> DerivedSchedule:
+    lr = cfg.lr if cfg.lr is not None else cfg.base_lr * effective_batch / 256
+    if cfg.warmup_steps is not None:
+        warmup = cfg.warmup_steps
+    else:
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    warmup = min(warmup, max(total_steps - 1, 0))
+    milestones = cfg.milestones
+    if milestones and all(m < 1 for m in milestones):
+        milestones = [m * total_steps for m in milestones]
+    return DerivedSchedule(effective_batch, lr, total_steps, warmup, [int(m) for m in milestones])
+
+
+def lr_factor(step: int, derived: DerivedSchedule, cfg: OptimConfig) -> float:
+    """Multiplier of the peak lr at optimiser step `step` (linear warm-up, then decay)."""
+    if step < derived.warmup_steps:
+        return (step + 1) / derived.warmup_steps
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(step >= m for m in derived.milestones)
+    span = max(derived.total_steps - derived.warmup_steps, 1)
+    progress = min((step - derived.warmup_steps) / span, 1.0)
+    floor = cfg.min_lr / derived.lr
+    return floor + (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def encoder_layer_id(name: str, depth: int) -> int:
+    """Layer index for layer-wise lr decay: embeddings 0, block i -> i + 1, the rest depth + 1."""
+    if re.search(r"(^|\.)(patch_embed|pos_embed|cls_token)", name):
+        return 0
+    m = re.search(r"(^|\.)blocks\.(\d+)\.", name)
+    if m:
+        return int(m.group(2)) + 1
+    return depth + 1
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    no_decay_names: set[str] = frozenset(),
+    layer_decay: float = 1.0,
+    layer_of: Callable[[str], int] | None = None,
+    num_layers: int = 0,
+) -> list[dict]:
+    """AdamW parameter groups by rule: 1-D parameters (norms, biases) and `no_decay_names`
+    get no weight decay; with `layer_decay` < 1, `layer_of(name)` (0..num_layers + 1) scales
+    each group's lr by `layer_decay ** (num_layers + 1 - layer)`. Frozen parameters are left out.
+    Each group carries `lr_scale`, applied by the scheduler."""
+    groups: dict[tuple[bool, int], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim > 1 and name not in no_decay_names
+        layer = layer_of(name) if (layer_decay < 1.0 and layer_of is not None) else num_layers + 1
+        key = (decay, layer)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": layer_decay ** (num_layers + 1 - layer),
+                "name": ("decay" if decay else "no_decay")
+                + (f"_layer{layer}" if layer_decay < 1.0 else ""),
+            }
+        groups[key]["params"].append(p)
+    return list(groups.values())
+
+
+def build_optimizer(
+    groups: list[dict], cfg: OptimConfig, derived: DerivedSchedule
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `groups` and a per-step scheduler honouring each group's `lr_scale`."""
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    opt = torch.optim.AdamW(groups, lr=derived.lr, betas=cfg.betas, fused=fused or None)
+    scales = [g.get("lr_scale", 1.0) for g in opt.param_groups]
+    lambdas = [
+        (lambda step, s=s: s * lr_factor(step, derived, cfg)) for s in scales  # noqa: B023
+    ]
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)

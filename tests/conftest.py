@@ -1,0 +1,48 @@
+"""Shared test set-up: offline hubs, few threads, tiny models."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from sam_train.models.mae import MaskedAutoencoder  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def console_script(name: str) -> str:
+    """Path of an installed console script of this environment."""
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"console script {name} is not installed in {BIN}; run `make install`")
+    return str(path)
+
+
+def tiny_mae(**overrides) -> MaskedAutoencoder:
+    kwargs = dict(
+        img_size=32,
+        patch_size=8,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=4,
+    )
+    kwargs.update(overrides)
+    return MaskedAutoencoder(**kwargs)
+
+
+@pytest.fixture
+def mae() -> MaskedAutoencoder:
+    torch.manual_seed(0)
+    return tiny_mae()

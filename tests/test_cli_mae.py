@@ -1,0 +1,96 @@
+"""`sam-train stage=mae` from the installed console script, resume, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import console_script
+from hydra import compose, initialize_config_module
+
+from sam_train.cli.train import train
+from sam_train.weights.safetensors_io import load_weights
+
+TINY = [
+    "model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
+    "model.num_heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
+    "model.decoder_num_heads=2", "data.batch_size=4",
+    "trainer.log_every_n_steps=1", "callbacks.progress_bar.refresh_rate=0",
+]
+SAMPLE = ["data.samples_per_epoch=8"]
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [console_script("sam-train"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_console_script_trains_exports_and_resumes(tmp_path):
+    run1 = tmp_path / "run1"
+    res = run_cli(["stage=mae", *TINY, *SAMPLE, "trainer.max_epochs=1", f"hydra.run.dir={run1}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"run folder: {run1}" in res.stdout and "Results in" in res.stdout
+    last = run1 / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+    tensors, meta = load_weights(run1 / "export" / "encoder.safetensors")
+    assert "blocks.1.attn.qkv.weight" in tensors and meta["architecture"]["embed_dim"] == 32
+    assert meta["stage"] == "mae" and meta["config"]["model"]["depth"] == 2
+    assert (run1 / "reconstructions" / "final.png").stat().st_size > 0
+    assert (run1 / "csv" / "metrics.csv").read_text().startswith("epoch")
+    assert (run1 / ".hydra" / "config.yaml").is_file()
+
+    run2 = tmp_path / "run2"
+    res = run_cli(
+        ["stage=mae", *TINY, *SAMPLE, "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={run2}"],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = torch.load(run2 / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == 4 and resumed["epoch"] == 1
+    with open(run2 / "csv" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row["train/loss"]]
+    assert steps and min(steps) >= 2, "the resumed run started again from step 0"
+
+
+def test_wrong_key_and_unknown_model_are_reported_by_the_cli(tmp_path):
+    res = run_cli(["stage=mae", "model.mask_ration=0.5", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert res.returncode != 0 and "mask_ration" in res.stderr
+    res = run_cli(["stage=mae", "model=mae_vit_giant"], tmp_path)
+    assert res.returncode != 0
+    assert "mae_vit_giant" in res.stderr and "mae_vit_base" in res.stderr  # lists the options
+
+
+def compose_run(tmp_path: Path, overrides: list[str]):
+    with initialize_config_module("sam_train.conf", version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"paths.run_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.mask_ratio=1.5"], "mask_ratio must lie strictly between 0 and 1"),
+        (["data=images"], "needs data.root"),
+        (["data=images", "data.root=/no/such/folder"], "does not exist"),
+        (["trainer.precision=bf16-mixed"], "trainer.precision=bf16-mixed on a CPU"),
+        (["ckpt_path=/no/such.ckpt"], "does not exist"),
+        (["optim.schedule=linear"], "optim.schedule must be"),
+    ],
+)
+def test_bad_config_fails_before_training_with_a_clear_message(tmp_path, overrides, message):
+    cfg = compose_run(tmp_path, ["stage=mae", *TINY, *overrides])
+    with pytest.raises(Exception, match=message.replace(".", r"\.")):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_empty_image_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    cfg = compose_run(tmp_path, ["stage=mae", *TINY, "data=images", f"data.root={tmp_path / 'imgs'}"])
+    with pytest.raises(Exception, match="no images"):
+        train(cfg)
