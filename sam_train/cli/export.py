@@ -1,0 +1,32 @@
+"""`sam-export CKPT --format ...`: weights for other tools (see sam_train.weights.export)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sam_train.weights.checkpoints import WeightsError
+from sam_train.weights.export import DTYPES, EXPORTERS, export
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sam-export",
+        description="Export weights from a sam-train checkpoint (or an official MAE/SAM/timm file).",
+    )
+    parser.add_argument("checkpoint", help="Lightning .ckpt, exported .safetensors, or official .pth")
+    parser.add_argument("--format", required=True, choices=sorted(EXPORTERS))
+    parser.add_argument("--out", default=None, help="output file (default: next to the checkpoint)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    args = parser.parse_args(argv)
+    try:
+        path = export(args.checkpoint, args.format, args.out, args.dtype)
+    except (WeightsError, ValueError, FileNotFoundError) as err:
+        print(f"sam-export: error: {err}", file=sys.stderr)
+        return 2
+    print(f"sam-export: wrote {args.format} weights to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
