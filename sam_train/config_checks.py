@@ -39,11 +39,14 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
-def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """'last' means <run_dir>/checkpoints/last.ckpt, which must exist."""
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path, auto_resume: bool = False) -> str | None:
+    """'last' means <run_dir>/checkpoints/last.ckpt, which must exist; with `auto_resume` and
+    no path, that file is used when it exists."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path is None and auto_resume and last.is_file():
+        return str(last)
     if ckpt_path != "last":
         return ckpt_path
-    last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise ConfigError(
             f"ckpt_path=last but {last} does not exist; resume needs the same run folder "

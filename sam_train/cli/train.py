@@ -30,8 +30,10 @@ def build_loggers(cfg: DictConfig) -> list:
 def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     run_dir = Path(cfg.paths.run_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir, cfg.get("auto_resume", False))
     print(f"[sam-train] stage {cfg.stage.name} | run folder: {run_dir.resolve()}", flush=True)
+    if ckpt_path:
+        print(f"[sam-train] resuming from {ckpt_path}", flush=True)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)

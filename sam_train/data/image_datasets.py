@@ -10,6 +10,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from sam_train.data.resumable import seeded, split_key
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -33,7 +35,7 @@ def list_images(root: str | Path) -> list[Path]:
 
 
 class ImageFolderDataset(Dataset):
-    """Images from a list of files. An unreadable file is skipped with a warning and counted
+    """Images from a list of files; keys are indices or (index, augmentation seed). An unreadable file is skipped with a warning and counted
     (`num_skipped`), and the next file is returned in its place, so one bad image never stops
     a run."""
 
@@ -45,11 +47,12 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        index, seed = split_key(key)
         for offset in range(min(len(self.files), 100)):
             path = self.files[(index + offset) % len(self.files)]
             try:
-                with Image.open(path) as img:
+                with Image.open(path) as img, seeded(seed):
                     return self.transform(img.convert("RGB"))
             except (OSError, UnidentifiedImageError, ValueError) as err:
                 self.num_skipped += 1
@@ -75,5 +78,7 @@ class PhotoCropsDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(self.photos[index % len(self.photos)])
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        index, seed = split_key(key)
+        with seeded(seed):
+            return self.transform(self.photos[index % len(self.photos)])

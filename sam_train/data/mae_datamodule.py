@@ -8,13 +8,19 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from sam_train.data.resumable import ResumableDataLoader, ResumableSampler
 from sam_train.data.image_datasets import ImageFolderDataset, PhotoCropsDataset, list_images
 from sam_train.data.sample_images import DEFAULT_VAL_PHOTOS, load_sample_photos
 from sam_train.data.transforms import MaeEvalTransform, MaeTrainTransform
 
 
 class MaeDataModule(L.LightningDataModule):
-    """Batches of normalised images [B, 3, S, S] from a train and a validation dataset."""
+    """Batches of normalised images [B, 3, S, S] from a train and a validation dataset.
+
+    Training order and augmentation follow (seed, epoch, position), and each rank reads its
+    own equal share, so runs are reproducible and resume exactly mid-epoch (see
+    `sam_train.data.resumable`); trainers run with `use_distributed_sampler=False`.
+    """
 
     def __init__(
         self,
@@ -23,6 +29,7 @@ class MaeDataModule(L.LightningDataModule):
         batch_size: int,
         num_workers: int = 0,
         pin_memory: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -31,12 +38,15 @@ class MaeDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.seed = seed
+        self._train_loader: ResumableDataLoader | None = None
+        self._pending_loader_state: dict | None = None
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=ResumableSampler(len(dataset), shuffle=shuffle, seed=self.seed),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             drop_last=shuffle and len(dataset) >= self.batch_size,
@@ -44,10 +54,27 @@ class MaeDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        self._train_loader = self._loader(self.train_set, shuffle=True)
+        if self._pending_loader_state is not None:
+            self._train_loader.load_state_dict(self._pending_loader_state)
+        return self._train_loader
+
+    # The loader position goes into checkpoints through the datamodule: Lightning restores
+    # loader states only when it builds the loader after the restore, and the optimiser set-up
+    # (estimated_stepping_batches) builds it before.
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending_loader_state = state.get("train_loader")
+        if self._train_loader is not None and self._pending_loader_state is not None:
+            self._train_loader.load_state_dict(self._pending_loader_state)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+        if self.val_set is None:
+            return []
+        # every rank sees the whole (small) validation set; metrics are synced anyway
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
 
 
 def sample_datamodule(
@@ -58,6 +85,7 @@ def sample_datamodule(
     crop_scale: tuple[float, float] = (0.2, 1.0),
     num_workers: int = 0,
     pin_memory: bool = False,
+    seed: int = 0,
 ) -> MaeDataModule:
     """The embedded sample photos: random crops of the training photos; the held-out photos,
     centre-cropped, for validation."""
@@ -73,6 +101,7 @@ def sample_datamodule(
         batch_size,
         num_workers,
         pin_memory,
+        seed,
     )
 
 
@@ -103,4 +132,5 @@ def image_folder_datamodule(
         batch_size,
         num_workers,
         pin_memory,
+        seed,
     )

@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from sam_train.data.resumable import sample_seed
+from sam_train.lit.guards import NonFiniteLossGuard
 from sam_train.lit.optim import (
     DerivedSchedule,
     OptimConfig,
@@ -36,6 +38,9 @@ class MaeModule(L.LightningModule):
             says which architecture it holds (export and init read it).
         val_seed: seeds the masks of validation batches so the validation loss is comparable
             between epochs and runs.
+        seed: training masks are drawn from (seed, batches so far, rank), not the global RNG,
+            so a resumed run draws the masks the interrupted one would have.
+        max_nonfinite: consecutive non-finite losses that stop the run (each one is skipped).
     """
 
     def __init__(
@@ -44,19 +49,28 @@ class MaeModule(L.LightningModule):
         optim: OptimConfig,
         run_config: dict | None = None,
         val_seed: int = 1234,
+        seed: int = 0,
+        max_nonfinite: int = 20,
     ) -> None:
         super().__init__()
         self.model = model
         self.optim = optim
         self.run_config = run_config
         self.val_seed = val_seed
+        self.seed = seed
+        self.guard = NonFiniteLossGuard(max_nonfinite)
         self.derived: DerivedSchedule | None = None
         # read by Lightning's ThroughputMonitor; unknown here (benchmarks/ count FLOPs)
         self.flops_per_batch: int | None = None
 
     # ------------------------------------------------------------------------- steps
-    def training_step(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss, _, _ = self.model(images)
+    def training_step(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        # batches started so far, restored from checkpoints (batch_idx restarts after a resume)
+        n_batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
+        key = sample_seed(self.seed, n_batches, self.global_rank)
+        loss, _, _ = self.model(images, noise=self.masking_noise(images, key))
+        if not self.guard.ok(loss, self):
+            return None  # Lightning skips backward and the optimiser step
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
 
@@ -64,13 +78,17 @@ class MaeModule(L.LightningModule):
         loss, _, _ = self.model(images, noise=self.validation_noise(images, batch_idx))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
 
-    def validation_noise(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        """Masking noise that depends only on `val_seed` and the batch index: [B, L]."""
+    def masking_noise(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """Noise that decides the masks, from a seeded generator: [B, L]."""
         n_patches = (images.shape[-2] // self.model.patch_size) * (
             images.shape[-1] // self.model.patch_size
         )
-        gen = torch.Generator().manual_seed(self.val_seed + batch_idx)
+        gen = torch.Generator().manual_seed(seed)
         return torch.rand(images.shape[0], n_patches, generator=gen).to(images.device)
+
+    def validation_noise(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Masking noise that depends only on `val_seed` and the batch index: [B, L]."""
+        return self.masking_noise(images, self.val_seed + batch_idx)
 
     # ------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:

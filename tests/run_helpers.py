@@ -1,0 +1,39 @@
+"""Callbacks that tests inject into `sam-train` subprocesses (PYTHONPATH=tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class SigkillAtStep(L.Callback):
+    """Kill the training process with SIGKILL, mid-epoch, once `step` optimiser steps are done."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DumpRankWeights(L.Callback):
+    """Each rank writes its final weights and the training batches it saw to `dirpath`."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+        self.batches: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append(batch.detach().cpu().clone())
+
+    def on_fit_end(self, trainer, pl_module):
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"state": pl_module.model.state_dict(), "batches": self.batches},
+            self.dirpath / f"rank{trainer.global_rank}.pt",
+        )

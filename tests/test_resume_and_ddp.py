@@ -1,0 +1,120 @@
+"""Exact resume after SIGKILL, two-process DDP on CPU, non-finite losses, samplers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, console_script
+from test_cli_mae import TINY
+
+from sam_train.data.resumable import ResumableSampler
+from sam_train.lit.guards import NonFiniteLossError, NonFiniteLossGuard
+
+EXACT = [*TINY, "data.samples_per_epoch=24", "trainer.max_epochs=2", "data.val_photos=[chelsea]",
+         "callbacks.last_checkpoint.every_n_train_steps=1", "trainer.deterministic=true"]
+
+
+def sam_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    return subprocess.run([console_script("sam-train"), "stage=mae", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    straight = tmp_path / "straight"
+    res = sam_train([*EXACT, f"hydra.run.dir={straight}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    res = sam_train([*EXACT, f"hydra.run.dir={killed}", "+callbacks.kill._target_=run_helpers.SigkillAtStep",
+                     "+callbacks.kill.step=9"], tmp_path)
+    assert res.returncode == -9, "the run was meant to die by SIGKILL"
+    step_at_kill = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 6 < step_at_kill < 12, step_at_kill  # mid second epoch (6 steps per epoch)
+
+    res = sam_train([*EXACT, f"hydra.run.dir={killed}"], tmp_path)  # same folder: auto resume
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming from" in res.stdout
+    a, b = final_weights(straight), final_weights(killed)
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_ends_with_identical_weights_on_disjoint_data(tmp_path):
+    dump = tmp_path / "dump"
+    res = sam_train([*TINY, "data.samples_per_epoch=16", "trainer.max_epochs=1", "trainer=ddp",
+                     "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+                     f"hydra.run.dir={tmp_path / 'run'}", "+callbacks.dump._target_=run_helpers.DumpRankWeights",
+                     f"+callbacks.dump.dirpath={dump}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-4000:]
+    r0, r1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+    assert len(r0["batches"]) == len(r1["batches"]) == 2  # 16 samples / 2 ranks / batch 4
+    seen0 = {tuple(x.flatten()[:16].tolist()) for b in r0["batches"] for x in b}
+    seen1 = {tuple(x.flatten()[:16].tolist()) for b in r1["batches"] for x in b}
+    assert len(seen0) == len(seen1) == 8 and not seen0 & seen1
+
+
+def rank_shares(monkeypatch, n: int, world: int) -> list[list[int]]:
+    shares = []
+    for rank in range(world):
+        monkeypatch.setattr("sam_train.data.resumable.dist_rank_world", lambda r=rank: (r, world))
+        s = ResumableSampler(n, seed=1)
+        s.set_epoch(2)
+        shares.append([i for i, _ in s])
+    return shares
+
+
+def test_sampler_splits_ranks_disjointly(monkeypatch):
+    shares = rank_shares(monkeypatch, 12, 3)
+    assert sorted(sum(shares, [])) == list(range(12))
+
+
+def test_uneven_split_pads_so_every_rank_gets_as_many_batches(monkeypatch):
+    shares = rank_shares(monkeypatch, 10, 3)
+    assert [len(x) for x in shares] == [4, 4, 4]  # no rank waits on another at the epoch end
+    assert set().union(*shares) == set(range(10))
+
+
+def test_sampler_skips_what_a_checkpoint_says_was_served():
+    s = ResumableSampler(12, seed=3)
+    full = list(s)
+    s.skip_next(5)
+    assert list(s) == full[5:]
+    assert list(s) == full  # one-shot skip
+
+
+class _FakeStrategy:
+    def reduce_boolean_decision(self, decision, all=True):
+        return decision
+
+
+class _FakeModule:
+    global_step = 7
+    trainer = type("T", (), {"strategy": _FakeStrategy()})()
+
+    def log(self, *args, **kwargs):
+        pass
+
+
+def test_nonfinite_losses_are_skipped_counted_and_stop_when_repeated():
+    guard = NonFiniteLossGuard(max_consecutive=3)
+    module = _FakeModule()
+    assert guard.ok(torch.tensor(1.0), module)
+    assert not guard.ok(torch.tensor(float("nan")), module)
+    assert not guard.ok(torch.tensor(float("inf")), module)
+    assert guard.ok(torch.tensor(0.5), module) and guard.skipped == 2
+    guard.ok(torch.tensor(float("nan")), module)
+    guard.ok(torch.tensor(float("nan")), module)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
+        guard.ok(torch.tensor(float("nan")), module)
