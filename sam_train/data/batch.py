@@ -48,6 +48,13 @@ class SamBatch:
             moved[f.name] = v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
         return SamBatch(**moved)
 
+    def pin_memory(self) -> SamBatch:
+        """Page-locked copies (DataLoader(pin_memory=True) calls this on custom batches)."""
+        return SamBatch(
+            **{f.name: (v.pin_memory() if torch.is_tensor(v) else v)
+               for f in fields(self) for v in [getattr(self, f.name)]}
+        )
+
     @property
     def batch_size(self) -> int:
         return self.images.shape[0]

@@ -1,0 +1,78 @@
+"""SA-1B layout (`sa_N.jpg` + `sa_N.json`, any folder depth) -> stage-2 shards.
+
+SA-1B's per-image json is already the stored layout (compressed RLE per mask); the converter
+checks each mask, renames `image_id` to `id`, adds `category: null` (SA-1B has no classes) and
+resizes with the image when asked.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from data_prep.annotations import build_record
+from data_prep.common import SkipSample, encode_image, list_files, unique_keys
+from data_prep.shard_writer import Item, ShardOptions, options_dict, write_shards
+
+
+def _natural(path: Path) -> tuple:
+    """sa_2 before sa_10."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path)))
+
+
+def encode_sa1b_sample(
+    paths: tuple[str, str], max_side: int | None, quality: int
+) -> tuple[dict[str, bytes], Counter]:
+    """(jpg, json) paths -> {"jpg": bytes, "json": bytes}."""
+    img_path, ann_path = Path(paths[0]), Path(paths[1])
+    try:
+        raw = json.loads(ann_path.read_text())
+        anns, meta = raw["annotations"], raw.get("image", {})
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SkipSample("annotation_unreadable", f"{ann_path}: {err}") from err
+    img = encode_image(img_path, max_side, quality)
+    (w0, h0), (w, h) = img.source_size, img.size
+    if (meta.get("width"), meta.get("height")) not in ((w0, h0), (None, None)):
+        raise SkipSample(
+            "image_size_mismatch", f"{img_path}: json says {meta.get('width')}x{meta.get('height')}"
+        )
+    image = {
+        "id": meta.get("image_id", meta.get("id", img_path.stem)),
+        "file_name": meta.get("file_name", img_path.name),
+    }
+    record, skipped = build_record(image, anns, (h0, w0), (h, w), categories={})
+    return {img.ext: img.data, "json": json.dumps(record).encode()}, skipped
+
+
+def convert_sa1b(
+    src: str | Path,
+    out: str | Path,
+    options: ShardOptions | None = None,
+    max_side: int | None = None,
+    quality: int = 95,
+) -> dict:
+    """Write the SA-1B images under `src` as shards in `out`; returns the manifest.
+
+    An image without its json is skipped and counted as `annotation_missing`.
+    """
+    options = options or ShardOptions()
+    src = Path(src).expanduser()
+    images = sorted(list_files(src, (".jpg", ".jpeg"), "SA-1B image"), key=_natural)
+    pre, pairs = Counter(), []
+    for img in images:
+        ann = img.with_suffix(".json")
+        if ann.is_file():
+            pairs.append((img, ann))
+        else:
+            pre["annotation_missing"] += 1
+    keys = unique_keys([str(p[0].relative_to(src)) for p in pairs])
+    items = [
+        Item(k, img.stat().st_size + ann.stat().st_size, (str(img), str(ann)))
+        for k, (img, ann) in zip(keys, pairs)
+    ]
+    encode = functools.partial(encode_sa1b_sample, max_side=max_side, quality=quality)
+    args = {"kind": "sa1b", "max_side": max_side, "quality": quality, **options_dict(options)}
+    return write_shards(items, encode, out, options, str(src.resolve()), args, pre_skipped=pre)

@@ -1,0 +1,281 @@
+"""Parallel, resumable writing of webdataset tar shards plus `manifest.json`.
+
+Why it is built this way:
+- Samples are assigned to shards by a plan made up front from the sorted inputs, so every run
+  (and every rerun after a kill) puts the same samples in the same shard.
+- A shard is written as `NAME.tmp-PID`, its stats go to `.parts/NAME.json`, then the tar is
+  `os.replace`d into place: a shard under its final name is always complete, and a rerun skips
+  shards whose stats carry the same plan digest.
+- Tar members carry fixed metadata (mtime 0, uid/gid 0, no owner names), so two runs write
+  byte-identical shards.
+- The manifest is written last, atomically; readers take the epoch length from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_prep.common import SkipSample
+
+MANIFEST = "manifest.json"
+FORMAT = "sam_train.shards/v1"
+PARTS = ".parts"
+
+# encode(payload) -> ({ext: bytes}, per-annotation skip counts); raises SkipSample
+Encoder = Callable[[Any], tuple[dict[str, bytes], Counter]]
+
+
+@dataclass
+class Item:
+    """One input sample: its key in the shards, an estimate of its bytes, what `encode` needs."""
+
+    key: str
+    size: int
+    payload: Any
+
+
+@dataclass
+class ShardOptions:
+    """How samples are grouped and written.
+
+    maxcount: samples per shard at most.
+    maxsize: bytes per shard at most (approximate: estimated from the input file sizes, so the
+        plan is known before any image is decoded; resized shards come out smaller).
+    workers: worker processes (one shard at a time each); 1 runs in this process.
+    prefix: shard file names are `{prefix}-{index:06d}.tar`.
+    progress: show a tqdm bar (images/s).
+    """
+
+    maxcount: int = 1000
+    maxsize: int | None = None
+    workers: int = 1
+    prefix: str = "shard"
+    progress: bool = True
+
+
+@dataclass
+class _Task:
+    name: str
+    digest: str
+    items: list[Item]
+    out: str
+    encode: Encoder = field(repr=False)
+
+
+def plan_groups(sizes: Sequence[int], maxcount: int, maxsize: int | None) -> list[range]:
+    """Consecutive index ranges: a new shard starts when either limit would be exceeded."""
+    if maxcount < 1:
+        raise ValueError(f"maxcount must be at least 1, got {maxcount}")
+    groups, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        full = i - start >= maxcount or (
+            maxsize is not None and i > start and total + size > maxsize
+        )
+        if full:
+            groups.append(range(start, i))
+            start, total = i, 0
+        total += size
+    if start < len(sizes):
+        groups.append(range(start, len(sizes)))
+    return groups
+
+
+def write_tar(path: Path, samples: Sequence[tuple[str, dict[str, bytes]]]) -> int:
+    """Write samples as a tar with fixed member metadata; returns its size in bytes."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for key, files in samples:
+            for ext in sorted(files):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(files[ext]), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(files[ext]))
+    return path.stat().st_size
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _write_shard(task: _Task) -> dict:
+    """Encode one shard's samples and publish the tar; returns the shard's stats."""
+    out = Path(task.out)
+    samples, skipped = [], Counter()
+    for item in task.items:
+        try:
+            files, ann_skips = task.encode(item.payload)
+        except SkipSample as skip:
+            skipped[skip.reason] += 1
+            skipped.update(skip.also)
+            continue
+        skipped.update(ann_skips)
+        samples.append((item.key, files))
+    stats = {
+        "name": task.name,
+        "digest": task.digest,
+        "count": len(samples),
+        "bytes": 0,
+        "inputs": len(task.items),
+        "skipped": dict(skipped),
+    }
+    tmp = out / f"{task.name}.tmp-{os.getpid()}"
+    if samples:
+        stats["bytes"] = write_tar(tmp, samples)
+    _atomic_write_json(out / PARTS / f"{task.name}.json", stats)
+    if samples:
+        os.replace(tmp, out / task.name)
+    return stats
+
+
+def _done_stats(out: Path, task: _Task) -> dict | None:
+    """Stats of a shard finished by an earlier run with the same plan, else None."""
+    try:
+        stats = json.loads((out / PARTS / f"{task.name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if stats.get("digest") != task.digest:
+        return None
+    return stats if stats["count"] == 0 or (out / task.name).is_file() else None
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Delete temporaries left by killed runs (their process no longer exists)."""
+    for tmp in list(out.glob("*.tmp-*")) + list((out / PARTS).glob("*.tmp-*")):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _remove_unplanned(out: Path, prefix: str, names: set[str]) -> None:
+    """Shards of an earlier plan with more shards than this one would linger and be read."""
+    for path in out.glob(f"{prefix}-*.tar"):
+        if path.name not in names:
+            path.unlink()
+            (out / PARTS / f"{path.name}.json").unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _digest(content_args: dict, keys: list[str]) -> str:
+    blob = json.dumps([content_args, keys], sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[dict]:
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(_write_shard, tasks)
+        return
+    # spawn: safe when called from a process that already runs torch threads; a worker that
+    # dies (OOM kill) raises BrokenProcessPool here instead of hanging like multiprocessing.Pool
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as pool:
+        futures = [pool.submit(_write_shard, t) for t in tasks]
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+def write_shards(
+    items: Sequence[Item],
+    encode: Encoder,
+    out: str | Path,
+    options: ShardOptions,
+    source: str,
+    content_args: dict,
+    pre_skipped: Counter | None = None,
+) -> dict:
+    """Write `items` as shards under `out` and return the manifest.
+
+    content_args: every option that changes shard content (recorded in the manifest and in each
+        shard's plan digest, so changing one rewrites the shards instead of mixing them).
+    pre_skipped: samples already rejected while listing the inputs (e.g. image missing).
+    """
+    out = Path(out)
+    (out / PARTS).mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(out)
+    groups = plan_groups([it.size for it in items], options.maxcount, options.maxsize)
+    tasks = []
+    for i, group in enumerate(groups):
+        group_items = [items[j] for j in group]
+        digest = _digest(content_args, [it.key for it in group_items])
+        tasks.append(_Task(f"{options.prefix}-{i:06d}.tar", digest, group_items, str(out), encode))
+    _remove_unplanned(out, options.prefix, {t.name for t in tasks})
+    stats = {t.name: s for t in tasks if (s := _done_stats(out, t)) is not None}
+    pending = [t for t in tasks if t.name not in stats]
+    t0 = time.perf_counter()
+    bar = _progress(len(items), sum(s["inputs"] for s in stats.values()), options.progress)
+    for s in _run_tasks(pending, options.workers):
+        stats[s["name"]] = s
+        bar.update(s["inputs"])
+    bar.close()
+    manifest = _manifest([stats[t.name] for t in tasks], source, content_args, pre_skipped)
+    manifest["seconds"] = round(time.perf_counter() - t0, 3)
+    _atomic_write_json(out / MANIFEST, {k: v for k, v in manifest.items() if k != "seconds"})
+    return manifest
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", disable=not enabled, smoothing=0.1)
+
+
+def _manifest(stats: list[dict], source: str, content_args: dict, pre: Counter | None) -> dict:
+    skipped = Counter(pre or {})
+    for s in stats:
+        skipped.update(s["skipped"])
+    shards = [
+        {"name": s["name"], "count": s["count"], "bytes": s["bytes"]} for s in stats if s["count"]
+    ]
+    return {
+        "format": FORMAT,
+        "source": source,
+        "args": content_args,
+        "shards": shards,
+        "total": sum(s["count"] for s in shards),
+        "skipped": dict(sorted(skipped.items())),
+    }
+
+
+def options_dict(options: ShardOptions) -> dict:
+    """The grouping options, for the manifest (workers and progress do not change content)."""
+    d = asdict(options)
+    return {k: d[k] for k in ("maxcount", "maxsize", "prefix")}
+
+
+def report(manifest: dict) -> str:
+    """A short human summary of a finished conversion."""
+    lines = [f"wrote {manifest['total']} samples in {len(manifest['shards'])} shards"]
+    if manifest.get("seconds"):
+        lines[0] += f" ({manifest['seconds']:.1f} s)"
+    for reason, n in manifest["skipped"].items():
+        lines.append(f"  skipped {n:>7}  {reason}")
+    return "\n".join(lines)

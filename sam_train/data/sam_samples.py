@@ -1,0 +1,216 @@
+"""Stage-2 sample preparation: one shard sample (image + RLE json) -> model-ready tensors, and
+the collate that pads them into a `SamBatch`.
+
+SAM's frame: the image is resized so its longest side is `img_size` and placed in the top-left
+corner of an `img_size` square; the right/bottom is zero padding (after normalisation). Masks
+follow the image exactly (nearest-neighbour at pixel centres) and boxes are derived from the
+final masks, so image, masks and boxes always agree, flipped or not.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from torch.utils.data import get_worker_info
+
+from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD, SamBatch
+from sam_train.data.shards import SkipSample, decode_image
+
+
+@dataclass
+class SamItem:
+    """One prepared image: image [3, S, S] (padded), masks [M, h, w] bool (not padded yet: the
+    collate pads once, straight into the batch), boxes [M, 4] xyxy in the S x S frame."""
+
+    image: torch.Tensor
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    category_ids: torch.Tensor  # [M] long, -1 unknown
+    categories: list[str | None]
+    image_hw: tuple[int, int]  # (h, w) of the resized image inside the square
+    image_id: object
+
+
+def resized_hw(h: int, w: int, size: int) -> tuple[int, int]:
+    """(h, w) with the longest side equal to `size` (SAM's rounding)."""
+    scale = size / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def nearest_index(src: int, dst: int) -> np.ndarray:
+    """Source pixel sampled by each of `dst` output pixels (nearest pixel centre)."""
+    return np.minimum(((np.arange(dst) + 0.5) * (src / dst)).astype(np.int64), src - 1)
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """Boolean masks [N, H, W] -> boxes [N, 4] float32 xyxy, pixel edges (x1 = last column + 1,
+    the COCO convention: x1 = x + w). Empty masks give zeros."""
+    boxes = np.zeros((len(masks), 4), dtype=np.float32)
+    rows, cols = masks.any(2), masks.any(1)  # [N, H], [N, W]
+    for i in range(len(masks)):
+        r, c = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+        if len(r):
+            boxes[i] = (c[0], r[0], c[-1] + 1, r[-1] + 1)
+    return boxes
+
+
+def normalise_image(img: Image.Image, size: int) -> torch.Tensor:
+    """RGB image (already resized) -> [3, size, size] normalised, zero-padded right/bottom."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, h, w]
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+    out = torch.zeros(3, size, size)
+    view = out[:, : arr.shape[1], : arr.shape[2]]
+    view.copy_(arr).sub_(mean).div_(std)
+    return out
+
+
+class SamSamplePrep:
+    """Decode and prepare one stage-2 shard sample (picklable; used inside DataLoader workers).
+
+    img_size: side S of the square model input.
+    max_masks: masks kept per image at most (a random subset when there are more).
+    min_mask_area: masks with fewer pixels after resizing to the model frame are dropped.
+    max_mask_fraction: masks covering more than this fraction of the image are dropped.
+    hflip: flip image and masks horizontally with probability 0.5 (within the image, before
+        padding, so the image stays top-left).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 1024,
+        max_masks: int = 64,
+        min_mask_area: int = 16,
+        max_mask_fraction: float = 0.9,
+        hflip: bool = False,
+    ) -> None:
+        self.img_size, self.max_masks = img_size, max_masks
+        self.min_mask_area, self.max_mask_fraction, self.hflip = (
+            min_mask_area,
+            max_mask_fraction,
+            hflip,
+        )
+
+    def __call__(self, sample: dict, rng: random.Random) -> SamItem:
+        img = decode_image(sample)
+        record = json.loads(sample["json"])
+        W, H = img.size
+        h, w = resized_hw(H, W, self.img_size)
+        anns = self._candidates(record["annotations"], H, W, (h * w) / (H * W))
+        rng.shuffle(anns)
+        masks, kept = self._decode_masks(anns, H, W, h, w)
+        if not kept:
+            raise SkipSample("no_masks", f"none of {len(record['annotations'])} masks usable")
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+        if self.hflip and rng.random() < 0.5:
+            img, masks = (
+                img.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                np.ascontiguousarray(masks[:, :, ::-1]),
+            )
+        image_id = record.get("image", {}).get("id")
+        return SamItem(
+            image=normalise_image(img, self.img_size),
+            masks=torch.from_numpy(masks),
+            boxes=torch.from_numpy(masks_to_boxes(masks)),
+            category_ids=torch.tensor(
+                [int(a.get("category_id", -1)) for a in kept], dtype=torch.long
+            ),
+            categories=[a.get("category") for a in kept],
+            image_hw=(h, w),
+            image_id=image_id if image_id is not None else sample.get("__key__"),
+        )
+
+    def _candidates(self, anns: list[dict], H: int, W: int, area_scale: float) -> list[dict]:
+        """Annotations whose area passes the filters (checked exactly again after resizing)."""
+        out = []
+        for ann in anns:
+            seg = ann["segmentation"]
+            if list(seg["size"]) != [H, W]:
+                raise ValueError(f"mask size {seg['size']} != image size {[H, W]}")
+            area = ann.get("area") or float(mask_utils.area(_rle(seg)))
+            if (
+                area <= self.max_mask_fraction * H * W
+                and area * area_scale >= self.min_mask_area / 4
+            ):
+                out.append(ann)
+        return out
+
+    def _decode_masks(
+        self, anns: list[dict], H: int, W: int, h: int, w: int
+    ) -> tuple[np.ndarray, list[dict]]:
+        """Decode in chunks until `max_masks` pass the exact area checks: [M, h, w] bool."""
+        masks, kept, start = [], [], 0
+        while len(kept) < self.max_masks and start < len(anns):
+            chunk = anns[start : start + self.max_masks - len(kept)]
+            start += len(chunk)
+            small = resize_decoded(
+                mask_utils.decode([_rle(a["segmentation"]) for a in chunk]), h, w
+            )
+            area = small.reshape(len(chunk), -1).sum(1, dtype=np.int64)  # uint8 sums are fast
+            ok = (area >= self.min_mask_area) & (area <= self.max_mask_fraction * h * w)
+            masks.append(small[ok].view(bool))
+            kept += [a for a, good in zip(chunk, ok) if good]
+        return (np.concatenate(masks) if masks else np.zeros((0, h, w), bool)), kept
+
+
+def resize_decoded(full: np.ndarray, h: int, w: int) -> np.ndarray:
+    """pycocotools' decode output [H, W, n] (Fortran order) -> [n, h, w] uint8, C order,
+    nearest-neighbour. The one layout transpose is done at the smaller of the two sizes."""
+    H, W = full.shape[:2]
+    rows, cols = nearest_index(H, h), nearest_index(W, w)
+    if H * W <= h * w:
+        src = np.ascontiguousarray(full.transpose(2, 0, 1))  # [n, H, W]
+        return np.take(np.take(src, rows, axis=1), cols, axis=2)
+    src = full.transpose(2, 1, 0)  # [n, W, H], already C-contiguous
+    return np.ascontiguousarray(
+        np.take(np.take(src, cols, axis=1), rows, axis=2).transpose(0, 2, 1)
+    )
+
+
+def _rle(seg: dict) -> dict:
+    counts = seg["counts"]
+    return {
+        "size": list(seg["size"]),
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
+
+
+def _zeros(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+    """Zeros, in shared memory inside a DataLoader worker so the batch is not copied again to
+    reach the training process (what torch's default_collate does)."""
+    t = torch.zeros(*shape, dtype=dtype)
+    return t.share_memory_() if get_worker_info() is not None else t
+
+
+def collate_sam(items: list[SamItem]) -> SamBatch:
+    """Pad every item to the batch's largest mask count M: masks [B, M, S, S], boxes [B, M, 4]."""
+    B, S = len(items), items[0].image.shape[-1]
+    M = max(len(it.masks) for it in items)
+    images = _zeros(B, 3, S, S, dtype=torch.float32)
+    masks = _zeros(B, M, S, S, dtype=torch.bool)
+    valid = torch.zeros(B, M, dtype=torch.bool)
+    boxes = torch.zeros(B, M, 4)
+    cat_ids = torch.full((B, M), -1, dtype=torch.long)
+    names: list[list[str | None]] = []
+    for b, it in enumerate(items):
+        m, (h, w) = len(it.masks), it.masks.shape[1:]
+        images[b] = it.image
+        masks[b, :m, :h, :w] = it.masks
+        valid[b, :m], boxes[b, :m], cat_ids[b, :m] = True, it.boxes, it.category_ids
+        names.append(it.categories + [None] * (M - m))
+    return SamBatch(
+        images=images,
+        masks=masks,
+        mask_valid=valid,
+        boxes=boxes,
+        category_ids=cat_ids,
+        categories=names,
+        image_hw=torch.tensor([it.image_hw for it in items], dtype=torch.long),
+        image_ids=[it.image_id for it in items],
+    )

@@ -1,0 +1,218 @@
+"""LightningDataModules over webdataset shards, for both stages, picked by `data=...` configs.
+
+Training streams are resampled by default (same batch count on every rank: no DDP hang);
+validation streams read each shard once, split by rank. Skipped samples are counted in
+`datamodule.skip_counter`; `SkippedSamplesLogger` logs them as `data/skipped`.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, get_worker_info
+
+from sam_train.data.sam_samples import SamSamplePrep, collate_sam
+from sam_train.data.shards import ShardStream, SkipCounter, decode_image, resolve_shards
+from sam_train.data.transforms import MaeEvalTransform, MaeTrainTransform
+
+
+class MaeDecode:
+    """Shard sample -> transformed image tensor [3, S, S] (picklable for workers)."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, sample: dict, rng: random.Random) -> torch.Tensor:
+        img: Image.Image = decode_image(sample)
+        return self.transform(img)
+
+
+def stack_images(items: list[torch.Tensor]) -> torch.Tensor:
+    """[3, S, S] x B -> [B, 3, S, S], in shared memory inside a worker (no second copy)."""
+    out = torch.empty(len(items), *items[0].shape, dtype=items[0].dtype)
+    if get_worker_info() is not None:
+        out.share_memory_()
+    return torch.stack(items, out=out)
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Shared loader plumbing; subclasses say how a sample is decoded and batched.
+
+    path / val_path: shard folder, manifest, brace pattern, `pipe:` URL or a list of them.
+    batch_size: per rank. num_workers, pin_memory: DataLoader settings.
+    resampled: training shards drawn with replacement, `samples_per_epoch` per epoch (all ranks
+        together; default the manifest total), identical batch counts on every rank.
+    shuffle_buffer: samples per worker shuffle buffer (raw bytes are buffered: keep it small
+        for SA-1B, whose json files are large).
+    seed: shard and sample order (combined with epoch, rank and worker).
+    """
+
+    def __init__(
+        self,
+        path: str | list[str],
+        val_path: str | list[str] | None = None,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        resampled: bool = True,
+        shuffle_buffer: int = 1000,
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if path is None:
+            raise ValueError("data.path is required: a shard folder made with `sam-prep`")
+        self.path, self.val_path = path, val_path
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
+        self.samples_per_epoch, self.seed = samples_per_epoch, seed
+        self.skip_counter = SkipCounter()
+
+    def decoder(self, train: bool):
+        raise NotImplementedError
+
+    def collate(self, items: list):
+        raise NotImplementedError
+
+    def _rank_world(self) -> tuple[int | None, int | None]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (None, None)
+
+    def stream(self, spec, train: bool) -> ShardStream:
+        """The ShardStream this module's loaders read (also handy outside Lightning)."""
+        urls, total = resolve_shards(spec)
+        rank, world = self._rank_world()
+        return ShardStream(
+            urls,
+            self.decoder(train),
+            self.collate,
+            self.batch_size,
+            resampled=train and self.resampled,
+            samples_per_epoch=self.samples_per_epoch if train else None,
+            total=total,
+            shuffle_buffer=self.shuffle_buffer if train else 0,
+            shuffle_shards=train,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            num_workers=self.num_workers,
+            counter=self.skip_counter,
+        )
+
+    def _loader(self, stream: ShardStream) -> DataLoader:
+        return DataLoader(
+            stream,
+            batch_size=None,  # the stream batches inside each worker
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,  # workers keep their epoch counter
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.stream(self.path, train=True))
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.stream(self.val_path, train=False)) if self.val_path else []
+
+
+class ShardMaeDataModule(ShardDataModule):
+    """Stage 1 from image shards: batches [B, 3, S, S] (MAE crops for training, centre crops
+    for validation).
+
+    img_size: S. crop_scale: RandomResizedCrop area range. hflip: random horizontal flip.
+    """
+
+    def __init__(
+        self,
+        path: str | list[str],
+        img_size: int,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        hflip: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(path, **kwargs)
+        self.img_size, self.crop_scale, self.hflip = img_size, tuple(crop_scale), hflip
+
+    def decoder(self, train: bool) -> MaeDecode:
+        if train:
+            return MaeDecode(MaeTrainTransform(self.img_size, self.crop_scale, self.hflip))
+        return MaeDecode(MaeEvalTransform(self.img_size))
+
+    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
+        return stack_images(items)
+
+
+class ShardSamDataModule(ShardDataModule):
+    """Stage 2 from image + RLE-json shards (COCO, SA-1B, the sample): `SamBatch`es.
+
+    img_size: side S of the padded square. max_masks: masks per image at most.
+    min_mask_area: pixels (after resizing) a mask needs. max_mask_fraction: larger masks dropped.
+    hflip: random horizontal flip of training images (masks and boxes follow).
+    """
+
+    def __init__(
+        self,
+        path: str | list[str],
+        img_size: int,
+        max_masks: int = 64,
+        min_mask_area: int = 16,
+        max_mask_fraction: float = 0.9,
+        hflip: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(path, **kwargs)
+        self.img_size, self.max_masks, self.hflip = img_size, max_masks, hflip
+        self.min_mask_area, self.max_mask_fraction = min_mask_area, max_mask_fraction
+
+    def decoder(self, train: bool) -> SamSamplePrep:
+        return SamSamplePrep(
+            self.img_size,
+            self.max_masks,
+            self.min_mask_area,
+            self.max_mask_fraction,
+            hflip=train and self.hflip,
+        )
+
+    def collate(self, items: list):
+        return collate_sam(items)
+
+
+class SampleSamDataModule(ShardSamDataModule):
+    """Stage 2 on the embedded sample dataset: builds its shards under `path` on first use
+    (atomically; safe when several processes race), then reads `path/sam/{train,val}`."""
+
+    def __init__(self, path: str, img_size: int, **kwargs) -> None:
+        root = Path(path).expanduser()
+        kwargs.setdefault("val_path", str(root / "sam" / "val"))
+        super().__init__(str(root / "sam" / "train"), img_size, **kwargs)
+        self.root = str(root)
+
+    def prepare_data(self) -> None:
+        from data_prep.sample import ensure_sample_shards
+
+        ensure_sample_shards(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()  # no-op once built; covers nodes without a shared filesystem
+
+
+class SkippedSamplesLogger(L.Callback):
+    """Logs the datamodule's skipped-sample counts as `data/skipped` (and per reason) on this
+    rank every `every_n_steps` training steps."""
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        counter = getattr(trainer.datamodule, "skip_counter", None)
+        if counter is None or trainer.global_step % self.every_n_steps:
+            return
+        counts = counter.as_dict()
+        pl_module.log("data/skipped", float(sum(counts.values())), on_step=True, on_epoch=False)
+        for reason, n in counts.items():
+            if n:
+                pl_module.log(f"data/skipped_{reason}", float(n), on_step=True, on_epoch=False)

@@ -1,0 +1,313 @@
+"""Reading webdataset shards on any number of ranks and DataLoader workers.
+
+- `resolve_shards` accepts a shard folder (its `manifest.json` lists the shards and the sample
+  count), a manifest file, a brace pattern (`shard-{000000..000099}.tar`), `pipe:` URLs, or a list.
+- `ShardStream` is the IterableDataset: it splits shards by rank and by worker (or resamples
+  them), shuffles samples in a buffer, decodes them, and yields whole batches.
+- Resampled mode draws shards with replacement forever and cuts each worker's stream at a fixed
+  number of batches computed from the epoch length, so every rank yields exactly the same number
+  of batches (a rank that runs out early would hang DDP's all-reduce).
+- A sample that fails to decode is skipped with a warning naming its key and counted in a
+  `SkipCounter` that lives in shared memory, so the training process sees the workers' counts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+class SkipSample(Exception):
+    """Raised by a decode function for a sample that is readable but unusable (e.g. no masks)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- shard lists and manifests
+
+
+def read_manifest(path: str | Path) -> dict | None:
+    """The manifest of a shard folder (or the manifest file itself), None when there is none."""
+    path = Path(path)
+    file = path / MANIFEST if path.is_dir() else path
+    if not file.is_file():
+        return None
+    return json.loads(file.read_text())
+
+
+def _is_url_spec(spec: str) -> bool:
+    return spec.startswith("pipe:") or "://" in spec or "{" in spec or "::" in spec
+
+
+def _known_total(urls: list[str]) -> int | None:
+    """Sample count of local shards whose folder manifest lists every one of them."""
+    counts: dict[str, int] = {}
+    for folder in {os.path.dirname(u) for u in urls}:
+        manifest = read_manifest(folder or ".") if not _is_url_spec(folder) else None
+        for shard in (manifest or {}).get("shards", []):
+            counts[os.path.join(folder, shard["name"])] = shard["count"]
+    return sum(counts[u] for u in urls) if all(u in counts for u in urls) else None
+
+
+def resolve_shards(spec: str | Path | Sequence[str | Path]) -> tuple[list[str], int | None]:
+    """Shard URLs and the total sample count (None when no manifest says it).
+
+    Raises FileNotFoundError naming the path when nothing is found.
+    """
+    if isinstance(spec, (list, tuple)):
+        urls = [u for s in spec for u in resolve_shards(s)[0]]
+        return urls, _known_total(urls)
+    text = os.path.expanduser(str(spec))
+    if _is_url_spec(text):
+        urls = wds.shardlists.expand_urls(text)
+        return urls, _known_total(urls)
+    path = Path(text)
+    if path.is_file() and path.suffix == ".json":
+        path = path.parent
+    if path.is_file():
+        return [str(path)], _known_total([str(path)])
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"shard path {text!r} does not exist; run `sam-prep ...` to create shards there"
+        )
+    manifest = read_manifest(path)
+    if manifest is not None:
+        urls = [str(path / s["name"]) for s in manifest["shards"]]
+        total = int(manifest["total"])
+    else:
+        urls, total = sorted(str(p) for p in path.glob("*.tar")), None
+        if urls:
+            log.warning(
+                "%s has no %s; reading its %d .tar files, epoch length unknown",
+                path,
+                MANIFEST,
+                len(urls),
+            )
+    if not urls:
+        raise FileNotFoundError(
+            f"no shards in {text!r}; create them with `sam-prep images|coco|sa1b SRC {text}`"
+        )
+    return urls, total
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else the launcher's env."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def decode_image(sample: dict) -> Image.Image:
+    """The sample's image (jpg/png/webp bytes) as RGB."""
+    for key in IMAGE_KEYS:
+        if key in sample:
+            with Image.open(io.BytesIO(sample[key])) as img:
+                return img.convert("RGB")
+    raise KeyError(f"no image ({'/'.join(IMAGE_KEYS)}) in sample with keys {sorted(sample)}")
+
+
+# ---------------------------------------------------------------- skipped-sample counting
+
+
+class SkipCounter:
+    """Counts of skipped samples by reason, in shared memory: DataLoader workers add, the
+    training process reads (`total`, `as_dict()`) and logs them as `data/skipped`."""
+
+    REASONS = ("corrupt", "no_masks", "shard_error", "other")
+
+    def __init__(self) -> None:
+        self._counts = mp.Array("q", len(self.REASONS))
+        self._local = 0  # warnings are rate-limited per process
+
+    def add(self, reason: str, where: str, err: BaseException | None = None) -> None:
+        idx = self.REASONS.index(reason) if reason in self.REASONS else len(self.REASONS) - 1
+        with self._counts.get_lock():
+            self._counts[idx] += 1
+        self._local += 1
+        if self._local <= 10 or self._local % 100 == 0:
+            log.warning(
+                "skipped sample %s (%s): %s [%d skipped in this process]",
+                where,
+                reason,
+                err,
+                self._local,
+            )
+
+    @property
+    def total(self) -> int:
+        return int(sum(self._counts[:]))
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(zip(self.REASONS, (int(v) for v in self._counts[:])))
+
+
+# ---------------------------------------------------------------- the stream
+
+
+class ShardStream(IterableDataset):
+    """Batches decoded from webdataset shards; use with `DataLoader(stream, batch_size=None)`.
+
+    urls: shard URLs (see `resolve_shards`).
+    decode: (raw sample dict, rng) -> item; raise SkipSample for an unusable sample. Must be
+        picklable (a module-level class) when DataLoader workers are used.
+    collate: list of items -> batch.
+    batch_size: items per batch; every batch is full in resampled mode.
+    resampled: draw shards with replacement, fixed number of batches per epoch on every rank.
+    samples_per_epoch: epoch length (all ranks together) in resampled mode; default the total.
+    total: sample count from the manifest, if known.
+    shuffle_buffer: sample shuffle buffer size per worker (0 = no sample shuffling).
+    shuffle_shards: shuffle the shard order each epoch (non-resampled mode).
+    rank, world_size: this process's place; default from torch.distributed or the env.
+    num_workers: the DataLoader's worker count (for `len`; each worker yields its own batches).
+    counter: where skipped samples are counted (a new one by default).
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        decode: Callable[[dict, random.Random], Any],
+        collate: Callable[[list], Any],
+        batch_size: int,
+        *,
+        resampled: bool = False,
+        samples_per_epoch: int | None = None,
+        total: int | None = None,
+        shuffle_buffer: int = 1000,
+        shuffle_shards: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        num_workers: int = 0,
+        counter: SkipCounter | None = None,
+        max_consecutive_skips: int = 1000,
+    ) -> None:
+        super().__init__()
+        if not urls:
+            raise ValueError("ShardStream needs at least one shard")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.urls, self.decode, self.collate = list(urls), decode, collate
+        self.batch_size, self.resampled, self.drop_last = batch_size, resampled, drop_last
+        self.samples_per_epoch = samples_per_epoch or total
+        if resampled and not self.samples_per_epoch:
+            raise ValueError(
+                "resampled shards need an epoch length: no manifest gives the total, set samples_per_epoch"
+            )
+        self.shuffle_buffer, self.shuffle_shards, self.seed = shuffle_buffer, shuffle_shards, seed
+        default_rank, default_world = dist_rank_world()
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        self.num_workers = num_workers
+        self.counter = counter if counter is not None else SkipCounter()
+        self.max_consecutive_skips = max_consecutive_skips
+        self.epoch = -1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the next iteration with this epoch (the next `iter` uses exactly `epoch`)."""
+        self.epoch = epoch - 1
+
+    def batches_per_worker(self) -> int:
+        """Resampled mode: batches each worker yields, the same on every rank."""
+        per_batch = self.world_size * max(1, self.num_workers) * self.batch_size
+        return max(1, math.ceil(self.samples_per_epoch / per_batch))
+
+    def __len__(self) -> int:
+        if not self.resampled:
+            raise TypeError("a non-resampled ShardStream has no exact per-rank length")
+        return self.batches_per_worker() * max(1, self.num_workers)
+
+    def __iter__(self) -> Iterator[Any]:
+        self.epoch += 1
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        if self.resampled:
+            urls: Iterable[str] = self._resampled_urls(rng)
+        else:
+            urls = self._split_urls(worker, workers)
+        samples = wds.tarfile_samples(({"url": u} for u in urls), handler=self._tar_error)
+        if self.shuffle_buffer > 1:
+            initial = min(self.shuffle_buffer, 100)
+            samples = wds.filters.shuffle(self.shuffle_buffer, initial, rng=rng)(samples)
+        batches = self._batches(self._decoded(samples, rng))
+        if self.resampled:
+            batches = islice(batches, self.batches_per_worker())
+        yield from batches
+
+    def _resampled_urls(self, rng: random.Random) -> Iterator[str]:
+        while True:
+            yield rng.choice(self.urls)
+
+    def _split_urls(self, worker: int, workers: int) -> list[str]:
+        """Shuffle identically on every rank (seed and epoch only), then take this rank's and
+        this worker's share: the shares partition the shards."""
+        urls = self.urls[:]
+        if self.shuffle_shards:
+            random.Random(f"{self.seed}/{self.epoch}").shuffle(urls)
+        if self.world_size > 1:
+            if len(urls) < self.world_size:
+                log.warning(
+                    "%d shards < %d ranks: every rank reads all shards", len(urls), self.world_size
+                )
+            else:
+                urls = urls[self.rank :: self.world_size]
+        return urls[worker::workers]
+
+    def _tar_error(self, err: BaseException) -> bool:
+        """webdataset reports a broken shard first from inside the tar reader (no URL yet), then
+        again with the URL appended: count it once, at the second report."""
+        if len(err.args) >= 2 and isinstance(err.args[-1], str):
+            self.counter.add("shard_error", err.args[-1], err.args[0])
+        return True
+
+    def _decoded(self, samples: Iterable[dict], rng: random.Random) -> Iterator[Any]:
+        consecutive = 0
+        for sample in samples:
+            where = f"{sample.get('__url__')}:{sample.get('__key__')}"
+            try:
+                item = self.decode(sample, rng)
+            except SkipSample as skip:
+                self.counter.add(skip.reason, where, skip)
+            except Exception as err:  # a corrupt sample must never end the run
+                self.counter.add("corrupt", where, err)
+            else:
+                consecutive = 0
+                yield item
+                continue
+            consecutive += 1
+            if consecutive >= self.max_consecutive_skips:
+                raise RuntimeError(
+                    f"{consecutive} unusable samples in a row (last: {where}); check the shards"
+                )
+
+    def _batches(self, items: Iterable[Any]) -> Iterator[Any]:
+        batch = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield self.collate(batch)
+                batch = []
+        if batch and not self.drop_last and not self.resampled:
+            yield self.collate(batch)

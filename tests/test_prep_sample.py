@@ -1,0 +1,157 @@
+"""The embedded sample dataset: built once as shards, read by the datamodules and the configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import data_prep.sample as sample_mod
+from sam_train.data.batch import SamBatch
+from sam_train.data.shard_datamodules import (
+    SampleSamDataModule,
+    ShardMaeDataModule,
+    SkippedSamplesLogger,
+)
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
+
+
+@pytest.fixture(scope="module")
+def sample_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cache") / "sample_shards"
+    dm = SampleSamDataModule(str(root), img_size=64, batch_size=2, num_workers=0)
+    dm.prepare_data()
+    return root
+
+
+def test_sample_layout(sample_root):
+    train = json.loads((sample_root / "sam" / "train" / "manifest.json").read_text())
+    val = json.loads((sample_root / "sam" / "val" / "manifest.json").read_text())
+    mae = json.loads((sample_root / "mae" / "manifest.json").read_text())
+    assert train["total"] + val["total"] == 20 and val["total"] == 5
+    assert train["skipped"] == {} and mae["total"] >= 9
+    coco = json.loads((sample_root / "sam" / "coco_train.json").read_text())
+    names = {c["name"] for c in coco["categories"]}
+    assert {"person", "chair", "circle", "star"} <= names
+    assert all(
+        (sample_root / "sam" / "images" / im["file_name"]).is_file() for im in coco["images"]
+    )
+    assert not list(sample_root.parent.glob(".sample_shards.building-*"))
+
+
+def test_sam_datamodule_batches(sample_root):
+    dm = SampleSamDataModule(
+        str(sample_root), img_size=64, batch_size=2, num_workers=0, max_masks=8
+    )
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == 8  # ceil(15 / 2)
+    b = batches[0]
+    assert isinstance(b, SamBatch) and b.images.shape == (2, 3, 64, 64)
+    assert b.masks.shape[:2] == b.mask_valid.shape and b.masks.shape[1] <= 8
+    assert (b.boxes[b.mask_valid][:, 2:] > b.boxes[b.mask_valid][:, :2]).all()
+    val = list(dm.val_dataloader())
+    assert sum(x.batch_size for x in val) == 5 and dm.skip_counter.total == 0
+
+
+def test_mae_shards_datamodule(sample_root):
+    dm = ShardMaeDataModule(
+        str(sample_root / "mae"),
+        img_size=32,
+        batch_size=4,
+        num_workers=0,
+        val_path=str(sample_root / "mae"),
+    )
+    x = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    assert (
+        sum(len(v) for v in dm.val_dataloader())
+        == json.loads((sample_root / "mae" / "manifest.json").read_text())["total"]
+    )
+
+
+def test_configs_instantiate(sample_root):
+    for name, kind in [
+        ("sam_sample", SampleSamDataModule),
+        ("shards_mae", ShardMaeDataModule),
+        ("coco", None),
+        ("sa1b", None),
+    ]:
+        cfg = OmegaConf.merge(
+            {"paths": {"cache_dir": str(sample_root.parent)}},
+            {"data": OmegaConf.load(CONF / f"{name}.yaml")},
+        )
+        if name == "shards_mae":
+            cfg.data.path = str(sample_root / "mae")
+        elif name in ("coco", "sa1b"):
+            cfg.data.path = str(sample_root / "sam" / "train")
+        dm = instantiate(cfg.data)
+        assert kind is None or isinstance(dm, kind)
+        assert dm.path and dm.batch_size >= 1
+
+
+class _Consumer(L.LightningModule):
+    """Stands in for the SAM module: checks what a training step receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen = 0
+
+    def training_step(self, batch: SamBatch, batch_idx: int) -> torch.Tensor:
+        assert isinstance(batch, SamBatch) and batch.masks.dtype == torch.bool
+        self.seen += 1
+        return (self.w * batch.images.mean()).sum() + self.w.square().sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_fit_reads_samples_and_logs_skips(sample_root, tmp_path):
+    dm = SampleSamDataModule(str(sample_root), img_size=32, batch_size=4, num_workers=1)
+    module = _Consumer()
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[SkippedSamplesLogger(every_n_steps=1)],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=dm)
+    assert module.seen == 2 * 4  # ceil(15 / 4) batches per epoch
+    # at 32 px some images keep no mask of 16+ pixels: skipped, counted, and logged
+    skipped = dm.skip_counter.as_dict()
+    assert skipped["corrupt"] == 0 and skipped["no_masks"] > 0
+    assert 0 < trainer.callback_metrics["data/skipped"] <= dm.skip_counter.total
+
+
+def test_ensure_is_race_safe(tmp_path, monkeypatch):
+    def fake_build(out, seed=0):
+        (Path(out) / "sam" / "val").mkdir(parents=True)
+        (Path(out) / "sam" / "val" / "manifest.json").write_text("{}")
+        (Path(out) / "who").write_text(str(out))
+
+    monkeypatch.setattr(sample_mod, "build_sample", fake_build)
+    root = tmp_path / "s"
+    assert sample_mod.ensure_sample_shards(root) == root
+    first = (root / "who").read_text()
+    assert sample_mod.ensure_sample_shards(root) == root and (root / "who").read_text() == first
+    # a loser of the race: its rename fails because the winner's folder is already there
+    monkeypatch.setattr(
+        sample_mod.os, "rename", lambda a, b: (_ for _ in ()).throw(OSError("exists"))
+    )
+    (root / "sam" / "val" / "manifest.json").unlink()
+    with pytest.raises(OSError):
+        sample_mod.ensure_sample_shards(root)  # the winner's folder is incomplete: not hidden
+    assert not list(tmp_path.glob(".s.building-*"))
