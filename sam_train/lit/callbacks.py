@@ -75,3 +75,53 @@ class ExportWeights(L.Callback):
             path = save_weights(run_dir(trainer) / self.dirname / f"{name}.safetensors", tensors, metadata)
             self.paths.append(path)
             log.info("exported %s weights: %s", name, path)
+
+
+class SamMaskPictures(L.Callback):
+    """Writes `masks/epoch_NNN.png` (and `masks/final.png`): for a few validation masks, the
+    one-point prediction (top row) and the one-box prediction (bottom row), with the ground
+    truth outlined; and `masks/click_curve.png`, validation mIoU after 1..N clicks."""
+
+    def __init__(self, every_n_epochs: int = 1, num_masks: int = 6, dirname: str = "masks") -> None:
+        self.every_n_epochs = every_n_epochs
+        self.num_masks = num_masks
+        self.dirname = dirname
+        self._batch = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and dataloader_idx == 0 and self._batch is None:
+            self._batch = batch.to("cpu")
+
+    def _write(self, trainer, pl_module, name: str) -> Path | None:
+        if self._batch is None:
+            return None
+        from sam_train.viz.sam_masks import click_curve_png, panel_grid
+        from sam_train.viz.sam_predictions import one_prompt_panels
+
+        panels = one_prompt_panels(pl_module.model, self._batch.to(pl_module.device), self.num_masks)
+        if not panels[0]:
+            return None
+        path = run_dir(trainer) / self.dirname / f"{name}.png"
+        save_png(panel_grid(panels), path)
+        curve = [v for k, v in sorted(pl_module.last_val_metrics.items(), key=lambda kv: kv[0])
+                 if k.startswith("miou_click_")]
+        if curve:
+            curve = [pl_module.last_val_metrics[f"miou_click_{i + 1}"] for i in range(len(curve))]
+            click_curve_png(curve, run_dir(trainer) / self.dirname / "click_curve.png",
+                            f"validation mIoU after N clicks (step {trainer.global_step})")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("val/masks", [str(path)], step=trainer.global_step)
+        return path
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._write(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}")
+
+    @rank_zero_only
+    def on_fit_end(self, trainer, pl_module):
+        path = self._write(trainer, pl_module, "final")
+        if path is not None:
+            log.info("mask pictures: %s", path.parent)
