@@ -49,13 +49,20 @@ def train(cfg: DictConfig) -> float | None:
     )
     if trainer.accelerator is not None and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
+    metric_name = cfg.get("optimized_metric")
+    before = None
+    if cfg.get("validate_before_training") and not ckpt_path:
+        before = trainer.validate(module, datamodule=datamodule, verbose=False)[0].get(metric_name)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     if module.derived is not None:
         print(f"[sam-train] {module.derived.describe()}", flush=True)
-    metric = trainer.callback_metrics.get(cfg.get("optimized_metric"))
+    metric = trainer.callback_metrics.get(metric_name)
+    if before is not None and metric is not None and trainer.is_global_zero:
+        print(f"[sam-train] {metric_name}: {float(before):.4f} before training -> "
+              f"{float(metric):.4f} after", flush=True)
     if trainer.is_global_zero:
-        report_results(run_dir, cfg.get("optimized_metric"), metric)
+        report_results(run_dir, metric_name, metric)
     return float(metric) if metric is not None else None
 
 

@@ -161,7 +161,7 @@ class SamModule(L.LightningModule):
         groups = param_groups(
             self.model,
             self.optim.weight_decay,
-            no_decay_names={"image_encoder.pos_embed"},
+            no_decay_names=self.model.no_weight_decay(),
             layer_decay=self.optim.layer_decay,
             layer_of=layer_of,
             num_layers=depth,

@@ -2,13 +2,17 @@
 
 Formats:
   encoder      the ViT encoder, our layout (= timm names), safetensors + metadata
-  timm         the encoder for timm's VisionTransformer (MAE encoders) as safetensors + metadata
+  timm         the encoder for timm: `VisionTransformer` (MAE encoders) or `VisionTransformerSAM`
+               (SAM encoders: positional table as a [1, H, W, D] grid), safetensors + metadata
   mae          the whole MAE in the official MAE layout: a .pth holding {"model": state_dict}
+  sam          the whole SAM in the official segment-anything layout: a .pth state dict that
+               `segment_anything`'s builders load as it is, metadata in a sidecar .json
   safetensors  the whole model in our layout, safetensors + metadata
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from sam_train.weights.checkpoints import LoadedWeights, WeightsError, file_sha2
 from sam_train.weights.keymaps import encoder_state, mae_to_official
 from sam_train.weights.safetensors_io import save_weights
 
+SAM_LAYOUTS = ("sam_train_sam", "sam_official")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -50,7 +55,31 @@ def _architecture_from_config(config: dict) -> dict | None:
 
 def _export_encoder(weights: LoadedWeights, out: Path, dtype: str, fmt: str) -> Path:
     meta = _metadata(weights, fmt, dtype)
-    return save_weights(out, _cast(encoder_state(weights), dtype), meta)
+    sd = encoder_state(weights)
+    if fmt == "timm" and weights.layout in SAM_LAYOUTS:
+        grid = int(round(sd["pos_embed"].shape[1] ** 0.5))
+        sd["pos_embed"] = sd["pos_embed"].reshape(1, grid, grid, -1)  # timm's SAM encoder layout
+    return save_weights(out, _cast(sd, dtype), meta)
+
+
+def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
+    from sam_train.models.sam.keymap import sam_state_to_official
+    from sam_train.predictor import infer_sam_architecture
+
+    if weights.layout not in SAM_LAYOUTS:
+        raise WeightsError(f"--format sam needs a stage-2 (SAM) checkpoint, {weights.path} is {weights.layout}")
+    ours = weights.state_dict
+    if weights.layout == "sam_official":
+        from sam_train.models.sam.keymap import sam_state_from_official
+
+        ours = sam_state_from_official(ours)
+    meta = _metadata(weights, "sam", dtype)
+    meta["architecture"] = infer_sam_architecture(ours)
+    with atomic_path(out) as tmp:
+        torch.save(_cast(sam_state_to_official(ours), dtype), tmp)
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+    return out
 
 
 def _export_mae(weights: LoadedWeights, out: Path, dtype: str) -> Path:
@@ -70,6 +99,7 @@ EXPORTERS: dict[str, Callable[[LoadedWeights, Path, str], Path]] = {
     "encoder": lambda w, o, d: _export_encoder(w, o, d, "encoder"),
     "timm": lambda w, o, d: _export_encoder(w, o, d, "timm"),
     "mae": _export_mae,
+    "sam": _export_sam,
     "safetensors": _export_full,
 }
 SUFFIX = {"mae": ".pth", "sam": ".pth"}

@@ -1,0 +1,138 @@
+"""Inference: load a trained or exported SAM, set an image once, prompt it many times.
+
+    predictor = SamPredictor.from_checkpoint("outputs/sam/<run>/export/sam.safetensors")
+    predictor.set_image(rgb)                      # HxWx3 uint8; embeds the image once
+    masks, scores, logits = predictor.predict(point_coords=[[320, 240]], point_labels=[1])
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD
+from sam_train.models.sam.keymap import sam_state_from_official
+from sam_train.models.sam.sam import Sam, build_sam
+from sam_train.weights.checkpoints import WeightsError, read_weights
+
+
+def infer_sam_architecture(sd: dict[str, torch.Tensor]) -> dict:
+    """`build_sam` arguments from an (our-layout) SAM state dict's shapes alone (the decoder's
+    head count is not visible in shapes: the official 8 is assumed)."""
+    proj = sd["image_encoder.patch_embed.proj.weight"]  # [D, 3, p, p]
+    dim, patch = proj.shape[0], proj.shape[-1]
+    grid = int(round(sd["image_encoder.pos_embed"].shape[1] ** 0.5))
+    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k)))
+    rel = [sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in range(depth)]
+    window = min((r.shape[0] + 1) // 2 for r in rel)
+    return dict(
+        encoder_embed_dim=dim,
+        encoder_depth=depth,
+        encoder_num_heads=dim // rel[0].shape[1],
+        encoder_global_attn_indexes=[i for i, r in enumerate(rel) if (r.shape[0] + 1) // 2 == grid],
+        image_size=grid * patch,
+        patch_size=patch,
+        window_size=window,
+        prompt_embed_dim=sd["prompt_encoder.no_mask_embed.weight"].shape[1],
+        text_embed_dim=sd["prompt_encoder.text_proj.weight"].shape[1]
+        if "prompt_encoder.text_proj.weight" in sd
+        else 0,
+        mask_in_chans=sd["prompt_encoder.mask_downscaling.0.weight"].shape[0] * 4,
+        decoder_depth=1 + max(
+            int(m.group(1)) for k in sd if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))
+        ),
+        decoder_mlp_dim=sd["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
+        iou_head_hidden_dim=sd["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
+    )
+
+
+def load_sam(path: str | Path) -> Sam:
+    """A `Sam` from a Lightning checkpoint, our export, or an official SAM checkpoint."""
+    weights = read_weights(path)
+    if weights.layout not in ("sam_train_sam", "sam_official"):
+        raise WeightsError(f"{path} holds a {weights.layout} checkpoint, not a SAM")
+    sd = weights.state_dict
+    if weights.layout == "sam_official":
+        sd = sam_state_from_official(sd)
+    arch = weights.metadata.get("architecture") or infer_sam_architecture(sd)
+    sam = build_sam(**arch)
+    missing, unexpected = sam.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    return sam.eval()
+
+
+class SamPredictor:
+    """Prompted masks for one image at a time; the image embedding is computed once per image."""
+
+    def __init__(self, model: Sam, device: str | torch.device = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.image_size = model.image_encoder.img_size
+        self._embedding: torch.Tensor | None = None
+        self._orig_hw: tuple[int, int] = (0, 0)
+        self._input_hw: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> SamPredictor:
+        return cls(load_sam(path), device)
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray | Image.Image) -> None:
+        """RGB image (HxWx3 uint8 array or PIL): resize the long side, normalise, pad, embed."""
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+        pil = pil.convert("RGB")
+        w, h = pil.size
+        scale = self.image_size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        arr = np.asarray(pil.resize((nw, nh), Image.BILINEAR), dtype=np.float32) / 255.0
+        x = torch.from_numpy(arr).permute(2, 0, 1)
+        x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        x = F.pad(x, (0, self.image_size - nw, 0, self.image_size - nh))
+        self._embedding = self.model.embed_images(x[None].to(self.device))
+        self._orig_hw, self._input_hw = (h, w), (nh, nw)
+
+    def _to_input(self, coords: np.ndarray) -> torch.Tensor:
+        scale = self._input_hw[0] / self._orig_hw[0]
+        return torch.as_tensor(np.asarray(coords, dtype=np.float32) * scale, device=self.device)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        point_coords: np.ndarray | list | None = None,
+        point_labels: np.ndarray | list | None = None,
+        box: np.ndarray | list | None = None,
+        mask_input: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """Masks for one prompt set, in original image pixels.
+
+        point_coords [N, 2] (x, y) with point_labels [N] (1 foreground, 0 background);
+        box [4] xyxy; mask_input [1, 4h, 4w] low-res logits of a previous call; text_embeds
+        [T, E] for a model with a text branch. Returns masks [m, H, W] bool, scores [m], and
+        low-res logits [m, 4h, 4w] (feed one back as `mask_input`).
+        """
+        if self._embedding is None:
+            raise RuntimeError("call set_image(image) before predict(...)")
+        points = None
+        if point_coords is not None:
+            labels = torch.as_tensor(np.asarray(point_labels), device=self.device).long()[None]
+            points = (self._to_input(point_coords)[None], labels)
+        boxes = self._to_input(np.asarray(box).reshape(1, 4)) if box is not None else None
+        masks_in = mask_input[None].to(self.device) if mask_input is not None else None
+        text = text_embeds[None].to(self.device) if text_embeds is not None else None
+        logits, scores = self.model.decode(
+            self._embedding, points=points, boxes=boxes, mask_inputs=masks_in,
+            text_embeds=text, multimask_output=multimask_output,
+        )  # [1, m, 4h, 4w], [1, m]
+        full = F.interpolate(logits, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+        full = full[..., : self._input_hw[0], : self._input_hw[1]]
+        full = F.interpolate(full, size=self._orig_hw, mode="bilinear", align_corners=False)
+        masks = (full[0] > self.model.mask_threshold).cpu().numpy()
+        return masks, scores[0].cpu().numpy(), logits[0]

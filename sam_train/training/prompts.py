@@ -1,0 +1,208 @@
+"""Prompt simulation for SAM training (training-only: nothing here is part of the model).
+
+Coordinates are (x, y) in pixels of the padded S x S input frame, like `Sam.decode` takes them.
+Every random draw takes an optional `torch.Generator`, so a run can be made reproducible without
+touching global random state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sam_train.data.batch import SamBatch
+
+# point labels understood by the prompt encoder
+PAD, BACKGROUND, FOREGROUND, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
+# first-prompt kinds
+POINT, BOX, TEXT = 0, 1, 2
+
+
+def random_tensor(
+    shape: tuple[int, ...],
+    device: torch.device,
+    generator: torch.Generator | None,
+    normal: bool = False,
+) -> torch.Tensor:
+    """Uniform [0, 1) (or standard normal) draws on `device`, from `generator` wherever it lives."""
+    gen_device = generator.device if generator is not None else device
+    fn = torch.randn if normal else torch.rand
+    return fn(shape, generator=generator, device=gen_device).to(device)
+
+
+@dataclass
+class PromptTargets:
+    """The K masks a step trains on, flattened over the batch.
+
+    masks:       [K, S, S] bool ground truth in the input frame.
+    boxes:       [K, 4] float xyxy pixels (tight boxes of the masks).
+    image_index: [K] long, the image each mask belongs to.
+    image_hw:    [K, 2] long, size of the real image inside the padded frame (None = all S x S).
+    """
+
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    image_index: torch.Tensor
+    image_hw: torch.Tensor | None = None
+
+    @property
+    def num_masks(self) -> int:
+        return self.masks.shape[0]
+
+
+def select_masks(
+    batch: SamBatch,
+    max_masks_per_image: int = 64,
+    max_area_frac: float = 0.9,
+    min_area: int = 25,
+    generator: torch.Generator | None = None,
+) -> PromptTargets:
+    """Valid masks of a batch, at most `max_masks_per_image` per image (a random subset).
+
+    Drops padding slots, masks covering more than `max_area_frac` of the image and masks smaller
+    than `min_area` pixels. K may be 0 (then the interactive loop returns zero losses).
+    """
+    b, m, s, _ = batch.masks.shape
+    area = batch.masks.flatten(2).sum(-1).float()  # [B, M]
+    if batch.image_hw is not None:
+        image_area = batch.image_hw.prod(-1).float()[:, None]  # [B, 1]
+    else:
+        image_area = torch.full((b, 1), float(s * s), device=area.device)
+    keep = batch.mask_valid.bool() & (area >= min_area) & (area <= max_area_frac * image_area)
+    # random subset: rank the kept slots of each image by noise, keep the first few
+    noise = random_tensor((b, m), area.device, generator).masked_fill(~keep, 2.0)
+    rank = noise.argsort(dim=1).argsort(dim=1)
+    keep &= rank < max_masks_per_image
+    image_index, slot = keep.nonzero(as_tuple=True)
+    return PromptTargets(
+        masks=batch.masks[image_index, slot].bool(),
+        boxes=batch.boxes[image_index, slot].float(),
+        image_index=image_index,
+        image_hw=batch.image_hw[image_index] if batch.image_hw is not None else None,
+    )
+
+
+def image_regions(
+    image_hw: torch.Tensor | None, k: int, size: int, device: torch.device
+) -> torch.Tensor:
+    """[K, S, S] bool, True inside each mask's real image (all True without `image_hw`)."""
+    if image_hw is None:
+        return torch.ones(k, size, size, dtype=torch.bool, device=device)
+    ar = torch.arange(size, device=device)
+    return (ar[None, :, None] < image_hw[:, 0, None, None]) & (
+        ar[None, None, :] < image_hw[:, 1, None, None]
+    )
+
+
+def sample_points_in(
+    regions: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pixel drawn uniformly from each region [K, H, W] bool.
+
+    Draws a row with probability proportional to its pixel count, then a pixel of that row, so
+    the extra memory is O(K * (H + W)) rather than a noise map per mask. Returns points [K, 2]
+    (x, y) float and `found` [K] bool (False for an empty region, whose point is (0, 0)).
+    """
+    k, _, w = regions.shape
+    cdf = regions.sum(-1).cumsum(-1).float()  # [K, H]
+    total = cdf[:, -1:]  # [K, 1]
+    u = random_tensor((k, 1), regions.device, generator) * total
+    rows = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[1] - 1)  # [K, 1]
+    row_mask = regions.gather(1, rows[:, :, None].expand(-1, 1, w))[:, 0]  # [K, W]
+    cols = (random_tensor((k, w), regions.device, generator) * row_mask).argmax(dim=1)
+    points = torch.stack([cols, rows[:, 0]], dim=1).float()
+    found = total[:, 0] > 0
+    return points * found[:, None], found
+
+
+def sample_error_points(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    region: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A corrective click per mask, uniform over the error region of the prediction.
+
+    pred, gt: [K, H, W] bool; region: [K, H, W] bool where clicks may land (the real image).
+    A false-negative pixel gives a foreground click (label 1), a false-positive pixel a background
+    click (label 0). Where the prediction has no error a background click is drawn from outside
+    the object (sam2's rule), so every mask gets a point. Returns points [K, 2], labels [K].
+    """
+    gt = gt.bool()
+    error = pred.bool() ^ gt
+    if region is not None:
+        error &= region
+    no_error = ~error.flatten(1).any(dim=1)  # [K]
+    outside = ~gt if region is None else ~gt & region
+    error = torch.where(no_error[:, None, None], outside, error)
+    points, _ = sample_points_in(error, generator)
+    x, y = points.long().unbind(1)
+    labels = gt[torch.arange(gt.shape[0], device=gt.device), y, x].long()  # 1 on FN, 0 on FP
+    return points, labels
+
+
+def noisy_boxes(
+    boxes: torch.Tensor,
+    noise_frac: float = 0.1,
+    max_noise: float = 20.0,
+    image_hw: torch.Tensor | None = None,
+    size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Jitter xyxy boxes [K, 4]: each coordinate moves by N(0, std), std = `noise_frac` of the
+    box side along that axis, at most `max_noise` px (SAM). Clamped to the image, kept ordered."""
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp_min(0)  # [K, 2]
+    std = (noise_frac * wh).clamp(max=max_noise).repeat(1, 2)  # [K, 4]
+    out = boxes + std * random_tensor(tuple(boxes.shape), boxes.device, generator, normal=True)
+    out = clamp_points(out.view(-1, 2, 2), image_hw, size).view(-1, 4)
+    lo, hi = torch.minimum(out[:, :2], out[:, 2:]), torch.maximum(out[:, :2], out[:, 2:])
+    return torch.cat([lo, hi], dim=1)
+
+
+def clamp_points(
+    points: torch.Tensor, image_hw: torch.Tensor | None, size: int | None
+) -> torch.Tensor:
+    """Clamp points [K, N, 2] (x, y) into each image ([0, w-1] x [0, h-1]) or into [0, size-1]."""
+    if image_hw is not None:
+        hi = (image_hw.flip(-1) - 1).to(points.dtype)[:, None, :]  # [K, 1, 2] as (w-1, h-1)
+        return torch.minimum(points.clamp_min(0), hi)
+    if size is not None:
+        return points.clamp(0, size - 1)
+    return points
+
+
+def first_prompts(
+    targets: PromptTargets,
+    point_prob: float = 0.5,
+    box_prob: float = 0.5,
+    text_prob: float = 0.0,
+    box_noise_frac: float = 0.1,
+    box_max_noise: float = 20.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first prompt of each mask: a uniform foreground point or a noisy box.
+
+    Returns coords [K, 2, 2], labels [K, 2] and kinds [K] (POINT / BOX). A point is written as
+    (point, padding) and a box as its two corners (labels 2, 3), so one batch mixes both with
+    the token layout the official model sees for each.
+    """
+    if text_prob > 0:
+        raise NotImplementedError("text first prompts need the text tower (issue 5)")
+    total = point_prob + box_prob
+    if total <= 0:
+        raise ValueError("point_prob + box_prob must be positive")
+    k, size = targets.num_masks, targets.masks.shape[-1]
+    device = targets.masks.device
+    kinds = (random_tensor((k,), device, generator) * total >= point_prob).long()  # 0 point, 1 box
+    pts, _ = sample_points_in(targets.masks, generator)  # [K, 2]
+    point_coords = torch.stack([pts, torch.zeros_like(pts)], dim=1)  # [K, 2, 2]
+    point_labels = torch.tensor([FOREGROUND, PAD], device=device).expand(k, 2)
+    box = noisy_boxes(
+        targets.boxes, box_noise_frac, box_max_noise, targets.image_hw, size, generator
+    )
+    box_labels = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=device).expand(k, 2)
+    is_box = kinds == BOX
+    coords = torch.where(is_box[:, None, None], box.view(k, 2, 2), point_coords)
+    labels = torch.where(is_box[:, None], box_labels, point_labels)
+    return coords, labels, kinds

@@ -1,0 +1,148 @@
+"""Stage 2 end to end: init from stage 1, `sam-train stage=sam`, export to the official SAM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import console_script, tiny_mae
+from test_sam_model import tiny_sam
+from torch.utils.data import DataLoader
+
+from sam_train.lit.mae_module import MaeModule
+from sam_train.lit.optim import OptimConfig
+from sam_train.predictor import SamPredictor, load_sam
+from sam_train.weights.checkpoints import WeightsError
+from sam_train.weights.export import export
+from sam_train.weights.init import init_sam_from
+
+SAM_TINY = [
+    "model.encoder_embed_dim=32", "model.encoder_depth=2", "model.encoder_num_heads=2",
+    "model.encoder_global_attn_indexes=[1]", "model.image_size=64", "model.window_size=2",
+    "model.prompt_embed_dim=32", "model.decoder_mlp_dim=64", "model.decoder_num_heads=4",
+    "model.iou_head_hidden_dim=32", "stage.module.max_masks_per_image=4",
+    "stage.module.val_max_masks=4", "stage.module.val_max_clicks=3",
+    "stage.module.interactive.num_click_rounds=2", "data.samples_per_epoch=4",
+    "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "callbacks.progress_bar.refresh_rate=0",
+    "optim.lr=1e-3",
+]
+
+
+class _Images(L.LightningDataModule):
+    batch_size = 2
+
+    def train_dataloader(self):
+        return DataLoader(torch.randn(4, 3, 32, 32), batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def stage1_ckpt(tmp_path_factory):
+    """A real stage-1 Lightning checkpoint: width 32, depth 2, 32 px images, 16 px patches."""
+    torch.manual_seed(0)
+    mae = tiny_mae(embed_dim=32, num_heads=2, patch_size=16)
+    module = MaeModule(mae, OptimConfig(lr=1e-3))
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=_Images())
+    path = tmp_path_factory.mktemp("stage1") / "mae.ckpt"
+    trainer.save_checkpoint(path)
+    return path, mae
+
+
+def test_init_from_stage1_loads_every_encoder_block_and_resizes_positions(stage1_ckpt):
+    path, mae = stage1_ckpt
+    sam = tiny_sam()
+    report = init_sam_from(sam, path)
+    enc, src = sam.image_encoder.state_dict(), mae.encoder.state_dict()
+    block_keys = [k for k in src if k.startswith("blocks.")]
+    assert block_keys and all(torch.equal(enc[k], src[k]) for k in block_keys)
+    assert torch.equal(enc["patch_embed.proj.weight"], src["patch_embed.proj.weight"])
+    assert "image_encoder.pos_embed" in report.resized  # 2x2 MAE grid -> 4x4 SAM grid
+    assert enc["pos_embed"].shape == (1, 16, 32)
+    assert "image_encoder.norm.weight" in report.ignored  # MAE's final norm has no SAM twin
+    assert any(k.endswith("rel_pos_h") for k in report.new)
+    assert any(k.startswith("mask_decoder.") for k in report.new)
+
+
+def test_wrong_width_or_depth_is_refused(stage1_ckpt):
+    path, _ = stage1_ckpt
+    with pytest.raises(WeightsError, match="does not fit this model"):
+        init_sam_from(tiny_sam(encoder_embed_dim=64), path)
+    with pytest.raises(WeightsError, match="depth 2, the model 3"):
+        init_sam_from(tiny_sam(encoder_depth=3, encoder_global_attn_indexes=(2,)), path)
+
+
+@pytest.mark.slow
+def test_console_script_trains_sam_from_stage1_and_exports(stage1_ckpt, tmp_path):
+    path, _ = stage1_ckpt
+    run = tmp_path / "run"
+    res = subprocess.run(
+        [console_script("sam-train"), "stage=sam", *SAM_TINY, f"model.init_from={path}",
+         f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}", "validate_before_training=true"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "init from" in res.stdout and "tensors loaded" in res.stdout
+    assert "before training ->" in res.stdout
+    for rel in ["checkpoints/last.ckpt", "export/sam.safetensors", "export/encoder.safetensors",
+                "masks/final.png", "masks/click_curve.png"]:
+        assert (run / rel).is_file(), rel
+    metrics = (run / "csv" / "metrics.csv").read_text().splitlines()[0]
+    for name in ["train/loss_focal", "train/loss_dice", "train/loss_iou", "val/miou_point_oracle",
+                 "val/miou_box", "val/noc85"]:
+        assert name in metrics
+    sam = load_sam(run / "checkpoints" / "last.ckpt")
+    assert sam.image_encoder.depth == 2 and sam.image_encoder.img_size == 64
+
+
+def test_sam_export_matches_the_official_segment_anything_predictor(tmp_path):
+    seg = pytest.importorskip("segment_anything")
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    ours = tiny_sam(image_size=64)
+    for p in ours.parameters():  # non-trivial values everywhere (zeros would hide mistakes)
+        p.data.add_(torch.randn_like(p) * 0.02)
+    src = tmp_path / "ours.safetensors"
+    from sam_train.weights.safetensors_io import save_weights
+
+    save_weights(src, ours.state_dict(), {"architecture": ours.architecture})
+    out = export(src, "sam", tmp_path / "sam_official.pth")
+    arch = json.loads(out.with_suffix(".json").read_text())["architecture"]
+    grid = arch["image_size"] // arch["patch_size"]
+    official = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=arch["image_size"], patch_size=arch["patch_size"], embed_dim=arch["encoder_embed_dim"],
+            depth=arch["encoder_depth"], num_heads=arch["encoder_num_heads"], out_chans=arch["prompt_embed_dim"],
+            qkv_bias=True, use_rel_pos=True, window_size=arch["window_size"],
+            global_attn_indexes=tuple(arch["encoder_global_attn_indexes"]), norm_layer=torch.nn.LayerNorm,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch["prompt_embed_dim"], image_embedding_size=(grid, grid),
+            input_image_size=(arch["image_size"],) * 2, mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=arch["prompt_embed_dim"], mlp_dim=64, num_heads=4),
+            transformer_dim=arch["prompt_embed_dim"], iou_head_depth=3, iou_head_hidden_dim=32,
+        ),
+    )
+    official.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    official.eval()
+
+    image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    theirs = seg.SamPredictor(official)
+    theirs.set_image(image)
+    mine = SamPredictor(load_sam(src))
+    mine.set_image(image)
+    for prompt in [dict(point_coords=np.array([[20.0, 30.0]]), point_labels=np.array([1])),
+                   dict(box=np.array([5.0, 8.0, 40.0, 50.0]), multimask_output=False),
+                   dict(point_coords=np.array([[20.0, 30.0], [50.0, 10.0]]), point_labels=np.array([1, 0]))]:
+        m1, s1, l1 = theirs.predict(**prompt)
+        m2, s2, l2 = mine.predict(**prompt)
+        assert np.abs(s1 - s2).max() < 1e-4
+        assert (torch.as_tensor(l1) - l2).abs().max() < 1e-4
+        assert (m1 == m2).mean() > 0.999
