@@ -19,9 +19,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,sweep]"
 	touch $(STAMP)
 
+# Stage 1 (MAE) -> stage 2 (SAM, encoder from stage 1) -> exports -> a predicted picture.
 demo: install
+	rm -rf $(DEMO)
 	$(BIN)/sam-train experiment=demo_mae hydra.run.dir=$(DEMO)/mae
-	@echo "stage 1 results: $(DEMO)/mae (reconstructions/final.png, export/encoder.safetensors, csv/metrics.csv)"
+	$(BIN)/sam-train stage=sam experiment=demo_sam hydra.run.dir=$(DEMO)/sam \
+		model.init_from=$(DEMO)/mae/checkpoints/last.ckpt
+	$(BIN)/sam-export $(DEMO)/mae/checkpoints/last.ckpt --format timm --out $(DEMO)/export/vit_tiny_mae.safetensors
+	$(BIN)/sam-export $(DEMO)/sam/checkpoints/last.ckpt --format sam --out $(DEMO)/export/sam_vit_tiny.pth
+	$(BIN)/python -m sam_train.cli.predict $(DEMO)/export/sam_vit_tiny.pth --sample arc2017 \
+		--out $(DEMO)/prediction_arc2017.png
+	@echo
+	@echo "demo results in $(DEMO)/:"
+	@echo "  mae/reconstructions/final.png   stage 1: original | masked | reconstruction | pasted"
+	@echo "  mae/csv/metrics.csv             stage 1 losses"
+	@echo "  sam/masks/final.png             stage 2: one-point (top) and one-box (bottom) masks on held-out images"
+	@echo "  sam/masks/click_curve.png       stage 2: validation mIoU after 1..10 clicks"
+	@echo "  export/                         timm ViT encoder, official-layout SAM checkpoint (+ .json metadata)"
+	@echo "  prediction_arc2017.png          the exported SAM, one click per object, on a held-out photo"
 
 test: install
 	$(BIN)/python -m pytest -q
