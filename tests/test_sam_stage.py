@@ -19,6 +19,8 @@ from sam_train.predictor import SamPredictor, load_sam
 from sam_train.weights.checkpoints import WeightsError
 from sam_train.weights.export import export
 from sam_train.weights.init import init_sam_from
+from sam_train.weights.official import build_official_sam
+from sam_train.weights.safetensors_io import save_weights
 
 SAM_TINY = [
     "model.encoder_embed_dim=32", "model.encoder_depth=2", "model.encoder_num_heads=2",
@@ -101,35 +103,14 @@ def test_console_script_trains_sam_from_stage1_and_exports(stage1_ckpt, tmp_path
 
 def test_sam_export_matches_the_official_segment_anything_predictor(tmp_path):
     seg = pytest.importorskip("segment_anything")
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
     ours = tiny_sam(image_size=64)
     for p in ours.parameters():  # non-trivial values everywhere (zeros would hide mistakes)
         p.data.add_(torch.randn_like(p) * 0.02)
     src = tmp_path / "ours.safetensors"
-    from sam_train.weights.safetensors_io import save_weights
-
     save_weights(src, ours.state_dict(), {"architecture": ours.architecture})
     out = export(src, "sam", tmp_path / "sam_official.pth")
     arch = json.loads(out.with_suffix(".json").read_text())["architecture"]
-    grid = arch["image_size"] // arch["patch_size"]
-    official = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=arch["image_size"], patch_size=arch["patch_size"], embed_dim=arch["encoder_embed_dim"],
-            depth=arch["encoder_depth"], num_heads=arch["encoder_num_heads"], out_chans=arch["prompt_embed_dim"],
-            qkv_bias=True, use_rel_pos=True, window_size=arch["window_size"],
-            global_attn_indexes=tuple(arch["encoder_global_attn_indexes"]), norm_layer=torch.nn.LayerNorm,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=arch["prompt_embed_dim"], image_embedding_size=(grid, grid),
-            input_image_size=(arch["image_size"],) * 2, mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=arch["prompt_embed_dim"], mlp_dim=64, num_heads=4),
-            transformer_dim=arch["prompt_embed_dim"], iou_head_depth=3, iou_head_hidden_dim=32,
-        ),
-    )
+    official = build_official_sam(arch)
     official.load_state_dict(torch.load(out, weights_only=True), strict=True)
     official.eval()
 

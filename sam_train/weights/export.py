@@ -74,7 +74,8 @@ def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
 
         ours = sam_state_from_official(ours)
     meta = _metadata(weights, "sam", dtype)
-    meta["architecture"] = infer_sam_architecture(ours)
+    # shapes give all but the decoder's head count; a checkpoint's own record wins
+    meta["architecture"] = {**infer_sam_architecture(ours), **(weights.metadata.get("architecture") or {})}
     with atomic_path(out) as tmp:
         torch.save(_cast(sam_state_to_official(ours), dtype), tmp)
     with atomic_path(out.with_suffix(".json")) as tmp:

@@ -1,0 +1,154 @@
+"""Stage-2 training step: our SAM modules against the `segment-anything` package's modules.
+
+    python benchmarks/bench_sam.py [--sizes 256,1024] [--reps 3] [--json out.json]
+    python benchmarks/bench_sam.py --scaling            # 1 mask x 1 round vs 64 masks x 11 rounds
+
+One step = image encoder forward once, then R prompting rounds for K masks on that embedding
+(round 0 a point per mask; later rounds add a point and feed the previous low-res logits as the
+mask prompt), SAM's losses (`sam_train.losses.sam_loss`), backward, AdamW step. Both sides run
+the *same driver* with the same weights (ours mapped into the official layout), same prompts;
+only the modules differ: ours (fused SDPA attention, shared ViT) vs segment-anything's
+(attention by hand, the full N x N attention matrix with its relative-position bias).
+Images/s and ratios come from interleaved repetitions in one process; peak step memory from
+torch's CPU allocator (`common.peak_cpu_bytes`); encoder FLOP/s from `flops.sam_encoder_flops`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from benchmarks.common import fmt_si, interleaved, machine, matmul_rate, median, peak_cpu_bytes
+from benchmarks.flops import sam_encoder_flops
+from sam_train.losses import masks_to_logit_size, sam_loss
+from sam_train.models.sam.keymap import sam_state_to_official
+from sam_train.models.sam.sam import build_sam_vit
+from sam_train.weights.official import build_official_sam
+
+
+def official_sam(ours):
+    """segment-anything's modules at our architecture, with our weights."""
+    sam = build_official_sam(ours.architecture)
+    sam.load_state_dict(sam_state_to_official(ours.state_dict()), strict=True)
+    return sam
+
+
+def decode_ours(sam, emb, coords, labels, mask_in, multimask):
+    return sam.decode(emb, points=(coords, labels), mask_inputs=mask_in,
+                      image_index=torch.zeros(coords.shape[0], dtype=torch.long), multimask_output=multimask)
+
+
+def decode_official(sam, emb, coords, labels, mask_in, multimask):
+    sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=mask_in)
+    # the official decoder repeats one image embedding per prompt itself
+    return sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+
+
+def make_step(sam, embed, decode, images, gt, rounds: int):
+    """A closure running one training step with `rounds` rounds for the K masks in `gt`."""
+    opt = torch.optim.AdamW([p for p in sam.parameters() if p.requires_grad], lr=1e-5)
+    k, size = gt.shape[0], images.shape[-1]
+    gen = torch.Generator().manual_seed(0)
+    points = torch.rand(k, rounds, 2, generator=gen) * size  # same prompts every step
+    labels = torch.ones(k, rounds, dtype=torch.long)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        emb = embed(sam, images)  # once per image
+        mask_in, total = None, 0.0
+        gt_low = None
+        for r in range(rounds):
+            logits, iou = decode(sam, emb, points[:, : r + 1], labels[:, : r + 1], mask_in, r == 0)
+            if gt_low is None:
+                gt_low = masks_to_logit_size(gt, tuple(logits.shape[-2:]))
+            total = total + sam_loss(logits, iou, gt_low)["loss"]
+            mask_in = logits[:, :1].detach()
+        (total / rounds).backward()
+        opt.step()
+
+    return step
+
+
+def bench_size(size: int, masks: int, rounds: int, reps: int, model: str = "b") -> dict:
+    torch.manual_seed(0)
+    ours = build_sam_vit(model, image_size=size)
+    theirs = official_sam(ours)
+    images = torch.randn(1, 3, size, size)
+    gt = torch.zeros(masks, size, size, dtype=torch.bool)
+    for i in range(masks):  # one square object per mask
+        a = (i * 7) % (size // 2)
+        gt[i, a : a + size // 4, a : a + size // 3] = True
+    steps = {
+        "ours": make_step(ours, lambda s, x: s.embed_images(x), decode_ours, images, gt, rounds),
+        "segment_anything": make_step(theirs, lambda s, x: s.image_encoder(x), decode_official, images, gt, rounds),
+    }
+    times = interleaved(steps, reps=reps, warmup=1)
+    memory = {name: peak_cpu_bytes(fn) for name, fn in steps.items()}
+    a = ours.architecture
+    enc = sam_encoder_flops(1, size, a["patch_size"], a["encoder_embed_dim"], a["encoder_depth"],
+                            a["encoder_num_heads"], a["window_size"], tuple(a["encoder_global_attn_indexes"]))
+    t_ours, t_theirs = median(times["ours"]), median(times["segment_anything"])
+    return {
+        "model": f"sam_vit_{model}", "image_size": size, "masks": masks, "rounds": rounds,
+        "step_s": {"ours": t_ours, "segment_anything": t_theirs},
+        "speed_ratio_ours_over_theirs": t_theirs / t_ours,
+        "peak_step_bytes": memory,
+        "memory_ratio_ours_over_theirs": memory["ours"] / memory["segment_anything"],
+        "encoder_train_flops": enc.train,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="256,1024")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--scaling", action="store_true", help="1x1 vs 64x11 at 1024 (ours only)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    rate = matmul_rate()
+    results = {"machine": machine(), "matmul_fp32_flops_per_s": rate["flops_per_s"], "runs": []}
+    if args.scaling:
+        results["runs"].append(scaling(args.reps))
+    else:
+        for size in [int(s) for s in args.sizes.split(",")]:
+            r = bench_size(size, masks=1, rounds=1, reps=args.reps)
+            r["encoder_flops_fraction_of_matmul_rate"] = (
+                r["encoder_train_flops"] / r["step_s"]["ours"] / rate["flops_per_s"]
+            )
+            results["runs"].append(r)
+            print(f"sam_vit_b @ {size}: ours {r['step_s']['ours']:.2f} s/step, segment-anything "
+                  f"{r['step_s']['segment_anything']:.2f} s/step -> {r['speed_ratio_ours_over_theirs']:.2f}x; "
+                  f"peak memory {fmt_si(r['peak_step_bytes']['ours'], 'B')} vs "
+                  f"{fmt_si(r['peak_step_bytes']['segment_anything'], 'B')} "
+                  f"({r['memory_ratio_ours_over_theirs']:.2f}x); encoder at "
+                  f"{r['encoder_flops_fraction_of_matmul_rate']:.0%} of the matmul rate", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def scaling(reps: int) -> dict:
+    """Our step at sam_vit_b 1024: 1 mask x 1 round against 64 masks x 11 rounds."""
+    torch.manual_seed(0)
+    ours = build_sam_vit("b", image_size=1024)
+    images = torch.randn(1, 3, 1024, 1024)
+    out = {}
+    for masks, rounds in [(1, 1), (64, 11)]:
+        gt = torch.zeros(masks, 1024, 1024, dtype=torch.bool)
+        gt[:, 100:400, 200:600] = True
+        step = make_step(ours, lambda s, x: s.embed_images(x), decode_ours, images, gt, rounds)
+        out[f"{masks}x{rounds}"] = median(interleaved({"s": step}, reps=reps, warmup=1)["s"])
+        print(f"{masks} masks x {rounds} rounds: {out[f'{masks}x{rounds}']:.2f} s/step", flush=True)
+    out["ratio_64x11_over_1x1"] = out["64x11"] / out["1x1"]
+    print(f"64x11 costs {out['ratio_64x11_over_1x1']:.2f}x of 1x1", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
