@@ -52,5 +52,9 @@ format: install
 	$(BIN)/ruff check --fix sam_train data_prep tests benchmarks
 	$(BIN)/ruff format sam_train data_prep tests benchmarks
 
+# Side-by-side speed and memory against transformers / segment-anything (15-20 min on 2 cores).
+bench: install
+	bash benchmarks/run_all.sh
+
 clean:
 	rm -rf outputs .pytest_cache build *.egg-info

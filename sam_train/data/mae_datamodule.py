@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import lightning as L
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from sam_train.data.resumable import ResumableDataLoader, ResumableSampler
@@ -77,6 +78,14 @@ class MaeDataModule(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
 
 
+def _shrink(image: Image.Image, max_side: int) -> Image.Image:
+    scale = max_side / max(image.size)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BICUBIC)
+
+
 def sample_datamodule(
     img_size: int,
     batch_size: int = 16,
@@ -89,7 +98,8 @@ def sample_datamodule(
 ) -> MaeDataModule:
     """The embedded sample photos: random crops of the training photos; the held-out photos,
     centre-cropped, for validation."""
-    photos = load_sample_photos()
+    # photos up to 1411 px: shrink once so per-crop resizing stays cheap (crops keep >= 2x detail)
+    photos = {name: _shrink(im, 2 * img_size) for name, im in load_sample_photos().items()}
     unknown = set(val_photos) - set(photos)
     if unknown:
         raise ValueError(f"data.val_photos names unknown photos {sorted(unknown)}; have {sorted(photos)}")

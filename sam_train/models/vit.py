@@ -113,8 +113,45 @@ def decomposed_rel_pos_bias(
     return bias.reshape(b, nh, h * w, h * w)
 
 
+def fold_rel_pos(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    hw: tuple[int, int],
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold the decomposed relative-position bias into the query/key dot product.
+
+    q' = [q * hd^-0.5, q . R_h(row), q . R_w(col)] and k' = [k, onehot(row), onehot(col)], so
+    q'_i . k'_j = q_i . k_j / sqrt(hd) + bias[i, j] with the bias of `decomposed_rel_pos_bias`;
+    attention over (q', k') with scale 1 gives the same result without ever building the
+    [N, N] bias (4096 x 4096 per head in a global block of the 1024-px SAM encoder), and lets
+    the backward run in the fused kernel (a bias that needs gradients sends SDPA to the math
+    path, which stores every [N, N] matrix).
+
+    q, k: [B, nh, H*W, hd] (unscaled queries). Returns q', k': [B, nh, H*W, hd + H + W].
+    """
+    h, w = hw
+    b, nh, n, hd = q.shape
+    r_h = relative_position_table(h, h, rel_pos_h)  # [H, H, hd]
+    r_w = relative_position_table(w, w, rel_pos_w)  # [W, W, hd]
+    r_q = q.reshape(b, nh, h, w, hd)
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, r_h).reshape(b, nh, n, h)  # [B, nh, N, H]
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, r_w).reshape(b, nh, n, w)  # [B, nh, N, W]
+    token = torch.arange(n, device=q.device)
+    onehot = torch.cat(
+        [F.one_hot(token // w, h), F.one_hot(token % w, w)], dim=-1
+    ).to(k.dtype)  # [N, H + W]: key j's row and column
+    q_folded = torch.cat([q * hd**-0.5, bias_h, bias_w], dim=-1)
+    k_folded = torch.cat([k, onehot.expand(b, nh, n, h + w)], dim=-1)
+    return q_folded, k_folded
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through `F.scaled_dot_product_attention`.
+
+    With relative positions the bias is folded into the dot product (`fold_rel_pos`) rather
+    than passed as a dense [B, nh, N, N] mask: same result, O(N) memory, fused backward.
 
     Args:
         dim: token width.
@@ -143,12 +180,15 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, nh, N, hd)
-        bias = None
         if self.use_rel_pos:
             if hw is None or hw[0] * hw[1] != n:
                 raise ValueError("relative positions need the token grid (H, W) with H*W tokens")
-            bias = decomposed_rel_pos_bias(q, hw, self.rel_pos_h, self.rel_pos_w)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, nh, N, hd)
+            q, k = fold_rel_pos(q, k, hw, self.rel_pos_h, self.rel_pos_w)  # (B, nh, N, hd+H+W)
+            # the fused CPU kernel needs v as wide as q and k: zero columns, dropped after
+            v = F.pad(v, (0, q.shape[-1] - self.head_dim))
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., : self.head_dim]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hd)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 

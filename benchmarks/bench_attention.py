@@ -1,0 +1,185 @@
+"""SAM image-encoder attention with decomposed relative positions: three formulations.
+
+    python benchmarks/bench_attention.py [--reps 3] [--json out.json]
+
+- `dense bias`: the [B, nh, N, N] relative-position bias built and passed to
+  `F.scaled_dot_product_attention` as an additive mask (our previous code);
+- `folded` (ours, the default): the bias folded into the dot product, q' = [q*scale, q.R_h,
+  q.R_w], k' = [k, onehot(row), onehot(col)], SDPA with scale 1 (`sam_train.models.vit.fold_rel_pos`);
+- `official`: `segment_anything.modeling.image_encoder.Attention` (explicit q @ k^T, bias
+  added, softmax, @ v).
+
+Same weights in all three (outputs compared before timing). Cases: one global block of the
+1024-px ViT-B encoder (64 x 64 tokens, width 768, 12 heads, batch 1) and one windowed block
+(the same grid as 25 windows of 14 x 14 after padding to 70 x 70). Modes: `forward`
+(inference, no_grad) and `train` (forward + backward of a scalar of the output).
+Alternating repetitions after warm-up, medians; peak = bytes the CPU allocator holds above
+the start (`common.peak_cpu_bytes`). FLOP/s counts the useful work (projections, the two
+attention products, the relative-position products) for every formulation; the folded one
+does about 3x the attention-product work for global blocks (head dim 64 -> 64 + 64 + 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import (
+    THREADS_HELP,
+    MatmulProbe,
+    fmt_si,
+    interleaved,
+    machine,
+    matmul_rate,
+    median,
+    peak_cpu_bytes,
+    quiet_profiler_logs,
+    spread,
+)
+from benchmarks.flops import attention_flops, linear_flops, rel_pos_flops
+from sam_train.models.vit import Attention, decomposed_rel_pos_bias
+
+
+class DenseBiasAttention(Attention):
+    """Our attention with the relative-position bias materialised as an [N, N] mask."""
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = decomposed_rel_pos_bias(q, hw, self.rel_pos_h, self.rel_pos_w)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def build(dim: int, heads: int, side: int, seed: int = 0):
+    from segment_anything.modeling.image_encoder import Attention as OfficialAttention
+
+    torch.manual_seed(seed)
+    official = OfficialAttention(
+        dim, heads, qkv_bias=True, use_rel_pos=True, input_size=(side, side)
+    )
+    with torch.no_grad():  # non-zero relative tables, as after training
+        official.rel_pos_h.normal_(std=0.02)
+        official.rel_pos_w.normal_(std=0.02)
+    folded = Attention(dim, heads, rel_pos_size=side)
+    dense = DenseBiasAttention(dim, heads, rel_pos_size=side)
+    folded.load_state_dict(official.state_dict())
+    dense.load_state_dict(official.state_dict())
+    return {"dense bias": dense, "folded": folded, "official": official}
+
+
+def case_flops(seqs: int, side: int, dim: int, heads: int) -> float:
+    n = side * side
+    return (
+        linear_flops(seqs * n, dim, 3 * dim)
+        + linear_flops(seqs * n, dim, dim)
+        + attention_flops(seqs, heads, n, n, dim // heads)
+        + rel_pos_flops(seqs, heads, side, side, dim // heads)
+    )
+
+
+def bench_case(
+    name: str, seqs: int, side: int, dim: int, heads: int, reps: int, warmup: int, peak: float
+) -> list[dict]:
+    modules = build(dim, heads, side)
+    x = torch.randn(seqs, side * side, dim) * 0.5
+    x_grid = x.reshape(seqs, side, side, dim)
+    hw = (side, side)
+
+    def run(label: str, m):
+        return m(x_grid) if label == "official" else m(x, hw).reshape(seqs, side, side, dim)
+
+    with torch.no_grad():
+        ref = run("official", modules["official"])
+        err = {k: float((run(k, m) - ref).abs().max()) for k, m in modules.items()}
+
+    def forward(label, m):
+        def f():
+            with torch.no_grad():
+                run(label, m)
+
+        return f
+
+    def train(label, m):
+        def f():
+            m.zero_grad(set_to_none=True)
+            run(label, m).square().mean().backward()
+
+        return f
+
+    fwd_flops = case_flops(seqs, side, dim, heads)
+    rows = []
+    for mode, make, flops in (("forward", forward, fwd_flops), ("train", train, 3 * fwd_flops)):
+        fns = {k: make(k, m) for k, m in modules.items()}
+        probe = MatmulProbe()
+        times = interleaved({**fns, "matmul": probe}, reps=reps, warmup=warmup)
+        ceiling = max(peak, probe.rate(times.pop("matmul")))
+        for k, f in fns.items():
+            t = median(times[k])
+            rows.append(
+                {
+                    "case": name,
+                    "mode": mode,
+                    "impl": k,
+                    "s": t,
+                    "spread": spread(times[k]),
+                    "flops_per_s": flops / t,
+                    "matmul_flops_per_s": ceiling,
+                    "fraction_of_matmul_peak": flops / t / ceiling,
+                    "peak_bytes": peak_cpu_bytes(f),
+                    "max_abs_err_vs_official": err[k],
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    quiet_profiler_logs()
+    peak = matmul_rate()
+    print(f"machine fp32 matmul rate: {fmt_si(peak['flops_per_s'], 'FLOP/s')}")
+    dim, heads = 768, 12
+    rows = bench_case("global 64x64", 1, 64, dim, heads, a.reps, a.warmup, peak["flops_per_s"])
+    # 64 x 64 padded to 70 x 70 = 25 windows of 14 x 14
+    rows += bench_case(
+        "window 25x(14x14)", 25, 14, dim, heads, a.reps + 2, a.warmup, peak["flops_per_s"]
+    )
+    print(
+        f"{'case':18} {'mode':8} {'impl':11} {'s':>8} {'spread':>7} {'vs folded':>9} "
+        f"{'FLOP/s':>13} {'of peak':>8} {'peak mem':>10} {'err':>8}"
+    )
+    for r in rows:
+        folded = next(
+            x
+            for x in rows
+            if x["case"] == r["case"] and x["mode"] == r["mode"] and x["impl"] == "folded"
+        )
+        print(
+            f"{r['case']:18} {r['mode']:8} {r['impl']:11} {r['s']:8.3f} {r['spread']:7.1%} "
+            f"{r['s'] / folded['s']:8.2f}x {fmt_si(r['flops_per_s'], 'FLOP/s'):>13} "
+            f"{r['fraction_of_matmul_peak']:8.1%} {fmt_si(r['peak_bytes'], 'B'):>10} "
+            f"{r['max_abs_err_vs_official']:8.1e}"
+        )
+    out = {"machine": machine(), "matmul": peak, "rows": rows}
+    print(json.dumps(out))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
