@@ -94,3 +94,14 @@ def test_empty_image_folder_is_a_clear_error(tmp_path):
     cfg = compose_run(tmp_path, ["stage=mae", *TINY, "data=images", f"data.root={tmp_path / 'imgs'}"])
     with pytest.raises(Exception, match="no images"):
         train(cfg)
+
+
+def test_activation_checkpointing_option_reaches_the_encoder(tmp_path):
+    from hydra.utils import instantiate
+
+    from sam_train.cli.train import apply_model_options
+
+    cfg = compose_run(tmp_path, ["stage=mae", *TINY, "activation_checkpointing=true"])
+    model = instantiate(cfg.model)
+    apply_model_options(model, cfg)
+    assert model.encoder.grad_checkpointing

@@ -27,6 +27,18 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
+def apply_model_options(model: torch.nn.Module, cfg: DictConfig) -> None:
+    """Activation checkpointing in every ViT, and torch.compile, when the config asks."""
+    from sam_train.models.vit import VisionTransformer
+
+    if cfg.get("activation_checkpointing"):
+        for m in model.modules():
+            if isinstance(m, VisionTransformer):
+                m.grad_checkpointing = True
+    if cfg.get("compile"):
+        model.compile()
+
+
 def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     run_dir = Path(cfg.paths.run_dir)
@@ -38,6 +50,7 @@ def train(cfg: DictConfig) -> float | None:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    apply_model_options(model, cfg)
     optim = instantiate(cfg.optim)
     # a partial, so the run config (full of _target_ keys) is passed as plain data
     make_module = instantiate(cfg.stage.module, _partial_=True)
