@@ -127,3 +127,39 @@ def test_sam_export_matches_the_official_segment_anything_predictor(tmp_path):
         assert np.abs(s1 - s2).max() < 1e-4
         assert (torch.as_tensor(l1) - l2).abs().max() < 1e-4
         assert (m1 == m2).mean() > 0.999
+
+
+def test_official_checkpoint_initialises_our_model_and_outputs_agree(tmp_path):
+    pytest.importorskip("segment_anything")
+    arch = tiny_sam().architecture
+    torch.manual_seed(1)
+    official = build_official_sam(arch).eval()
+    path = tmp_path / "sam_vit_official.pth"
+    torch.save(official.state_dict(), path)  # the layout of the published SAM checkpoints
+    ours = tiny_sam()
+    report = init_sam_from(ours, path)
+    assert report.layout == "sam_official" and not report.new and not report.ignored
+    ours.eval()
+    images = torch.randn(1, 3, 64, 64)
+    points = (torch.tensor([[[20.0, 30.0]]]), torch.tensor([[1]]))
+    with torch.no_grad():
+        emb_theirs = official.image_encoder(images)
+        sparse, dense = official.prompt_encoder(points=points, boxes=None, masks=None)
+        theirs, iou_theirs = official.mask_decoder(emb_theirs, official.prompt_encoder.get_dense_pe(),
+                                                   sparse, dense, True)
+        mine, iou_mine = ours.decode(ours.embed_images(images), points=points)
+    assert (emb_theirs - ours.embed_images(images)).abs().max() < 1e-4
+    assert (theirs - mine).abs().max() < 1e-4 and (iou_theirs - iou_mine).abs().max() < 1e-4
+
+
+def test_export_then_init_from_round_trips_exactly(tmp_path):
+    ours = tiny_sam()
+    src = tmp_path / "ours.safetensors"
+    save_weights(src, ours.state_dict(), {"architecture": ours.architecture})
+    official_path = export(src, "sam", tmp_path / "sam.pth")
+    for path in (src, official_path):
+        fresh = tiny_sam()
+        torch.nn.init.zeros_(fresh.mask_decoder.iou_token.weight)
+        init_sam_from(fresh, path)
+        ref, got = ours.state_dict(), fresh.state_dict()
+        assert all(torch.equal(ref[k], got[k]) for k in ref), path
