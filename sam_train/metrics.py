@@ -9,6 +9,7 @@ Distances come from `scipy.ndimage.distance_transform_edt` (scipy ships with sci
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -149,15 +150,54 @@ def evaluate_prompts(
     return out
 
 
+@torch.no_grad()
+def evaluate_text_prompts(
+    sam: Sam,
+    image_embeddings: torch.Tensor,
+    gt_masks: torch.Tensor,
+    image_index: torch.Tensor,
+    text_embeds: torch.Tensor,
+    image_hw: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """IoU [K] of the single-mask prediction for a text prompt alone (issue 5).
+
+    Args:
+        sam: a model with a text branch. image_embeddings: [B, C, h, w].
+        gt_masks: [K, S, S] bool. image_index: [K] image of each mask.
+        text_embeds: [K, E] CLIP embeddings (a phrase's text embedding or a region's image one).
+        image_hw: [K, 2] real image size inside the frame (padding is never foreground).
+    """
+    k, size = gt_masks.shape[0], gt_masks.shape[-1]
+    dev = gt_masks.device
+    pads = (torch.zeros(k, 2, 2, device=dev), torch.full((k, 2), -1, device=dev))  # as in training
+    logits, _ = sam.decode(
+        image_embeddings, points=pads, text_embeds=text_embeds[:, None], image_index=image_index,
+        multimask_output=False, pad_points=False,
+    )
+    pred = upscale_logits(logits.float(), (size, size))[:, 0] > sam.mask_threshold
+    region = _region(image_hw, k, size, dev)
+    return mask_iou(pred & region if region is not None else pred, gt_masks)
+
+
 class PromptMetrics:
     """Accumulates `evaluate_prompts` results over batches; `compute` gives the means.
 
+    Means are sums over masks divided by mask counts, and `compute(reduce=...)` adds the sums
+    and counts of every rank before dividing, so a multi-GPU mean weighs every mask once (not a
+    mean of per-rank means).
+
     Args:
         noc_thresholds: IoU targets for NoC (0.85, 0.9 -> `noc85`, `noc90`).
+        layout: result names and their widths (1 for [K] results, C for `iou_clicks` [K, C]);
+            needed when reducing across ranks, since a rank may have seen no masks at all.
+            None: taken from what was updated (single process only).
     """
 
-    def __init__(self, noc_thresholds: tuple[float, ...] = (0.85, 0.9)) -> None:
+    def __init__(
+        self, noc_thresholds: tuple[float, ...] = (0.85, 0.9), layout: dict[str, int] | None = None
+    ) -> None:
         self.noc_thresholds = noc_thresholds
+        self.layout = layout
         self.reset()
 
     def reset(self) -> None:
@@ -167,18 +207,48 @@ class PromptMetrics:
         for name, value in results.items():
             self._parts[name].append(value.detach().float().cpu())
 
-    def compute(self) -> dict[str, float]:
-        """`miou_point_oracle`, `miou_point_confident`, `miou_box`, `miou_click_N`, `nocXX`."""
+    def _values(self, name: str, width: int) -> torch.Tensor:
+        parts = self._parts.get(name) or [torch.zeros(0, width)]
+        values = torch.cat(parts)
+        return values.reshape(values.shape[0], width)  # [N, width]
+
+    def compute(
+        self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> dict[str, float]:
+        """`miou_point_oracle`, `miou_point_confident`, `miou_box`, `miou_click_N`, `nocXX` (and
+        `m<name>` for any other result), over the masks of every rank.
+
+        Args:
+            reduce: sums a flat float tensor over ranks (e.g. the strategy's all-reduce);
+                None = this process only.
+        """
+        layout = self.layout or {
+            n: (p[0].shape[1] if p[0].dim() > 1 else 1) for n, p in self._parts.items()
+        }
+        sums, counts = [], []
+        for name, width in layout.items():
+            values = self._values(name, width)
+            sums.append(values.sum(0))
+            if name == "iou_clicks":
+                sums += [number_of_clicks(values, t).sum()[None] for t in self.noc_thresholds]
+            counts.append(float(values.shape[0]))
+        flat = torch.cat(sums + [torch.tensor(counts)])
+        if reduce is not None:
+            flat = reduce(flat.to(torch.float64)).cpu()
+        n_total = flat[len(flat) - len(counts):].tolist()
         out: dict[str, float] = {}
-        for name, parts in self._parts.items():
-            values = torch.cat(parts)
-            if values.numel() == 0:
+        offset = 0
+        for (name, width), n in zip(layout.items(), n_total):
+            extra = len(self.noc_thresholds) if name == "iou_clicks" else 0
+            chunk = (flat[offset : offset + width + extra] / max(n, 1)).tolist()
+            offset += width + extra
+            if n == 0:
                 continue
             if name == "iou_clicks":
-                for i, v in enumerate(values.mean(0).tolist()):
+                for i, v in enumerate(chunk[:width]):
                     out[f"miou_click_{i + 1}"] = v
-                for t in self.noc_thresholds:
-                    out[f"noc{round(t * 100)}"] = number_of_clicks(values, t).mean().item()
+                for t, v in zip(self.noc_thresholds, chunk[width:]):
+                    out[f"noc{round(t * 100)}"] = v
             else:
-                out["m" + name] = values.mean().item()
+                out["m" + name] = chunk[0]
         return out

@@ -3,6 +3,13 @@
     predictor = SamPredictor.from_checkpoint("outputs/sam/<run>/export/sam.safetensors")
     predictor.set_image(rgb)                      # HxWx3 uint8; embeds the image once
     masks, scores, logits = predictor.predict(point_coords=[[320, 240]], point_labels=[1])
+
+Text prompts (a model trained with `prompt.text.enabled=true`): give the predictor the CLIP it
+was trained with, then prompt with a phrase, alone or with points / boxes:
+
+    predictor = SamPredictor.from_checkpoint(path, text_encoder=ClipPromptEncoder.load(
+        "ViT-B-32", "/path/to/open_clip_model.safetensors"))
+    masks, scores, _ = predictor.predict(text="a dog", multimask_output=False)
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
@@ -70,8 +78,13 @@ def load_sam(path: str | Path) -> Sam:
 class SamPredictor:
     """Prompted masks for one image at a time; the image embedding is computed once per image."""
 
-    def __init__(self, model: Sam, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, model: Sam, device: str | torch.device = "cpu", text_encoder: nn.Module | None = None
+    ) -> None:
+        """model: the SAM. device: where it runs. text_encoder: a `ClipPromptEncoder` for
+        `predict(text=...)` (the CLIP the model's text branch was trained with)."""
         self.model = model.to(device).eval()
+        self.text_encoder = text_encoder.to(device).eval() if text_encoder is not None else None
         self.device = torch.device(device)
         self.image_size = model.image_encoder.img_size
         self._embedding: torch.Tensor | None = None
@@ -79,8 +92,19 @@ class SamPredictor:
         self._input_hw: tuple[int, int] = (0, 0)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> SamPredictor:
-        return cls(load_sam(path), device)
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "cpu", text_encoder: nn.Module | None = None
+    ) -> SamPredictor:
+        return cls(load_sam(path), device, text_encoder)
+
+    def encode_text(self, phrases: str | list[str]) -> torch.Tensor:
+        """CLIP text embeddings [T, E] of one phrase or several (one prompt token each)."""
+        if self.text_encoder is None:
+            raise ValueError(
+                "predict(text=...) needs the CLIP the model was trained with: "
+                "SamPredictor(model, text_encoder=ClipPromptEncoder.load(clip, pretrained))"
+            )
+        return self.text_encoder.encode_text([phrases] if isinstance(phrases, str) else phrases)
 
     @torch.no_grad()
     def set_image(self, image: np.ndarray | Image.Image) -> None:
@@ -110,26 +134,35 @@ class SamPredictor:
         mask_input: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None,
         multimask_output: bool = True,
+        text: str | list[str] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
         """Masks for one prompt set, in original image pixels.
 
         point_coords [N, 2] (x, y) with point_labels [N] (1 foreground, 0 background);
         box [4] xyxy; mask_input [1, 4h, 4w] low-res logits of a previous call; text_embeds
-        [T, E] for a model with a text branch. Returns masks [m, H, W] bool, scores [m], and
+        [T, E] for a model with a text branch, or `text`, a phrase encoded by the predictor's
+        `text_encoder` ("a dog"; alone, or with points / a box). Returns masks [m, H, W] bool, scores [m], and
         low-res logits [m, 4h, 4w] (feed one back as `mask_input`).
         """
         if self._embedding is None:
             raise RuntimeError("call set_image(image) before predict(...)")
-        points = None
+        if text is not None:
+            text_embeds = self.encode_text(text)
+        points, pad_points = None, None
         if point_coords is not None:
             labels = torch.as_tensor(np.asarray(point_labels), device=self.device).long()[None]
             points = (self._to_input(point_coords)[None], labels)
         boxes = self._to_input(np.asarray(box).reshape(1, 4)) if box is not None else None
         masks_in = mask_input[None].to(self.device) if mask_input is not None else None
-        text = text_embeds[None].to(self.device) if text_embeds is not None else None
+        text_in = text_embeds[None].to(self.device) if text_embeds is not None else None
+        if text_in is not None and points is None and boxes is None:
+            # text alone: two padding points, the token layout text prompts were trained with
+            points = (torch.zeros(1, 2, 2, device=self.device),
+                      torch.full((1, 2), -1, device=self.device))
+            pad_points = False
         logits, scores = self.model.decode(
             self._embedding, points=points, boxes=boxes, mask_inputs=masks_in,
-            text_embeds=text, multimask_output=multimask_output,
+            text_embeds=text_in, multimask_output=multimask_output, pad_points=pad_points,
         )  # [1, m, 4h, 4w], [1, m]
         full = F.interpolate(logits, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
         full = full[..., : self._input_hw[0], : self._input_hw[1]]

@@ -139,6 +139,9 @@ def _sample(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
+from sam_train.cli import prep_clip  # noqa: E402, F401  (registers clip-embed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sam-prep",

@@ -9,6 +9,7 @@ final masks, so image, masks and boxes always agree, flipped or not.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class SamItem:
     categories: list[str | None]
     image_hw: tuple[int, int]  # (h, w) of the resized image inside the square
     image_id: object
+    region_embeds: torch.Tensor | None = None  # [M, E] CLIP region embeddings (`clip.npy`)
 
 
 def resized_hw(h: int, w: int, size: int) -> tuple[int, int]:
@@ -102,6 +104,8 @@ class SamSamplePrep:
         record = json.loads(sample["json"])
         W, H = img.size
         h, w = resized_hw(H, W, self.img_size)
+        for row, ann in enumerate(record["annotations"]):
+            ann["_row"] = row  # the annotation's row in `clip.npy`, through shuffles and filters
         anns = self._candidates(record["annotations"], H, W, (h * w) / (H * W))
         rng.shuffle(anns)
         masks, kept = self._decode_masks(anns, H, W, h, w)
@@ -124,6 +128,7 @@ class SamSamplePrep:
             categories=[a.get("category") for a in kept],
             image_hw=(h, w),
             image_id=image_id if image_id is not None else sample.get("__key__"),
+            region_embeds=region_embeds_of(sample, kept),
         )
 
     def _candidates(self, anns: list[dict], H: int, W: int, area_scale: float) -> list[dict]:
@@ -157,6 +162,19 @@ class SamSamplePrep:
             masks.append(small[ok].view(bool))
             kept += [a for a, good in zip(chunk, ok) if good]
         return (np.concatenate(masks) if masks else np.zeros((0, h, w), bool)), kept
+
+
+def region_embeds_of(sample: dict, kept: list[dict]) -> torch.Tensor | None:
+    """Rows of the sample's `clip.npy` [N_annotations, E] (from `sam-prep clip-embed`) for the
+    kept annotations, in their order: [M, E] float; None when the sample has none. A horizontal
+    flip keeps the rows (CLIP embeddings are nearly flip-invariant)."""
+    raw = sample.get("clip.npy")
+    if raw is None:
+        return None
+    table = np.load(io.BytesIO(raw), allow_pickle=False)
+    return torch.from_numpy(table[[a["_row"] for a in kept]].astype(np.float32)).reshape(
+        len(kept), table.shape[1]
+    )
 
 
 def resize_decoded(full: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -198,6 +216,11 @@ def collate_sam(items: list[SamItem]) -> SamBatch:
     boxes = torch.zeros(B, M, 4)
     cat_ids = torch.full((B, M), -1, dtype=torch.long)
     names: list[list[str | None]] = []
+    region = None  # [B, M, E] only when every item has precomputed region embeddings
+    if all(it.region_embeds is not None for it in items):
+        region = torch.zeros(B, M, items[0].region_embeds.shape[-1])
+        for b, it in enumerate(items):
+            region[b, : len(it.region_embeds)] = it.region_embeds
     for b, it in enumerate(items):
         m, (h, w) = len(it.masks), it.masks.shape[1:]
         images[b] = it.image
@@ -213,4 +236,5 @@ def collate_sam(items: list[SamItem]) -> SamBatch:
         categories=names,
         image_hw=torch.tensor([it.image_hw for it in items], dtype=torch.long),
         image_ids=[it.image_id for it in items],
+        region_embeds=region,
     )

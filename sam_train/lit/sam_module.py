@@ -2,7 +2,13 @@
 
 A step: pick up to N masks per image, embed each image once, run the interactive prompt loop
 (`sam_train.training.interactive`), log each loss term. Validation: one centre point (oracle
-and most-confident of 3 masks), one box, the click curve and NoC (`sam_train.metrics`).
+and most-confident of 3 masks), one box, the click curve and NoC (`sam_train.metrics`); with
+text prompts, category phrases and region embeddings (`val/miou_text`, `val/miou_region`); on
+COCO-like data, mask AP of box prompts (`sam_train.coco_eval`). Metrics are sums and counts
+added over ranks before dividing.
+
+Text prompts (issue 5): the CLIP wrapper is held here, not in `Sam`; frozen, it is kept out of
+this module's registry too, so neither checkpoints nor exports carry a copy of CLIP.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from sam_train.coco_eval import CocoMaskAP, box_prompt_predictions, is_coco_like
 from sam_train.data.batch import SamBatch
 from sam_train.data.resumable import sample_seed
 from sam_train.lit.guards import NonFiniteLossGuard
@@ -25,10 +32,12 @@ from sam_train.lit.optim import (
     encoder_layer_id,
     param_groups,
 )
-from sam_train.metrics import PromptMetrics, evaluate_prompts
+from sam_train.metrics import PromptMetrics, evaluate_prompts, evaluate_text_prompts, mask_iou
 from sam_train.models.sam.sam import Sam
+from sam_train.models.sam.text import ClipPromptEncoder
 from sam_train.training.interactive import InteractiveConfig, interactive_loss
-from sam_train.training.prompts import select_masks
+from sam_train.training.prompts import TEXT, PromptTargets, image_regions, select_masks
+from sam_train.training.text_prompts import TextPromptConfig, TextPrompts, category_names
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,8 @@ class SamModule(L.LightningModule):
         val_max_clicks: length of the validation click curve.
         seed: prompts and mask subsets are drawn from (seed, batches so far, rank).
         max_nonfinite: consecutive non-finite losses that stop the run.
+        text: text prompts through CLIP (`prompt.text`); None or disabled = points and boxes.
+        coco_eval: log `val/coco_mask_ap(50)` of box prompts when every mask has a category.
     """
 
     def __init__(
@@ -63,6 +74,8 @@ class SamModule(L.LightningModule):
         val_max_clicks: int = 10,
         seed: int = 0,
         max_nonfinite: int = 20,
+        text: TextPromptConfig | None = None,
+        coco_eval: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -76,7 +89,14 @@ class SamModule(L.LightningModule):
         self.val_max_clicks = val_max_clicks
         self.seed = seed
         self.guard = NonFiniteLossGuard(max_nonfinite)
-        self.val_metrics = PromptMetrics()
+        self.text_cfg = text if text is not None and text.enabled else None
+        self.text = self._build_text(self.text_cfg)
+        self.coco = CocoMaskAP() if coco_eval else None
+        layout = {"iou_point_oracle": 1, "iou_point_confident": 1, "iou_box": 1,
+                  "iou_clicks": val_max_clicks}
+        if self.text is not None:
+            layout.update(iou_text=1, iou_text_wrong=1, iou_whole_image=1, iou_region=1)
+        self.val_metrics = PromptMetrics(layout=layout)
         self.last_val_metrics: dict[str, float] = {}
         self.derived: DerivedSchedule | None = None
         self.flops_per_batch: int | None = None
@@ -84,6 +104,44 @@ class SamModule(L.LightningModule):
     @property
     def encoder_trainable(self) -> bool:
         return any(p.requires_grad for p in self.model.image_encoder.parameters())
+
+    # ------------------------------------------------------------------------- text branch
+    def _build_text(self, cfg: TextPromptConfig | None) -> TextPrompts | None:
+        """Load CLIP, check the model's text width against it, keep a frozen CLIP unregistered."""
+        if cfg is None:
+            return None
+        encoder = cfg.build_encoder()
+        width = self.model.prompt_encoder.text_embed_dim
+        if width != encoder.embed_dim:
+            raise ValueError(
+                f"prompt.text.enabled=true with CLIP {cfg.clip} (embedding width "
+                f"{encoder.embed_dim}) needs model.text_embed_dim={encoder.embed_dim}, "
+                f"the model has {width}: add model.text_embed_dim={encoder.embed_dim}"
+            )
+        if cfg.freeze:
+            object.__setattr__(self, "_frozen_clip", encoder)  # not a submodule: no state_dict
+        else:
+            self.clip = encoder  # trained: a submodule, in checkpoints (not in the Sam export)
+        return TextPrompts(encoder, cfg)
+
+    def _apply(self, fn, *args, **kwargs):
+        """`.to(device)` etc. also move the unregistered frozen CLIP."""
+        out = super()._apply(fn, *args, **kwargs)
+        frozen = self.__dict__.get("_frozen_clip")
+        if frozen is not None:
+            frozen._apply(fn, *args, **kwargs)
+        return out
+
+    @property
+    def clip_encoder(self) -> ClipPromptEncoder | None:
+        return self.text.encoder if self.text is not None else None
+
+    def _text_for_training(
+        self, batch: SamBatch, targets: PromptTargets, gen: torch.Generator
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.text is None or self.interactive.text_prob <= 0 or targets.num_masks == 0:
+            return None, None
+        return self.text.for_training(batch, targets, gen)
 
     def _generator(self, stream: int) -> torch.Generator:
         n_batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
@@ -98,8 +156,13 @@ class SamModule(L.LightningModule):
         )
         with torch.set_grad_enabled(self.encoder_trainable):
             embeddings = self.model.embed_images(batch.images)  # once per image, every round reuses it
-        result = interactive_loss(self.model, embeddings, targets, self.interactive, gen)
+        text_embeds, text_ok = self._text_for_training(batch, targets, gen)
+        result = interactive_loss(
+            self.model, embeddings, targets, self.interactive, gen, text_embeds, text_ok
+        )
         loss = result.losses["loss"]
+        if "clip" in self._modules:  # a trained CLIP: keep every parameter in the graph for DDP
+            loss = loss + sum(p.sum() for p in self.clip.parameters() if p.requires_grad) * 0.0
         if not self.guard.ok(loss, self):
             return None
         bs = batch.batch_size
@@ -109,6 +172,9 @@ class SamModule(L.LightningModule):
         if targets.num_masks:
             self.log("train/iou_first_round", result.round_iou[0], batch_size=bs)
             self.log("train/iou_last_round", result.round_iou[-1], batch_size=bs)
+        if text_ok is not None:
+            share = (result.first_kinds == TEXT).float().mean()
+            self.log("train/text_prompt_share", share, batch_size=bs)
         return loss
 
     def validation_step(self, batch: SamBatch, batch_idx: int) -> None:
@@ -129,17 +195,68 @@ class SamModule(L.LightningModule):
             max_clicks=self.val_max_clicks,
         )
         self.val_metrics.update(results)
+        if self.text is not None:
+            self.val_metrics.update(self._validate_text(batch, targets, embeddings))
+        categories = batch.category_ids[targets.image_index, targets.slot]
+        if self.coco is not None and is_coco_like(categories):
+            masks, scores = box_prompt_predictions(
+                self.model, embeddings, targets.boxes, targets.image_index, batch.image_size
+            )
+            self.coco.update(
+                targets.masks, masks, scores, categories, targets.image_index, targets.image_hw
+            )
+
+    def _validate_text(
+        self, batch: SamBatch, targets: PromptTargets, embeddings: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """IoU of masks prompted by their category phrase (`iou_text`), by another category's
+        phrase (`iou_text_wrong`, a chance level), by their region embedding (`iou_region`), and
+        of a whole-image mask (`iou_whole_image`, another chance level)."""
+        out: dict[str, torch.Tensor] = {}
+
+        def score(name: str, embeds: torch.Tensor, ok: torch.Tensor) -> None:
+            if ok.any():
+                hw = targets.image_hw[ok] if targets.image_hw is not None else None
+                out[name] = evaluate_text_prompts(
+                    self.model, embeddings, targets.masks[ok], targets.image_index[ok],
+                    embeds[ok].to(embeddings.dtype), hw,
+                )
+
+        names = category_names(batch, targets)
+        phrase, named = self.text.categories(batch, targets)
+        score("iou_text", phrase, named)
+        vocab = sorted({n for n in names if n})
+        if len(vocab) > 1:
+            wrong = [vocab[(vocab.index(n) + 1) % len(vocab)] if n else None for n in names]
+            template = self.text_cfg.template
+            other, _ = self.text.phrases([template.format(n) if n else None for n in wrong])
+            score("iou_text_wrong", other, named)
+        if named.any():
+            region = image_regions(
+                targets.image_hw, targets.num_masks, batch.image_size, targets.masks.device
+            )
+            out["iou_whole_image"] = mask_iou(region[named], targets.masks[named])
+        region_emb, region_ok = self.text.regions(batch, targets)
+        score("iou_region", region_emb, region_ok)
+        return out
 
     def on_validation_epoch_start(self) -> None:
         self.val_metrics.reset()
+        if self.coco is not None:
+            self.coco.reset()
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self.val_metrics.compute()
+        strategy = self.trainer.strategy
+        metrics = self.val_metrics.compute(
+            reduce=lambda t: strategy.reduce(t.to(self.device), reduce_op="sum")
+        )
+        if self.coco is not None:
+            metrics.update(self.coco.compute(gather=_all_gather_objects))
         if not metrics:
             return
         self.last_val_metrics = metrics
-        for name, value in metrics.items():
-            self.log(f"val/{name}", value, sync_dist=True, prog_bar=name == "miou_point_confident")
+        for name, value in metrics.items():  # already summed over ranks
+            self.log(f"val/{name}", value, prog_bar=name == "miou_point_confident")
 
     # ------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
@@ -166,6 +283,10 @@ class SamModule(L.LightningModule):
             layer_of=layer_of,
             num_layers=depth,
         )
+        if "clip" in self._modules:  # a trained CLIP, at clip_lr_scale x the lr
+            for group in param_groups(self.clip, self.optim.weight_decay):
+                group.update(lr_scale=self.text_cfg.clip_lr_scale, name="clip_" + group["name"])
+                groups.append(group)
         optimizer, scheduler = build_optimizer(groups, self.optim, self.derived)
         return {
             "optimizer": optimizer,
@@ -193,3 +314,13 @@ class SamModule(L.LightningModule):
             "encoder": (self.model.image_encoder.state_dict(), {**meta, "format": "sam_train.vit",
                         "architecture": self.model.image_encoder.architecture}),
         }
+
+
+def _all_gather_objects(obj: list) -> list[list]:
+    """Every rank's list (one list when not distributed)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -2,7 +2,8 @@
 
 Per step: the image embeddings are computed once by the caller; every mask then goes through
 `num_rounds` decoder rounds on that embedding:
-  round 0         the first prompt (a uniform foreground point or a noisy box);
+  round 0         the first prompt (a uniform foreground point, a noisy box, or a text
+                  embedding: CLIP of the mask's region or of its category name, issue 5);
   click rounds    one corrective point from the error region of the previous prediction, plus
                   the previous round's low-res logits (of its highest-IoU output) as mask prompt;
   mask-only rounds the previous logits without a new point: one at a random place among the click
@@ -24,6 +25,7 @@ from sam_train.models.sam.sam import Sam, upscale_logits
 from sam_train.training.prompts import (
     PAD,
     POINT,
+    TEXT,
     PromptTargets,
     first_prompts,
     image_regions,
@@ -71,7 +73,7 @@ class InteractiveResult:
     losses:       `loss_focal`, `loss_dice`, `loss_iou`, `loss`, each averaged over rounds (scalars).
     round_iou:    [R] mean IoU (at logit size, detached) of the chosen mask after each round.
     final_logits: [K, 1, 4h, 4w] the last round's logits (detached), e.g. for pictures.
-    first_kinds:  [K] first-prompt kind of each mask (0 point, 1 box).
+    first_kinds:  [K] first-prompt kind of each mask (0 point, 1 box, 2 text).
     """
 
     losses: dict[str, torch.Tensor]
@@ -138,12 +140,24 @@ def _zero_result(
     )
 
 
+def _text_tokens(
+    sam: Sam, text_embeds: torch.Tensor | None, kinds: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Text embeddings as one sparse token per mask [K, 1, E] and which are real [K] (TEXT
+    first prompts); every mask passes through `text_proj`, so it is always in the graph."""
+    if text_embeds is None or sam.prompt_encoder.text_proj is None:
+        return None, None
+    return text_embeds[:, None].to(sam.prompt_encoder.text_proj.weight.dtype), kinds == TEXT
+
+
 def interactive_loss(
     sam: Sam,
     image_embeddings: torch.Tensor,
     targets: PromptTargets,
     cfg: InteractiveConfig | None = None,
     generator: torch.Generator | None = None,
+    text_embeds: torch.Tensor | None = None,
+    text_ok: torch.Tensor | None = None,
 ) -> InteractiveResult:
     """Simulate `cfg.num_rounds` prompting rounds for every target mask and average their losses.
 
@@ -153,6 +167,9 @@ def interactive_loss(
         targets: the K masks to train on (`select_masks`).
         cfg: the prompt recipe.
         generator: random source for prompts and round order.
+        text_embeds: [K, E] L2-normalised CLIP embedding per mask (region or category text);
+            a mask whose first prompt is text keeps that token in every round.
+        text_ok: [K] bool, masks whose `text_embeds` row is usable (others never get text).
     """
     cfg = cfg or InteractiveConfig()
     k = targets.num_masks
@@ -170,7 +187,9 @@ def interactive_loss(
         cfg.box_noise_frac,
         cfg.box_max_noise,
         generator,
+        text_ok if text_embeds is not None else None,
     )  # [K, 2, 2], [K, 2], [K]
+    text_tokens, is_text = _text_tokens(sam, text_embeds, kinds)
     no_point = mask_only_rounds(cfg, generator)
 
     totals = dict.fromkeys(LOSS_NAMES, 0.0)
@@ -185,9 +204,11 @@ def interactive_loss(
             image_embeddings,
             points=(coords, labels),
             mask_inputs=mask_input,
+            text_embeds=text_tokens,
             image_index=targets.image_index,
             multimask_output=None if r == 0 else False,
             pad_points=False,
+            text_valid=is_text,
         )  # [K, m, 4h, 4w], [K, m]
         valid = _first_round_outputs(kinds, cfg, logits.shape[1]) if r == 0 else None
         losses = sam_loss(logits, iou_pred, gt_low, valid, cfg.loss_weights)
@@ -199,6 +220,10 @@ def interactive_loss(
         mask_input = chosen if cfg.detach_mask_prompt else kept
         round_iou.append(mask_iou_of_logits(chosen[:, 0], gt_low).mean())
 
+    if text_tokens is None and sam.prompt_encoder.text_proj is not None:
+        # no text this step: keep text_proj in the graph (zero gradient) so DDP never waits on it
+        touch = sum(p.sum() for p in sam.prompt_encoder.text_proj.parameters()) * 0.0
+        totals = {name: value + touch for name, value in totals.items()}
     return InteractiveResult(
         losses={name: value / cfg.num_rounds for name, value in totals.items()},
         round_iou=torch.stack(round_iou),

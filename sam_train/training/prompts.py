@@ -39,12 +39,15 @@ class PromptTargets:
     boxes:       [K, 4] float xyxy pixels (tight boxes of the masks).
     image_index: [K] long, the image each mask belongs to.
     image_hw:    [K, 2] long, size of the real image inside the padded frame (None = all S x S).
+    slot:        [K] long, the mask's slot in the batch (`batch.masks[image_index, slot]`), to
+                 fetch per-mask data such as category ids and region embeddings.
     """
 
     masks: torch.Tensor
     boxes: torch.Tensor
     image_index: torch.Tensor
     image_hw: torch.Tensor | None = None
+    slot: torch.Tensor | None = None
 
     @property
     def num_masks(self) -> int:
@@ -80,6 +83,7 @@ def select_masks(
         boxes=batch.boxes[image_index, slot].float(),
         image_index=image_index,
         image_hw=batch.image_hw[image_index] if batch.image_hw is not None else None,
+        slot=slot,
     )
 
 
@@ -180,21 +184,32 @@ def first_prompts(
     box_noise_frac: float = 0.1,
     box_max_noise: float = 20.0,
     generator: torch.Generator | None = None,
+    text_ok: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first prompt of each mask: a uniform foreground point or a noisy box.
+    """The first prompt of each mask: a uniform foreground point, a noisy box, or text.
 
-    Returns coords [K, 2, 2], labels [K, 2] and kinds [K] (POINT / BOX). A point is written as
-    (point, padding) and a box as its two corners (labels 2, 3), so one batch mixes both with
-    the token layout the official model sees for each.
+    Kinds are drawn with chances proportional to (point_prob, box_prob, text_prob); a mask drawn
+    TEXT without a text embedding (`text_ok` False, e.g. below the region-size threshold) gets
+    a point or a box instead, in the point : box ratio.
+
+    Returns coords [K, 2, 2], labels [K, 2] and kinds [K] (POINT / BOX / TEXT). A point is
+    written as (point, padding), a box as its two corners (labels 2, 3) and a text prompt as two
+    padding points (its token comes from `text_embeds`), so one batch mixes all three with the
+    token layout the official model sees for points and boxes.
     """
-    if text_prob > 0:
-        raise NotImplementedError("text first prompts need the text tower (issue 5)")
     total = point_prob + box_prob
     if total <= 0:
-        raise ValueError("point_prob + box_prob must be positive")
+        raise ValueError("point_prob + box_prob must be positive (the fallback of text prompts)")
     k, size = targets.num_masks, targets.masks.shape[-1]
     device = targets.masks.device
-    kinds = (random_tensor((k,), device, generator) * total >= point_prob).long()  # 0 point, 1 box
+    text_weight = max(text_prob, 0.0) if text_ok is not None else 0.0  # no text: points, boxes
+    u = random_tensor((k,), device, generator) * (total + text_weight)
+    kinds = (u >= point_prob).long()  # 0 point, 1 box
+    if text_weight > 0:
+        kinds = torch.where((u >= total) & text_ok.to(device), TEXT, kinds)
+        redraw = (u >= total) & (kinds != TEXT)  # wanted text, has none: point or box
+        v = random_tensor((k,), device, generator) * total
+        kinds = torch.where(redraw, (v >= point_prob).long(), kinds)
     pts, _ = sample_points_in(targets.masks, generator)  # [K, 2]
     point_coords = torch.stack([pts, torch.zeros_like(pts)], dim=1)  # [K, 2, 2]
     point_labels = torch.tensor([FOREGROUND, PAD], device=device).expand(k, 2)
@@ -202,7 +217,9 @@ def first_prompts(
         targets.boxes, box_noise_frac, box_max_noise, targets.image_hw, size, generator
     )
     box_labels = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=device).expand(k, 2)
-    is_box = kinds == BOX
+    is_box, is_text = (kinds == BOX), (kinds == TEXT)
     coords = torch.where(is_box[:, None, None], box.view(k, 2, 2), point_coords)
+    coords = coords.masked_fill(is_text[:, None, None], 0.0)
     labels = torch.where(is_box[:, None], box_labels, point_labels)
+    labels = labels.masked_fill(is_text[:, None], PAD)
     return coords, labels, kinds

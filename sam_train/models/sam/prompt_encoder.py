@@ -152,6 +152,7 @@ class PromptEncoder(nn.Module):
         text_embeds: torch.Tensor | None = None,
         pad_points: bool | None = None,
         grid_hw: tuple[int, int] | None = None,
+        text_valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed the prompts of B masks to predict.
 
@@ -163,6 +164,8 @@ class PromptEncoder(nn.Module):
             pad_points: append a padding point to `points`; None = the official rule (pad when
                 no box is given).
             grid_hw: (h, w) of the image embedding when it differs from the configured size.
+            text_valid: [B] or [B, T] bool; False turns that text token into the padding token
+                (`not_a_point_embed`), so one batch mixes prompts with and without text.
 
         Returns:
             sparse [B, N', C] (points, box corners, text tokens) and dense [B, C, h, w].
@@ -180,7 +183,11 @@ class PromptEncoder(nn.Module):
         if text_embeds is not None:
             if self.text_proj is None:
                 raise ValueError("text_embeds given but the prompt encoder has text_embed_dim=0")
-            sparse.append(self.text_proj(text_embeds))  # [B, T, C]
+            text_tokens = self.text_proj(text_embeds)  # [B, T, C]
+            if text_valid is not None:
+                valid = text_valid.reshape(bs, -1, 1).to(torch.bool)  # [B, T or 1, 1]
+                text_tokens = torch.where(valid, text_tokens, self.not_a_point_embed.weight)
+            sparse.append(text_tokens)
         sparse_embeddings = torch.cat(sparse, dim=1)  # [B, N', C]
 
         if masks is not None:

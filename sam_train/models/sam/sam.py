@@ -66,6 +66,7 @@ class Sam(nn.Module):
         multimask_output: bool | None = True,
         image_index: torch.Tensor | None = None,
         pad_points: bool | None = None,
+        text_valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for K prompts on B embedded images.
 
@@ -79,13 +80,15 @@ class Sam(nn.Module):
             multimask_output: True -> 3 masks, False -> 1, None -> all 4 (single-mask first).
             image_index: [K] long, the image each prompt belongs to; None when B == K or B == 1.
             pad_points: see `PromptEncoder.forward`.
+            text_valid: [K] bool, which prompts' text token is real (others become padding).
 
         Returns:
             low-res mask logits [K, m, 4h, 4w] and predicted IoU [K, m].
         """
         grid_hw = tuple(image_embeddings.shape[-2:])
         sparse, dense = self.prompt_encoder(
-            points, boxes, mask_inputs, text_embeds, pad_points=pad_points, grid_hw=grid_hw
+            points, boxes, mask_inputs, text_embeds, pad_points=pad_points, grid_hw=grid_hw,
+            text_valid=text_valid,
         )  # [K, N', C], [K, C, h, w]
         k = sparse.shape[0]
         if image_index is not None:
