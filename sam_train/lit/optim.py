@@ -91,7 +91,7 @@ def derive_schedule(
     else:
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
     warmup = min(warmup, max(total_steps - 1, 0))
-    milestones = cfg.milestones
+    milestones = cfg.milestones if cfg.schedule == "step" else []
     if milestones and all(m < 1 for m in milestones):
         milestones = [m * total_steps for m in milestones]
     return DerivedSchedule(effective_batch, lr, total_steps, warmup, [int(m) for m in milestones])
