@@ -7,7 +7,7 @@ DEMO   ?= outputs/demo
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast test-long lint format bench clean
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-long: install
+	SAM_TRAIN_LONG_TESTS=1 $(BIN)/python -m pytest -q -m long -s
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

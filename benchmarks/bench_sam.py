@@ -41,8 +41,13 @@ def official_sam(ours):
 
 
 def decode_ours(sam, emb, coords, labels, mask_in, multimask):
-    return sam.decode(emb, points=(coords, labels), mask_inputs=mask_in,
-                      image_index=torch.zeros(coords.shape[0], dtype=torch.long), multimask_output=multimask)
+    return sam.decode(
+        emb,
+        points=(coords, labels),
+        mask_inputs=mask_in,
+        image_index=torch.zeros(coords.shape[0], dtype=torch.long),
+        multimask_output=multimask,
+    )
 
 
 def decode_official(sam, emb, coords, labels, mask_in, multimask):
@@ -87,16 +92,29 @@ def bench_size(size: int, masks: int, rounds: int, reps: int, model: str = "b") 
         gt[i, a : a + size // 4, a : a + size // 3] = True
     steps = {
         "ours": make_step(ours, lambda s, x: s.embed_images(x), decode_ours, images, gt, rounds),
-        "segment_anything": make_step(theirs, lambda s, x: s.image_encoder(x), decode_official, images, gt, rounds),
+        "segment_anything": make_step(
+            theirs, lambda s, x: s.image_encoder(x), decode_official, images, gt, rounds
+        ),
     }
     times = interleaved(steps, reps=reps, warmup=1)
     memory = {name: peak_cpu_bytes(fn) for name, fn in steps.items()}
     a = ours.architecture
-    enc = sam_encoder_flops(1, size, a["patch_size"], a["encoder_embed_dim"], a["encoder_depth"],
-                            a["encoder_num_heads"], a["window_size"], tuple(a["encoder_global_attn_indexes"]))
+    enc = sam_encoder_flops(
+        1,
+        size,
+        a["patch_size"],
+        a["encoder_embed_dim"],
+        a["encoder_depth"],
+        a["encoder_num_heads"],
+        a["window_size"],
+        tuple(a["encoder_global_attn_indexes"]),
+    )
     t_ours, t_theirs = median(times["ours"]), median(times["segment_anything"])
     return {
-        "model": f"sam_vit_{model}", "image_size": size, "masks": masks, "rounds": rounds,
+        "model": f"sam_vit_{model}",
+        "image_size": size,
+        "masks": masks,
+        "rounds": rounds,
         "step_s": {"ours": t_ours, "segment_anything": t_theirs},
         "speed_ratio_ours_over_theirs": t_theirs / t_ours,
         "peak_step_bytes": memory,
@@ -106,7 +124,9 @@ def bench_size(size: int, masks: int, rounds: int, reps: int, model: str = "b") 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="256,1024")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--scaling", action="store_true", help="1x1 vs 64x11 at 1024 (ours only)")
@@ -123,12 +143,15 @@ def main(argv: list[str] | None = None) -> None:
                 r["encoder_train_flops"] / r["step_s"]["ours"] / rate["flops_per_s"]
             )
             results["runs"].append(r)
-            print(f"sam_vit_b @ {size}: ours {r['step_s']['ours']:.2f} s/step, segment-anything "
-                  f"{r['step_s']['segment_anything']:.2f} s/step -> {r['speed_ratio_ours_over_theirs']:.2f}x; "
-                  f"peak memory {fmt_si(r['peak_step_bytes']['ours'], 'B')} vs "
-                  f"{fmt_si(r['peak_step_bytes']['segment_anything'], 'B')} "
-                  f"({r['memory_ratio_ours_over_theirs']:.2f}x); encoder at "
-                  f"{r['encoder_flops_fraction_of_matmul_rate']:.0%} of the matmul rate", flush=True)
+            print(
+                f"sam_vit_b @ {size}: ours {r['step_s']['ours']:.2f} s/step, segment-anything "
+                f"{r['step_s']['segment_anything']:.2f} s/step -> {r['speed_ratio_ours_over_theirs']:.2f}x; "
+                f"peak memory {fmt_si(r['peak_step_bytes']['ours'], 'B')} vs "
+                f"{fmt_si(r['peak_step_bytes']['segment_anything'], 'B')} "
+                f"({r['memory_ratio_ours_over_theirs']:.2f}x); encoder at "
+                f"{r['encoder_flops_fraction_of_matmul_rate']:.0%} of the matmul rate",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

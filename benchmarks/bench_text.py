@@ -33,8 +33,10 @@ def synthetic_batch(images: int, masks: int, size: int, embed_dim: int) -> SamBa
         m[:, i, x0 : x0 + size // 3, x0 : x0 + size // 4] = True
         boxes[:, i] = torch.tensor([x0, x0, x0 + size // 4, x0 + size // 3])
     return SamBatch(
-        images=torch.randn(images, 3, size, size), masks=m,
-        mask_valid=torch.ones(images, per, dtype=torch.bool), boxes=boxes,
+        images=torch.randn(images, 3, size, size),
+        masks=m,
+        mask_valid=torch.ones(images, per, dtype=torch.bool),
+        boxes=boxes,
         category_ids=torch.zeros(images, per, dtype=torch.long),
         categories=[[f"thing {i}" for i in range(per)]] * images,
         image_hw=torch.full((images, 2), size),
@@ -77,8 +79,12 @@ def main() -> None:
     phrases = [f"a photo of a thing {i}." for i in range(a.phrases)]
     with torch.no_grad():
         res = {
-            "device": str(device), "threads": torch.get_num_threads(), "clip": a.clip,
-            "masks": targets.num_masks, "images": a.images, "size": a.size,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "clip": a.clip,
+            "masks": targets.num_masks,
+            "images": a.images,
+            "size": a.size,
             "region_on_the_fly_s": timed(lambda: text.regions(fly, targets), a.repeats, device),
             "region_precomputed_s": timed(lambda: text.regions(batch, targets), a.repeats, device),
             "text_tower_uncached_s": timed(lambda: enc.encode_text(phrases), a.repeats, device),

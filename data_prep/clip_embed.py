@@ -44,8 +44,14 @@ def _read_shard(url: str) -> dict[str, dict[str, bytes]]:
 
 
 @functools.lru_cache(maxsize=1)
-def _encoder(clip: str, pretrained: str | None, cache_dir: str | None, margin: float,
-             background: float, threads: int):
+def _encoder(
+    clip: str,
+    pretrained: str | None,
+    cache_dir: str | None,
+    margin: float,
+    background: float,
+    threads: int,
+):
     from sam_train.models.sam.text import ClipPromptEncoder
 
     if threads > 0:
@@ -152,11 +158,24 @@ def convert_clip_embed(
         pretrained = str(Path(pretrained).resolve())
     threads = max(1, (torch.get_num_threads() // max(options.workers, 1)))
     encode = functools.partial(
-        encode_clip_sample, clip=clip, pretrained=pretrained, cache_dir=cache_dir,
-        image_size=image_size, margin=margin, background=background, min_area=min_area,
+        encode_clip_sample,
+        clip=clip,
+        pretrained=pretrained,
+        cache_dir=cache_dir,
+        image_size=image_size,
+        margin=margin,
+        background=background,
+        min_area=min_area,
         threads=threads if options.workers > 1 else 0,
     )
-    args = {"kind": "clip_embed", "clip": clip, "pretrained": pretrained, "image_size": image_size,
-            "margin": margin, "background": background, "min_area": min_area,
-            **options_dict(options)}
+    args = {
+        "kind": "clip_embed",
+        "clip": clip,
+        "pretrained": pretrained,
+        "image_size": image_size,
+        "margin": margin,
+        "background": background,
+        "min_area": min_area,
+        **options_dict(options),
+    }
     return write_shards(items, encode, out, options, str(Path(src).resolve()), args)

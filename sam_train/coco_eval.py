@@ -85,11 +85,14 @@ class CocoMaskAP:
         for b in image_index.unique().tolist():
             rows = (image_index == b).nonzero()[:, 0].tolist()
             h, w = hw[rows[0]]
-            self._images.append({
-                "h": h, "w": w,
-                "gt": [(cats[i], _rle(gt[i, :h, :w])) for i in rows],
-                "dt": [(cats[i], _rle(pred[i, :h, :w]), scores_l[i]) for i in rows],
-            })
+            self._images.append(
+                {
+                    "h": h,
+                    "w": w,
+                    "gt": [(cats[i], _rle(gt[i, :h, :w])) for i in rows],
+                    "dt": [(cats[i], _rle(pred[i, :h, :w]), scores_l[i]) for i in rows],
+                }
+            )
 
     def compute(self, gather: Callable[[list], list[list]] | None = None) -> dict[str, float]:
         """`coco_mask_ap` (AP@[.5:.95]) and `coco_mask_ap50`; {} when nothing was collected.
@@ -121,14 +124,21 @@ def _coco_dicts(images: list[dict]) -> tuple[dict, list[dict]]:
     for img_id, im in enumerate(images, start=1):
         gt["images"].append({"id": img_id, "height": im["h"], "width": im["w"]})
         for cat, rle in im["gt"]:
-            gt["annotations"].append({
-                "id": len(gt["annotations"]) + 1, "image_id": img_id, "category_id": cat,
-                "segmentation": rle, "area": float(mask_utils.area(rle)),
-                "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0,
-            })
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": img_id,
+                    "category_id": cat,
+                    "segmentation": rle,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": mask_utils.toBbox(rle).tolist(),
+                    "iscrowd": 0,
+                }
+            )
             cats.add(cat)
         for cat, rle, score in im["dt"]:
-            results.append({"image_id": img_id, "category_id": cat, "segmentation": rle,
-                            "score": score})
+            results.append(
+                {"image_id": img_id, "category_id": cat, "segmentation": rle, "score": score}
+            )
     gt["categories"] = [{"id": c, "name": str(c)} for c in sorted(cats)]
     return gt, results

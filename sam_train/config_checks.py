@@ -39,7 +39,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
-def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path, auto_resume: bool = False) -> str | None:
+def resolve_ckpt_path(
+    ckpt_path: str | None, run_dir: Path, auto_resume: bool = False
+) -> str | None:
     """'last' means <run_dir>/checkpoints/last.ckpt, which must exist; with `auto_resume` and
     no path, that file is used when it exists."""
     last = run_dir / "checkpoints" / "last.ckpt"

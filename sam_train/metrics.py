@@ -171,8 +171,12 @@ def evaluate_text_prompts(
     dev = gt_masks.device
     pads = (torch.zeros(k, 2, 2, device=dev), torch.full((k, 2), -1, device=dev))  # as in training
     logits, _ = sam.decode(
-        image_embeddings, points=pads, text_embeds=text_embeds[:, None], image_index=image_index,
-        multimask_output=False, pad_points=False,
+        image_embeddings,
+        points=pads,
+        text_embeds=text_embeds[:, None],
+        image_index=image_index,
+        multimask_output=False,
+        pad_points=False,
     )
     pred = upscale_logits(logits.float(), (size, size))[:, 0] > sam.mask_threshold
     region = _region(image_hw, k, size, dev)
@@ -235,7 +239,7 @@ class PromptMetrics:
         flat = torch.cat(sums + [torch.tensor(counts)])
         if reduce is not None:
             flat = reduce(flat.to(torch.float64)).cpu()
-        n_total = flat[len(flat) - len(counts):].tolist()
+        n_total = flat[len(flat) - len(counts) :].tolist()
         out: dict[str, float] = {}
         offset = 0
         for (name, width), n in zip(layout.items(), n_total):

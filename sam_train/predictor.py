@@ -35,7 +35,9 @@ def infer_sam_architecture(sd: dict[str, torch.Tensor]) -> dict:
     proj = sd["image_encoder.patch_embed.proj.weight"]  # [D, 3, p, p]
     dim, patch = proj.shape[0], proj.shape[-1]
     grid = int(round(sd["image_encoder.pos_embed"].shape[1] ** 0.5))
-    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k)))
+    depth = 1 + max(
+        int(m.group(1)) for k in sd if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))
+    )
     rel = [sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in range(depth)]
     window = min((r.shape[0] + 1) // 2 for r in rel)
     return dict(
@@ -51,8 +53,11 @@ def infer_sam_architecture(sd: dict[str, torch.Tensor]) -> dict:
         if "prompt_encoder.text_proj.weight" in sd
         else 0,
         mask_in_chans=sd["prompt_encoder.mask_downscaling.0.weight"].shape[0] * 4,
-        decoder_depth=1 + max(
-            int(m.group(1)) for k in sd if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))
+        decoder_depth=1
+        + max(
+            int(m.group(1))
+            for k in sd
+            if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))
         ),
         decoder_mlp_dim=sd["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
         iou_head_hidden_dim=sd["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
@@ -116,7 +121,9 @@ class SamPredictor:
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         arr = np.asarray(pil.resize((nw, nh), Image.BILINEAR), dtype=np.float32) / 255.0
         x = torch.from_numpy(arr).permute(2, 0, 1)
-        x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[
+            :, None, None
+        ]
         x = F.pad(x, (0, self.image_size - nw, 0, self.image_size - nh))
         self._embedding = self.model.embed_images(x[None].to(self.device))
         self._orig_hw, self._input_hw = (h, w), (nh, nw)
@@ -157,14 +164,23 @@ class SamPredictor:
         text_in = text_embeds[None].to(self.device) if text_embeds is not None else None
         if text_in is not None and points is None and boxes is None:
             # text alone: two padding points, the token layout text prompts were trained with
-            points = (torch.zeros(1, 2, 2, device=self.device),
-                      torch.full((1, 2), -1, device=self.device))
+            points = (
+                torch.zeros(1, 2, 2, device=self.device),
+                torch.full((1, 2), -1, device=self.device),
+            )
             pad_points = False
         logits, scores = self.model.decode(
-            self._embedding, points=points, boxes=boxes, mask_inputs=masks_in,
-            text_embeds=text_in, multimask_output=multimask_output, pad_points=pad_points,
+            self._embedding,
+            points=points,
+            boxes=boxes,
+            mask_inputs=masks_in,
+            text_embeds=text_in,
+            multimask_output=multimask_output,
+            pad_points=pad_points,
         )  # [1, m, 4h, 4w], [1, m]
-        full = F.interpolate(logits, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+        full = F.interpolate(
+            logits, size=(self.image_size,) * 2, mode="bilinear", align_corners=False
+        )
         full = full[..., : self._input_hw[0], : self._input_hw[1]]
         full = F.interpolate(full, size=self._orig_hw, mode="bilinear", align_corners=False)
         masks = (full[0] > self.model.mask_threshold).cpu().numpy()

@@ -19,6 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """`long` tests (minutes of training to show a learning claim) run only when asked."""
+    if os.environ.get("SAM_TRAIN_LONG_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="long: set SAM_TRAIN_LONG_TESTS=1 (make test-long)")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
 def console_script(name: str) -> str:
     """Path of an installed console script of this environment."""
     path = BIN / name

@@ -15,10 +15,17 @@ from sam_train.cli.train import train
 from sam_train.weights.safetensors_io import load_weights
 
 TINY = [
-    "model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
-    "model.num_heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
-    "model.decoder_num_heads=2", "data.batch_size=4",
-    "trainer.log_every_n_steps=1", "callbacks.progress_bar.refresh_rate=0",
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=32",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "data.batch_size=4",
+    "trainer.log_every_n_steps=1",
+    "callbacks.progress_bar.refresh_rate=0",
 ]
 SAMPLE = ["data.samples_per_epoch=8"]
 
@@ -32,7 +39,9 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_console_script_trains_exports_and_resumes(tmp_path):
     run1 = tmp_path / "run1"
-    res = run_cli(["stage=mae", *TINY, *SAMPLE, "trainer.max_epochs=1", f"hydra.run.dir={run1}"], tmp_path)
+    res = run_cli(
+        ["stage=mae", *TINY, *SAMPLE, "trainer.max_epochs=1", f"hydra.run.dir={run1}"], tmp_path
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"run folder: {run1}" in res.stdout and "Results in" in res.stdout
     last = run1 / "checkpoints" / "last.ckpt"
@@ -47,7 +56,14 @@ def test_console_script_trains_exports_and_resumes(tmp_path):
 
     run2 = tmp_path / "run2"
     res = run_cli(
-        ["stage=mae", *TINY, *SAMPLE, "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={run2}"],
+        [
+            "stage=mae",
+            *TINY,
+            *SAMPLE,
+            "trainer.max_epochs=2",
+            f"ckpt_path={last}",
+            f"hydra.run.dir={run2}",
+        ],
         tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -91,7 +107,9 @@ def test_bad_config_fails_before_training_with_a_clear_message(tmp_path, overrid
 
 def test_empty_image_folder_is_a_clear_error(tmp_path):
     (tmp_path / "imgs").mkdir()
-    cfg = compose_run(tmp_path, ["stage=mae", *TINY, "data=images", f"data.root={tmp_path / 'imgs'}"])
+    cfg = compose_run(
+        tmp_path, ["stage=mae", *TINY, "data=images", f"data.root={tmp_path / 'imgs'}"]
+    )
     with pytest.raises(Exception, match="no images"):
         train(cfg)
 

@@ -14,11 +14,22 @@ def _squares(k: int = 4, size: int = 32) -> torch.Tensor:
     return masks
 
 
-def _update(ap: CocoMaskAP, gt: torch.Tensor, pred: torch.Tensor, scores: torch.Tensor,
-            cats: tuple[int, ...] = (1, 2, 1, 2)) -> None:
+def _update(
+    ap: CocoMaskAP,
+    gt: torch.Tensor,
+    pred: torch.Tensor,
+    scores: torch.Tensor,
+    cats: tuple[int, ...] = (1, 2, 1, 2),
+) -> None:
     k = gt.shape[0]
-    ap.update(gt, pred, scores, torch.tensor(cats)[:k], torch.tensor([0, 0, 1, 1])[:k],
-              torch.tensor([[32, 32]] * k))
+    ap.update(
+        gt,
+        pred,
+        scores,
+        torch.tensor(cats)[:k],
+        torch.tensor([0, 0, 1, 1])[:k],
+        torch.tensor([[32, 32]] * k),
+    )
 
 
 def test_perfect_masks_score_ap_1_and_wrong_ones_0() -> None:
@@ -45,8 +56,14 @@ def test_score_order_matters_and_ranks_are_gathered() -> None:
     # two "ranks", each with half of the images, gathered = one process with all of them
     rank0, rank1, whole = CocoMaskAP(), CocoMaskAP(), CocoMaskAP()
     _update(rank0, gt[:2], pred[:2], torch.tensor([0.9, 0.1]))
-    rank1.update(gt[2:], pred[2:], torch.tensor([0.9, 0.1]), torch.tensor([1, 2]),
-                 torch.tensor([0, 0]), torch.tensor([[32, 32]] * 2))
+    rank1.update(
+        gt[2:],
+        pred[2:],
+        torch.tensor([0.9, 0.1]),
+        torch.tensor([1, 2]),
+        torch.tensor([0, 0]),
+        torch.tensor([[32, 32]] * 2),
+    )
     _update(whole, gt, pred, torch.tensor([0.9, 0.1, 0.9, 0.1]))
     gathered = rank0.compute(gather=lambda mine: [mine, rank1._images])
     assert gathered == whole.compute()

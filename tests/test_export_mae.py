@@ -28,8 +28,14 @@ def stage1_ckpt(tmp_path_factory):
     """A real Lightning checkpoint of a tiny MAE after two optimiser steps."""
     torch.manual_seed(0)
     module = MaeModule(tiny_mae(), OptimConfig(lr=1e-3), run_config={"model": {"embed_dim": 64}})
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=_Images())
     path = tmp_path_factory.mktemp("ckpt") / "stage1.ckpt"
     trainer.save_checkpoint(path)
@@ -97,10 +103,18 @@ def test_cli_exports_and_reports_errors(stage1_ckpt, tmp_path):
 
     ckpt, _ = stage1_ckpt
     out = tmp_path / "enc.safetensors"
-    res = subprocess.run([console_script("sam-export"), str(ckpt), "--format", "encoder", "--out", str(out)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [console_script("sam-export"), str(ckpt), "--format", "encoder", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert out.is_file() and "wrote encoder weights" in res.stdout
-    res = subprocess.run([console_script("sam-export"), str(tmp_path / "nope.ckpt"), "--format", "timm"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [console_script("sam-export"), str(tmp_path / "nope.ckpt"), "--format", "timm"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and "nope.ckpt" in res.stderr and "Traceback" not in res.stderr

@@ -46,8 +46,15 @@ class NanAtStep(L.Callback):
 
 
 def trainer(tmp_path, **kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, default_root_dir=tmp_path, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
 
 
 def test_a_nan_loss_in_training_is_skipped_and_counted(tmp_path):
@@ -63,7 +70,9 @@ def test_a_nan_loss_in_training_is_skipped_and_counted(tmp_path):
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=0, save_last=True, every_n_train_steps=1)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", save_top_k=0, save_last=True, every_n_train_steps=1
+    )
     t = trainer(tmp_path, callbacks=[ckpt], max_steps=2)
     module = MaeModule(tiny_mae(), OptimConfig(lr=1e-3))
     t.fit(module, datamodule=_Images())

@@ -117,8 +117,16 @@ def test_mask_ratio_outside_open_interval_is_refused(ratio):
 
 def test_official_mae_argument_names_are_accepted():
     model = MaskedAutoencoder(
-        img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=1, num_heads=2,
-        decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, mlp_ratio=2.0,
+        img_size=32,
+        patch_size=8,
+        in_chans=3,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        mlp_ratio=2.0,
         norm_pix_loss=True,
     )
     assert model.decoder_pred.out_features == 8 * 8 * 3

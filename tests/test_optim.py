@@ -30,9 +30,13 @@ def test_no_weight_decay_on_norms_biases_positions_and_tokens():
 
 
 def test_lr_scales_with_effective_batch_unless_given():
-    d = derive_schedule(OptimConfig(base_lr=1.5e-4), effective_batch=4096, total_steps=100, steps_per_epoch=10)
+    d = derive_schedule(
+        OptimConfig(base_lr=1.5e-4), effective_batch=4096, total_steps=100, steps_per_epoch=10
+    )
     assert d.lr == pytest.approx(1.5e-4 * 16)
-    d = derive_schedule(OptimConfig(lr=1e-3), effective_batch=4096, total_steps=100, steps_per_epoch=10)
+    d = derive_schedule(
+        OptimConfig(lr=1e-3), effective_batch=4096, total_steps=100, steps_per_epoch=10
+    )
     assert d.lr == 1e-3
 
 
@@ -49,14 +53,19 @@ def test_linear_warmup_then_cosine_to_min_lr():
 def test_step_schedule_decays_at_milestones():
     cfg = OptimConfig(lr=1.0, schedule="step", warmup_steps=0, milestones=[60000, 86666], gamma=0.1)
     d = derive_schedule(cfg, 256, total_steps=90000, steps_per_epoch=1000)
-    assert [lr_factor(s, d, cfg) for s in (0, 59999, 60000, 86666)] == pytest.approx([1, 1, 0.1, 0.01])
+    assert [lr_factor(s, d, cfg) for s in (0, 59999, 60000, 86666)] == pytest.approx(
+        [1, 1, 0.1, 0.01]
+    )
 
 
 def test_layer_decay_scales_lr_by_depth():
     model = tiny_mae()
     depth = model.encoder.depth
     groups = param_groups(
-        model.encoder, 0.05, layer_decay=0.5, num_layers=depth,
+        model.encoder,
+        0.05,
+        layer_decay=0.5,
+        num_layers=depth,
         layer_of=lambda n: encoder_layer_id(n, depth),
     )
     cfg = OptimConfig(lr=1.0)

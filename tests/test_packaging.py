@@ -14,9 +14,21 @@ from conftest import REPO
 def test_wheel_install_finds_configs_from_any_directory(tmp_path):
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(REPO)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     assert (target / "sam_train" / "conf" / "train.yaml").is_file()
     assert (target / "sam_train" / "conf" / "model" / "mae_vit_base.yaml").is_file()
@@ -31,8 +43,12 @@ def test_wheel_install_finds_configs_from_any_directory(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run(
-        [sys.executable, "-c", script, str(target)], cwd=elsewhere, env=env,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script, str(target)],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["768", "mae"]

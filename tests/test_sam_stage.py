@@ -23,13 +23,24 @@ from sam_train.weights.official import build_official_sam
 from sam_train.weights.safetensors_io import save_weights
 
 SAM_TINY = [
-    "model.encoder_embed_dim=32", "model.encoder_depth=2", "model.encoder_num_heads=2",
-    "model.encoder_global_attn_indexes=[1]", "model.image_size=64", "model.window_size=2",
-    "model.prompt_embed_dim=32", "model.decoder_mlp_dim=64", "model.decoder_num_heads=4",
-    "model.iou_head_hidden_dim=32", "stage.module.max_masks_per_image=4",
-    "stage.module.val_max_masks=4", "stage.module.val_max_clicks=3",
-    "stage.module.interactive.num_click_rounds=2", "data.samples_per_epoch=4",
-    "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "callbacks.progress_bar.refresh_rate=0",
+    "model.encoder_embed_dim=32",
+    "model.encoder_depth=2",
+    "model.encoder_num_heads=2",
+    "model.encoder_global_attn_indexes=[1]",
+    "model.image_size=64",
+    "model.window_size=2",
+    "model.prompt_embed_dim=32",
+    "model.decoder_mlp_dim=64",
+    "model.decoder_num_heads=4",
+    "model.iou_head_hidden_dim=32",
+    "stage.module.max_masks_per_image=4",
+    "stage.module.val_max_masks=4",
+    "stage.module.val_max_clicks=3",
+    "stage.module.interactive.num_click_rounds=2",
+    "data.samples_per_epoch=4",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "callbacks.progress_bar.refresh_rate=0",
     "optim.lr=1e-3",
 ]
 
@@ -47,8 +58,14 @@ def stage1_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     mae = tiny_mae(embed_dim=32, num_heads=2, patch_size=16)
     module = MaeModule(mae, OptimConfig(lr=1e-3))
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=_Images())
     path = tmp_path_factory.mktemp("stage1") / "mae.ckpt"
     trainer.save_checkpoint(path)
@@ -83,19 +100,40 @@ def test_console_script_trains_sam_from_stage1_and_exports(stage1_ckpt, tmp_path
     path, _ = stage1_ckpt
     run = tmp_path / "run"
     res = subprocess.run(
-        [console_script("sam-train"), "stage=sam", *SAM_TINY, f"model.init_from={path}",
-         f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}", "validate_before_training=true"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [
+            console_script("sam-train"),
+            "stage=sam",
+            *SAM_TINY,
+            f"model.init_from={path}",
+            f"hydra.run.dir={run}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "validate_before_training=true",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-4000:]
     assert "init from" in res.stdout and "tensors loaded" in res.stdout
     assert "before training ->" in res.stdout
-    for rel in ["checkpoints/last.ckpt", "export/sam.safetensors", "export/encoder.safetensors",
-                "masks/final.png", "masks/click_curve.png"]:
+    for rel in [
+        "checkpoints/last.ckpt",
+        "export/sam.safetensors",
+        "export/encoder.safetensors",
+        "masks/final.png",
+        "masks/click_curve.png",
+    ]:
         assert (run / rel).is_file(), rel
     metrics = (run / "csv" / "metrics.csv").read_text().splitlines()[0]
-    for name in ["train/loss_focal", "train/loss_dice", "train/loss_iou", "val/miou_point_oracle",
-                 "val/miou_box", "val/noc85"]:
+    for name in [
+        "train/loss_focal",
+        "train/loss_dice",
+        "train/loss_iou",
+        "val/miou_point_oracle",
+        "val/miou_box",
+        "val/noc85",
+    ]:
         assert name in metrics
     sam = load_sam(run / "checkpoints" / "last.ckpt")
     assert sam.image_encoder.depth == 2 and sam.image_encoder.img_size == 64
@@ -119,9 +157,11 @@ def test_sam_export_matches_the_official_segment_anything_predictor(tmp_path):
     theirs.set_image(image)
     mine = SamPredictor(load_sam(src))
     mine.set_image(image)
-    for prompt in [dict(point_coords=np.array([[20.0, 30.0]]), point_labels=np.array([1])),
-                   dict(box=np.array([5.0, 8.0, 40.0, 50.0]), multimask_output=False),
-                   dict(point_coords=np.array([[20.0, 30.0], [50.0, 10.0]]), point_labels=np.array([1, 0]))]:
+    for prompt in [
+        dict(point_coords=np.array([[20.0, 30.0]]), point_labels=np.array([1])),
+        dict(box=np.array([5.0, 8.0, 40.0, 50.0]), multimask_output=False),
+        dict(point_coords=np.array([[20.0, 30.0], [50.0, 10.0]]), point_labels=np.array([1, 0])),
+    ]:
         m1, s1, l1 = theirs.predict(**prompt)
         m2, s2, l2 = mine.predict(**prompt)
         assert np.abs(s1 - s2).max() < 1e-4
@@ -145,8 +185,9 @@ def test_official_checkpoint_initialises_our_model_and_outputs_agree(tmp_path):
     with torch.no_grad():
         emb_theirs = official.image_encoder(images)
         sparse, dense = official.prompt_encoder(points=points, boxes=None, masks=None)
-        theirs, iou_theirs = official.mask_decoder(emb_theirs, official.prompt_encoder.get_dense_pe(),
-                                                   sparse, dense, True)
+        theirs, iou_theirs = official.mask_decoder(
+            emb_theirs, official.prompt_encoder.get_dense_pe(), sparse, dense, True
+        )
         mine, iou_mine = ours.decode(ours.embed_images(images), points=points)
     assert (emb_theirs - ours.embed_images(images)).abs().max() < 1e-4
     assert (theirs - mine).abs().max() < 1e-4 and (iou_theirs - iou_mine).abs().max() < 1e-4

@@ -13,8 +13,9 @@ QUICK = [*TINY, "data.samples_per_epoch=8", "trainer.max_epochs=1"]
 
 
 def sam_train(args, cwd):
-    return subprocess.run([console_script("sam-train"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [console_script("sam-train"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def val_loss(run_dir) -> float:
@@ -27,7 +28,9 @@ def val_loss(run_dir) -> float:
 @pytest.mark.slow
 def test_two_value_multirun_writes_two_run_folders(tmp_path):
     sweep = tmp_path / "sweep"
-    res = sam_train(["-m", "stage=mae", *QUICK, "optim.lr=1e-4,1e-3", f"hydra.sweep.dir={sweep}"], tmp_path)
+    res = sam_train(
+        ["-m", "stage=mae", *QUICK, "optim.lr=1e-4,1e-3", f"hydra.sweep.dir={sweep}"], tmp_path
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     lrs = set()
     for job in ("0", "1"):
@@ -41,8 +44,16 @@ def test_two_value_multirun_writes_two_run_folders(tmp_path):
 @pytest.mark.slow
 def test_optuna_search_of_two_trials_returns_the_best_value(tmp_path):
     sweep = tmp_path / "optuna"
-    res = sam_train(["hparams_search=mae_optuna", *QUICK, "hydra.sweeper.n_trials=2",
-                     "hydra.sweeper.sampler.n_startup_trials=1", f"hydra.sweep.dir={sweep}"], tmp_path)
+    res = sam_train(
+        [
+            "hparams_search=mae_optuna",
+            *QUICK,
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     losses = [val_loss(sweep / job) for job in ("0", "1")]
@@ -51,14 +62,28 @@ def test_optuna_search_of_two_trials_returns_the_best_value(tmp_path):
 
 
 def test_slurm_launcher_composes_with_requeue_and_resume(tmp_path):
-    res = sam_train(["stage=mae", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                     "trainer=ddp", "--cfg", "hydra"], tmp_path)
+    res = sam_train(
+        [
+            "stage=mae",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpu",
+            "trainer=ddp",
+            "--cfg",
+            "hydra",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     hydra_cfg = yaml.safe_load(res.stdout)["hydra"]
     launcher = hydra_cfg["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert launcher["partition"] == "gpu" and launcher["max_num_timeout"] > 0
     assert launcher["tasks_per_node"] == launcher["gpus_per_node"]
-    job = subprocess.run([console_script("sam-train"), "stage=mae", "--cfg", "job"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    job = subprocess.run(
+        [console_script("sam-train"), "stage=mae", "--cfg", "job"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert yaml.safe_load(job.stdout)["auto_resume"] is True

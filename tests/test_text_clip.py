@@ -71,15 +71,24 @@ def test_config_with_text_enabled_builds_the_module_with_clip(clip_files, tmp_pa
     from test_sam_stage import SAM_TINY
 
     cfg_path, ckpt = clip_files
-    overrides = ["stage=sam", *SAM_TINY, "prompt.text.enabled=true", "model.text_embed_dim=24",
-                 f"prompt.text.clip={cfg_path}", f"prompt.text.pretrained={ckpt}",
-                 f"paths.run_dir={tmp_path}"]
+    overrides = [
+        "stage=sam",
+        *SAM_TINY,
+        "prompt.text.enabled=true",
+        "model.text_embed_dim=24",
+        f"prompt.text.clip={cfg_path}",
+        f"prompt.text.pretrained={ckpt}",
+        f"paths.run_dir={tmp_path}",
+    ]
     with initialize_config_module("sam_train.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     assert cfg.stage.module.interactive.text_prob == cfg.prompt.text.prob > 0
     make = instantiate(cfg.stage.module, _partial_=True)
-    module = make(model=instantiate(cfg.model), optim=instantiate(cfg.optim),
-                  run_config=OmegaConf.to_container(cfg, resolve=True))
+    module = make(
+        model=instantiate(cfg.model),
+        optim=instantiate(cfg.optim),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
     assert module.clip_encoder.embed_dim == 24 and module.text_cfg.min_region_area == 10000
     with initialize_config_module("sam_train.conf", version_base="1.3"):
         off = compose("train", overrides=["stage=sam", f"paths.run_dir={tmp_path}"])

@@ -41,8 +41,17 @@ def pretrain_clip(text: TextPrompts, batches, steps: int = 150) -> None:
     crops, names = [], []
     for b in batches:
         t = select_masks(b, 64, min_area=MIN_AREA)
-        crops.append(region_crops(b.images, t.masks, t.boxes, t.image_index, enc.image_size,
-                                  enc.margin, enc.background))
+        crops.append(
+            region_crops(
+                b.images,
+                t.masks,
+                t.boxes,
+                t.image_index,
+                enc.image_size,
+                enc.margin,
+                enc.background,
+            )
+        )
         names += category_names(b, t)
     crops = torch.cat(crops)
     vocab = sorted(set(names))
@@ -65,16 +74,27 @@ def pretrain_clip(text: TextPrompts, batches, steps: int = 150) -> None:
 def train_sam(text: TextPrompts, batches, steps: int, seed: int = 0):
     """A tiny SAM trained with points, boxes and region-embedding text prompts."""
     torch.manual_seed(seed)
-    sam = build_sam(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
-                    encoder_global_attn_indexes=(1,), image_size=SIZE, patch_size=8, window_size=4,
-                    prompt_embed_dim=64, decoder_mlp_dim=128, decoder_num_heads=4,
-                    iou_head_hidden_dim=64, text_embed_dim=text.encoder.embed_dim)
+    sam = build_sam(
+        encoder_embed_dim=64,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=SIZE,
+        patch_size=8,
+        window_size=4,
+        prompt_embed_dim=64,
+        decoder_mlp_dim=128,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=64,
+        text_embed_dim=text.encoder.embed_dim,
+    )
     for b in batches:  # what `sam-prep clip-embed` would store: computed once
         t = select_masks(b, 64, max_area_frac=1.0, min_area=0)
         b.region_embeds = torch.zeros(*b.masks.shape[:2], text.encoder.embed_dim)
         b.region_embeds[t.image_index, t.slot] = text.regions(b, t)[0]
-    cfg = InteractiveConfig(num_click_rounds=1, num_mask_only_rounds=1, point_prob=0.25,
-                            box_prob=0.25, text_prob=0.5)
+    cfg = InteractiveConfig(
+        num_click_rounds=1, num_mask_only_rounds=1, point_prob=0.25, box_prob=0.25, text_prob=0.5
+    )
     opt = torch.optim.AdamW(sam.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
@@ -100,38 +120,48 @@ def held_out_miou(sam, text: TextPrompts, batches) -> dict[str, float]:
     parts: dict[str, list[torch.Tensor]] = {}
     for b in batches:
         t = select_masks(b, 64, min_area=MIN_AREA)
-        t = type(t)(**{k: (v[text.large_enough(t)] if v is not None else None)
-                       for k, v in vars(t).items()})
+        t = type(t)(
+            **{k: (v[text.large_enough(t)] if v is not None else None) for k, v in vars(t).items()}
+        )
         names = category_names(b, t)
         vocab = sorted(set(names))
         wrong = [vocab[(vocab.index(n) + 1) % len(vocab)] for n in names]
         emb = sam.embed_images(b.images)
-        for key, e in [("text", text.phrases([TEMPLATE.format(n) for n in names])[0]),
-                       ("text_wrong", text.phrases([TEMPLATE.format(n) for n in wrong])[0]),
-                       ("region", text.regions(b, t)[0])]:
+        for key, e in [
+            ("text", text.phrases([TEMPLATE.format(n) for n in names])[0]),
+            ("text_wrong", text.phrases([TEMPLATE.format(n) for n in wrong])[0]),
+            ("region", text.regions(b, t)[0]),
+        ]:
             parts.setdefault(key, []).append(
-                evaluate_text_prompts(sam, emb, t.masks, t.image_index, e, t.image_hw))
+                evaluate_text_prompts(sam, emb, t.masks, t.image_index, e, t.image_hw)
+            )
         whole = image_regions(t.image_hw, t.num_masks, SIZE, t.masks.device)
         parts.setdefault("whole_image", []).append(mask_iou(whole, t.masks))
         box = evaluate_prompts(sam, emb, t.masks, t.image_index, t.boxes, t.image_hw, 1)["iou_box"]
         parts.setdefault("box", []).append(box)
     return {k: round(torch.cat(v).mean().item(), 3) for k, v in parts.items()} | {
-        "masks": sum(len(v) for v in parts["text"])}
+        "masks": sum(len(v) for v in parts["text"])
+    }
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "toy budget: 200 CPU steps (12 min on a busy 2-core machine) leave the tiny SAM at box mIoU "
-    "0.13; measured text 0.066 vs wrong-category text 0.064 vs whole image 0.039 (25 masks). "
-    "Needs a longer run (SAM_TEXT_STEPS) or a GPU to show the effect"))
+@pytest.mark.long
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "toy budget: 200 CPU steps (12 min on a busy 2-core machine) leave the tiny SAM at box mIoU "
+        "0.13; measured text 0.066 vs wrong-category text 0.064 vs whole image 0.039 (25 masks). "
+        "Needs a longer run (SAM_TEXT_STEPS) or a GPU to show the effect"
+    ),
+)
 def test_region_trained_sam_follows_held_out_category_text(tmp_path) -> None:
     from data_prep.sample import build_sample
 
     torch.set_num_threads(min(4, torch.get_num_threads()))
     build_sample(str(tmp_path / "sample"), seed=0, workers=1)
     cfg_path, ckpt = tiny_clip_files(tmp_path / "clip")
-    cfg = TextPromptConfig(enabled=True, clip=cfg_path, pretrained=ckpt, min_region_area=MIN_AREA,
-                           template=TEMPLATE)
+    cfg = TextPromptConfig(
+        enabled=True, clip=cfg_path, pretrained=ckpt, min_region_area=MIN_AREA, template=TEMPLATE
+    )
     text = TextPrompts(cfg.build_encoder(), cfg)
     train = _read(tmp_path / "sample" / "sam" / "train")
     val = _read(tmp_path / "sample" / "sam" / "val")

@@ -60,8 +60,12 @@ def test_text_token_changes_the_mask_and_mixes_with_points_and_without_text() ->
         valid = torch.tensor([True, False])
         mixed, _ = sam.decode(emb, points=pts, text_embeds=text, text_valid=valid)
         for i in range(2):
-            alone, _ = sam.decode(emb, points=(pts[0][i : i + 1], pts[1][i : i + 1]),
-                                  text_embeds=text[i : i + 1], text_valid=valid[i : i + 1])
+            alone, _ = sam.decode(
+                emb,
+                points=(pts[0][i : i + 1], pts[1][i : i + 1]),
+                text_embeds=text[i : i + 1],
+                text_valid=valid[i : i + 1],
+            )
             assert torch.allclose(mixed[i], alone[0], atol=1e-5)
         assert (mixed[1] - with_point[1]).abs().max() > 1e-4  # the padded row ignores its text
 
@@ -70,15 +74,22 @@ def test_first_prompts_draw_text_only_where_there_is_an_embedding() -> None:
     batch = shapes_on_noise(num_images=2)
     targets = select_masks(batch, generator=torch.Generator().manual_seed(0))
     ok = torch.tensor([True, False] * 4)
-    kinds = torch.cat([
-        first_prompts(targets, 0.2, 0.2, 0.6, generator=torch.Generator().manual_seed(s), text_ok=ok)[2]
-        for s in range(20)
-    ]).view(20, 8)
+    kinds = torch.cat(
+        [
+            first_prompts(
+                targets, 0.2, 0.2, 0.6, generator=torch.Generator().manual_seed(s), text_ok=ok
+            )[2]
+            for s in range(20)
+        ]
+    ).view(20, 8)
     assert (kinds[:, ~ok] != TEXT).all() and (kinds[:, ok] == TEXT).float().mean() > 0.4
-    coords, labels, kinds = first_prompts(targets, 0.2, 0.2, 0.6, text_ok=ok,
-                                          generator=torch.Generator().manual_seed(1))
+    coords, labels, kinds = first_prompts(
+        targets, 0.2, 0.2, 0.6, text_ok=ok, generator=torch.Generator().manual_seed(1)
+    )
     assert (labels[kinds == TEXT] == PAD).all()
-    _, _, no_text = first_prompts(targets, 0.5, 0.5, 0.6, generator=torch.Generator().manual_seed(1))
+    _, _, no_text = first_prompts(
+        targets, 0.5, 0.5, 0.6, generator=torch.Generator().manual_seed(1)
+    )
     assert (no_text != TEXT).all()  # no text branch: points and boxes only
 
 
@@ -106,14 +117,22 @@ def _named_shapes():
 
 def test_training_steps_move_text_proj_and_leave_clip_frozen_and_out_of_exports(clip_files) -> None:
     module = SamModule(
-        tiny_sam(text_embed_dim=E), OptimConfig(lr=1e-2, warmup_epochs=0),
+        tiny_sam(text_embed_dim=E),
+        OptimConfig(lr=1e-2, warmup_epochs=0),
         interactive=InteractiveConfig(num_click_rounds=1, num_mask_only_rounds=1, text_prob=1.0),
-        text=text_cfg(clip_files, category_ratio=0.5), val_max_clicks=2,
+        text=text_cfg(clip_files, category_ratio=0.5),
+        val_max_clicks=2,
     )
     clip_before = copy.deepcopy(module.clip_encoder.state_dict())
     proj_before = module.model.prompt_encoder.text_proj.weight.detach().clone()
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=_Batches(_named_shapes()))
     after = module.clip_encoder.state_dict()
     assert all(torch.equal(after[k], v) for k, v in clip_before.items())
@@ -134,7 +153,9 @@ def test_text_width_mismatch_is_a_clear_error(clip_files) -> None:
 
 def test_predictor_prompts_with_a_phrase_alone_or_with_a_point(clip_files) -> None:
     cfg = text_cfg(clip_files)
-    predictor = SamPredictor(_perturbed(tiny_sam(text_embed_dim=E)), text_encoder=cfg.build_encoder())
+    predictor = SamPredictor(
+        _perturbed(tiny_sam(text_embed_dim=E)), text_encoder=cfg.build_encoder()
+    )
     predictor.set_image((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8))
     masks, scores, logits = predictor.predict(text="a dog", multimask_output=False)
     assert masks.shape == (1, 48, 64) and scores.shape == (1,)
@@ -157,17 +178,40 @@ def sample_shards(tmp_path_factory):
 
 def _read_all(path, img_size: int):
     urls, _ = resolve_shards(str(path))
-    stream = ShardStream(urls, SamSamplePrep(img_size, max_masks=64, min_mask_area=1), collate_sam,
-                         batch_size=8, resampled=False, shuffle_buffer=0, shuffle_shards=False)
+    stream = ShardStream(
+        urls,
+        SamSamplePrep(img_size, max_masks=64, min_mask_area=1),
+        collate_sam,
+        batch_size=8,
+        resampled=False,
+        shuffle_buffer=0,
+        shuffle_shards=False,
+    )
     return list(stream)
 
 
-def test_precomputed_region_embeddings_agree_with_on_the_fly(clip_files, sample_shards, tmp_path) -> None:
+def test_precomputed_region_embeddings_agree_with_on_the_fly(
+    clip_files, sample_shards, tmp_path
+) -> None:
     cfg_path, ckpt = clip_files
     out = tmp_path / "val_clip"
-    args = [console_script("sam-prep"), "clip-embed", str(sample_shards / "sam" / "val"), str(out),
-            "--clip", cfg_path, "--pretrained", ckpt, "--image-size", "64", "--min-area", "50",
-            "--workers", "2", "--no-progress"]
+    args = [
+        console_script("sam-prep"),
+        "clip-embed",
+        str(sample_shards / "sam" / "val"),
+        str(out),
+        "--clip",
+        cfg_path,
+        "--pretrained",
+        ckpt,
+        "--image-size",
+        "64",
+        "--min-area",
+        "50",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)  # resumes: no work

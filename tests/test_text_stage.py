@@ -17,17 +17,39 @@ from text_helpers import tiny_clip_files
 def test_two_process_ddp_trains_text_prompts_and_logs_text_and_coco_metrics(tmp_path) -> None:
     cfg_path, ckpt = tiny_clip_files(tmp_path / "clip")
     run = tmp_path / "run"
-    args = [console_script("sam-train"), "stage=sam", *SAM_TINY, "prompt.text.enabled=true",
-            "model.text_embed_dim=24", f"prompt.text.clip={cfg_path}", f"prompt.text.pretrained={ckpt}",
-            "prompt.text.min_region_area=30", "prompt.text.prob=1.0", "prompt.text.category_ratio=0.5",
-            "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-            "data.samples_per_epoch=8", "data.num_workers=0", f"hydra.run.dir={run}",
-            f"paths.cache_dir={tmp_path / 'cache'}"]
+    args = [
+        console_script("sam-train"),
+        "stage=sam",
+        *SAM_TINY,
+        "prompt.text.enabled=true",
+        "model.text_embed_dim=24",
+        f"prompt.text.clip={cfg_path}",
+        f"prompt.text.pretrained={ckpt}",
+        "prompt.text.min_region_area=30",
+        "prompt.text.prob=1.0",
+        "prompt.text.category_ratio=0.5",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "data.samples_per_epoch=8",
+        "data.num_workers=0",
+        f"hydra.run.dir={run}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
     res = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
     header = (run / "csv" / "metrics.csv").read_text().splitlines()[0]
-    for name in ["val/miou_text", "val/miou_text_wrong", "val/miou_region", "val/miou_whole_image",
-                 "val/coco_mask_ap", "val/coco_mask_ap50", "val/miou_box", "train/text_prompt_share"]:
+    for name in [
+        "val/miou_text",
+        "val/miou_text_wrong",
+        "val/miou_region",
+        "val/miou_whole_image",
+        "val/coco_mask_ap",
+        "val/coco_mask_ap50",
+        "val/miou_box",
+        "train/text_prompt_share",
+    ]:
         assert name in header, name
     assert (run / "masks" / "text_final.png").is_file()

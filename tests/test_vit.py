@@ -11,7 +11,11 @@ from sam_train.models.vit import VIT_SIZES, Block, VisionTransformer, vit_size
 
 def test_named_sizes_match_the_papers():
     assert vit_size("huge") == VIT_SIZES["huge"]
-    assert (VIT_SIZES["huge"].embed_dim, VIT_SIZES["huge"].depth, VIT_SIZES["huge"].num_heads) == (1280, 32, 16)
+    assert (VIT_SIZES["huge"].embed_dim, VIT_SIZES["huge"].depth, VIT_SIZES["huge"].num_heads) == (
+        1280,
+        32,
+        16,
+    )
     assert (VIT_SIZES["base"].embed_dim, VIT_SIZES["base"].depth) == (768, 12)
     with pytest.raises(ValueError, match="unknown ViT size"):
         vit_size("giant")
@@ -20,9 +24,17 @@ def test_named_sizes_match_the_papers():
 def test_timm_style_parameter_names():
     vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
     names = set(dict(vit.named_parameters()))
-    for name in ["cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.norm1.weight",
-                 "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc1.weight",
-                 "blocks.0.mlp.fc2.weight", "norm.weight"]:
+    for name in [
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "blocks.0.norm1.weight",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.proj.weight",
+        "blocks.0.mlp.fc1.weight",
+        "blocks.0.mlp.fc2.weight",
+        "norm.weight",
+    ]:
         assert name in names
 
 
@@ -31,8 +43,16 @@ def test_forward_shapes_with_and_without_class_token():
     assert vit(torch.randn(2, 3, 64, 64)).shape == (2, 1 + 16, 32)
     assert vit.forward_grid(torch.randn(2, 3, 64, 64)).shape == (2, 32, 4, 4)
     sam_like = VisionTransformer(
-        img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, class_token=False,
-        pos_embed="learned", window_size=2, global_attn_indexes=(1,), use_rel_pos=True,
+        img_size=64,
+        patch_size=16,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        class_token=False,
+        pos_embed="learned",
+        window_size=2,
+        global_attn_indexes=(1,),
+        use_rel_pos=True,
         final_norm=False,
     )
     assert sam_like.forward_grid(torch.randn(1, 3, 96, 64)).shape == (1, 32, 6, 4)
@@ -51,7 +71,9 @@ def test_sincos_table_is_fixed_and_matches_formula():
     assert torch.allclose(vit.pos_embed[0, 1:], sincos_2d(16, 4, 4))
     table = sincos_2d(16, 4, 4)
     # first half encodes the column: tokens in one column share it, the row half differs
-    assert torch.allclose(table[0, :8], table[4, :8]) and not torch.allclose(table[0, 8:], table[4, 8:])
+    assert torch.allclose(table[0, :8], table[4, :8]) and not torch.allclose(
+        table[0, 8:], table[4, 8:]
+    )
 
 
 def test_window_covering_the_grid_equals_global_attention():

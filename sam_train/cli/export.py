@@ -14,7 +14,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="sam-export",
         description="Export weights from a sam-train checkpoint (or an official MAE/SAM/timm file).",
     )
-    parser.add_argument("checkpoint", help="Lightning .ckpt, exported .safetensors, or official .pth")
+    parser.add_argument(
+        "checkpoint", help="Lightning .ckpt, exported .safetensors, or official .pth"
+    )
     parser.add_argument("--format", required=True, choices=sorted(EXPORTERS))
     parser.add_argument("--out", default=None, help="output file (default: next to the checkpoint)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))

@@ -1,8 +1,8 @@
 """`python -m sam_train.cli.predict CKPT`: masks for point / box prompts on one image, as a PNG.
 
-    python -m sam_train.cli.predict sam.pth --image photo.jpg --point 320,240 --box 10,20,200,220
-    python -m sam_train.cli.predict sam.pth --sample arc2017     # a held-out sample photo,
-                                                                # one click at each object's centre
+python -m sam_train.cli.predict sam.pth --image photo.jpg --point 320,240 --box 10,20,200,220
+python -m sam_train.cli.predict sam.pth --sample arc2017     # a held-out sample photo,
+                                                            # one click at each object's centre
 """
 
 from __future__ import annotations
@@ -20,8 +20,20 @@ from sam_train.predictor import SamPredictor
 from sam_train.viz.mae_grid import save_png
 from sam_train.weights.checkpoints import WeightsError
 
-COLOURS = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]])
+COLOURS = np.array(
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+    ]
+)
 
 
 def sample_prompts(name: str) -> tuple[np.ndarray, list[dict]]:
@@ -46,19 +58,32 @@ def draw(image: np.ndarray, results: list[tuple[dict, np.ndarray]]) -> np.ndarra
 
 
 def parse_prompts(points: list[str], boxes: list[str]) -> list[dict]:
-    prompts = [dict(point_coords=np.array([[float(v) for v in p.split(",")]]), point_labels=np.array([1]))
-               for p in points]
-    prompts += [dict(box=np.array([float(v) for v in b.split(",")]), multimask_output=False) for b in boxes]
+    prompts = [
+        dict(point_coords=np.array([[float(v) for v in p.split(",")]]), point_labels=np.array([1]))
+        for p in points
+    ]
+    prompts += [
+        dict(box=np.array([float(v) for v in b.split(",")]), multimask_output=False) for b in boxes
+    ]
     return prompts
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sam_train.cli.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="Lightning .ckpt, export/sam.safetensors or official SAM .pth")
+    parser = argparse.ArgumentParser(
+        prog="python -m sam_train.cli.predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "checkpoint", help="Lightning .ckpt, export/sam.safetensors or official SAM .pth"
+    )
     parser.add_argument("--image", type=Path, help="an RGB image file")
-    parser.add_argument("--sample", choices=["arc2017", "voc"], help="a sample photo with real objects")
-    parser.add_argument("--point", action="append", default=[], help="x,y foreground click (repeatable)")
+    parser.add_argument(
+        "--sample", choices=["arc2017", "voc"], help="a sample photo with real objects"
+    )
+    parser.add_argument(
+        "--point", action="append", default=[], help="x,y foreground click (repeatable)"
+    )
     parser.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 box (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("prediction.png"))
     args = parser.parse_args(argv)

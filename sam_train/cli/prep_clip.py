@@ -9,20 +9,33 @@ import argparse
 from sam_train.cli.prep import Runner, _options, _print_report, _shard_args, subcommand
 
 
-@subcommand("clip-embed", "stage-2 shards -> the same shards plus CLIP region embeddings (clip.npy)")
+@subcommand(
+    "clip-embed", "stage-2 shards -> the same shards plus CLIP region embeddings (clip.npy)"
+)
 def _clip_embed(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("src", help="stage-2 shard folder (made by sam-prep coco|sa1b|sample)")
     p.add_argument("out", help="output shard folder (train with data.path=OUT)")
     p.add_argument("--clip", default="ViT-B-32", help="open_clip model name or model-config .json")
-    p.add_argument("--pretrained", default="openai",
-                   help="open_clip pretrained tag, or a local checkpoint file (offline machines)")
+    p.add_argument(
+        "--pretrained",
+        default="openai",
+        help="open_clip pretrained tag, or a local checkpoint file (offline machines)",
+    )
     p.add_argument("--cache-dir", default=None, help="open_clip weight cache")
-    p.add_argument("--image-size", type=int, default=1024,
-                   help="the model input size (model.image_size) the regions are cropped at")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=1024,
+        help="the model input size (model.image_size) the regions are cropped at",
+    )
     p.add_argument("--margin", type=float, default=0.25, help="prompt.text.crop_margin")
     p.add_argument("--background", type=float, default=0.5, help="prompt.text.crop_background")
-    p.add_argument("--min-area", type=int, default=10000,
-                   help="prompt.text.min_region_area: smaller masks get no embedding (zeros)")
+    p.add_argument(
+        "--min-area",
+        type=int,
+        default=10000,
+        help="prompt.text.min_region_area: smaller masks get no embedding (zeros)",
+    )
     _shard_args(p)
 
     def run(a: argparse.Namespace) -> None:
@@ -31,8 +44,16 @@ def _clip_embed(p: argparse.ArgumentParser) -> Runner:
 
         try:
             manifest = convert_clip_embed(
-                a.src, a.out, a.clip, a.pretrained, a.image_size, a.margin, a.background,
-                a.min_area, a.cache_dir, _options(a),
+                a.src,
+                a.out,
+                a.clip,
+                a.pretrained,
+                a.image_size,
+                a.margin,
+                a.background,
+                a.min_area,
+                a.cache_dir,
+                _options(a),
             )
         except ClipLoadError as err:
             from data_prep.common import PrepError

@@ -72,8 +72,11 @@ def train(cfg: DictConfig) -> float | None:
         print(f"[sam-train] {module.derived.describe()}", flush=True)
     metric = trainer.callback_metrics.get(metric_name)
     if before is not None and metric is not None and trainer.is_global_zero:
-        print(f"[sam-train] {metric_name}: {float(before):.4f} before training -> "
-              f"{float(metric):.4f} after", flush=True)
+        print(
+            f"[sam-train] {metric_name}: {float(before):.4f} before training -> "
+            f"{float(metric):.4f} after",
+            flush=True,
+        )
     if trainer.is_global_zero:
         report_results(run_dir, metric_name, metric)
     return float(metric) if metric is not None else None

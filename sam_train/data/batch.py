@@ -51,8 +51,11 @@ class SamBatch:
     def pin_memory(self) -> SamBatch:
         """Page-locked copies (DataLoader(pin_memory=True) calls this on custom batches)."""
         return SamBatch(
-            **{f.name: (v.pin_memory() if torch.is_tensor(v) else v)
-               for f in fields(self) for v in [getattr(self, f.name)]}
+            **{
+                f.name: (v.pin_memory() if torch.is_tensor(v) else v)
+                for f in fields(self)
+                for v in [getattr(self, f.name)]
+            }
         )
 
     @property

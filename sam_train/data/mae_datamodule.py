@@ -9,8 +9,8 @@ import lightning as L
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from sam_train.data.resumable import ResumableDataLoader, ResumableSampler
 from sam_train.data.image_datasets import ImageFolderDataset, PhotoCropsDataset, list_images
+from sam_train.data.resumable import ResumableDataLoader, ResumableSampler
 from sam_train.data.sample_images import DEFAULT_VAL_PHOTOS, load_sample_photos
 from sam_train.data.transforms import MaeEvalTransform, MaeTrainTransform
 
@@ -102,7 +102,9 @@ def sample_datamodule(
     photos = {name: _shrink(im, 2 * img_size) for name, im in load_sample_photos().items()}
     unknown = set(val_photos) - set(photos)
     if unknown:
-        raise ValueError(f"data.val_photos names unknown photos {sorted(unknown)}; have {sorted(photos)}")
+        raise ValueError(
+            f"data.val_photos names unknown photos {sorted(unknown)}; have {sorted(photos)}"
+        )
     train = [im for name, im in photos.items() if name not in val_photos]
     val = [photos[name] for name in val_photos]
     return MaeDataModule(

@@ -24,13 +24,17 @@ class MaeReconstructionGrid(L.Callback):
     """Writes `reconstructions/epoch_NNN.png` every `every_n_epochs` validation epochs and
     `reconstructions/final.png` at the end, from the first validation images with fixed masks."""
 
-    def __init__(self, every_n_epochs: int = 1, num_images: int = 4, dirname: str = "reconstructions"):
+    def __init__(
+        self, every_n_epochs: int = 1, num_images: int = 4, dirname: str = "reconstructions"
+    ):
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
         self.dirname = dirname
         self._images: torch.Tensor | None = None
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
         if batch_idx == 0 and dataloader_idx == 0 and self._images is None:
             self._images = batch[: self.num_images].detach().clone()
 
@@ -72,7 +76,9 @@ class ExportWeights(L.Callback):
     def on_fit_end(self, trainer, pl_module):
         for name, (tensors, metadata) in pl_module.exports().items():
             metadata = {**metadata, "global_step": trainer.global_step}
-            path = save_weights(run_dir(trainer) / self.dirname / f"{name}.safetensors", tensors, metadata)
+            path = save_weights(
+                run_dir(trainer) / self.dirname / f"{name}.safetensors", tensors, metadata
+            )
             self.paths.append(path)
             log.info("exported %s weights: %s", name, path)
 
@@ -88,7 +94,9 @@ class SamMaskPictures(L.Callback):
         self.dirname = dirname
         self._batch = None
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
         if batch_idx == 0 and dataloader_idx == 0 and self._batch is None:
             self._batch = batch.to("cpu")
 
@@ -98,17 +106,25 @@ class SamMaskPictures(L.Callback):
         from sam_train.viz.sam_masks import click_curve_png, panel_grid
         from sam_train.viz.sam_predictions import one_prompt_panels
 
-        panels = one_prompt_panels(pl_module.model, self._batch.to(pl_module.device), self.num_masks)
+        panels = one_prompt_panels(
+            pl_module.model, self._batch.to(pl_module.device), self.num_masks
+        )
         if not panels[0]:
             return None
         path = run_dir(trainer) / self.dirname / f"{name}.png"
         save_png(panel_grid(panels), path)
-        curve = [v for k, v in sorted(pl_module.last_val_metrics.items(), key=lambda kv: kv[0])
-                 if k.startswith("miou_click_")]
+        curve = [
+            v
+            for k, v in sorted(pl_module.last_val_metrics.items(), key=lambda kv: kv[0])
+            if k.startswith("miou_click_")
+        ]
         if curve:
             curve = [pl_module.last_val_metrics[f"miou_click_{i + 1}"] for i in range(len(curve))]
-            click_curve_png(curve, run_dir(trainer) / self.dirname / "click_curve.png",
-                            f"validation mIoU after N clicks (step {trainer.global_step})")
+            click_curve_png(
+                curve,
+                run_dir(trainer) / self.dirname / "click_curve.png",
+                f"validation mIoU after N clicks (step {trainer.global_step})",
+            )
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("val/masks", [str(path)], step=trainer.global_step)

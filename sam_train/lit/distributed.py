@@ -17,4 +17,3 @@ def transformer_block_policy() -> ModuleWrapPolicy:
     except ImportError:
         pass
     return ModuleWrapPolicy(classes)
-

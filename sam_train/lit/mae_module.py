@@ -5,30 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import lightning as L
 import torch
 
 from sam_train.data.resumable import sample_seed
+from sam_train.lit.base import StageModule
 from sam_train.lit.guards import NonFiniteLossGuard
-from sam_train.lit.optim import (
-    DerivedSchedule,
-    OptimConfig,
-    build_optimizer,
-    derive_schedule,
-    encoder_layer_id,
-    param_groups,
-)
+from sam_train.lit.optim import DerivedSchedule, OptimConfig, encoder_layer_id, param_groups
 from sam_train.models.mae import MaskedAutoencoder
 
 log = logging.getLogger(__name__)
 
 
-def effective_batch_size(trainer: L.Trainer, batch_size: int) -> int:
-    """Images per optimiser step over every device and accumulation step."""
-    return batch_size * trainer.accumulate_grad_batches * trainer.world_size
-
-
-class MaeModule(L.LightningModule):
+class MaeModule(StageModule):
     """Trains a masked autoencoder.
 
     Args:
@@ -92,14 +80,6 @@ class MaeModule(L.LightningModule):
 
     # ------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
-        trainer = self.trainer
-        batch_size = trainer.datamodule.batch_size
-        total = max(int(trainer.estimated_stepping_batches), 1)
-        steps_per_epoch = total / max(trainer.max_epochs or 1, 1)
-        self.derived = derive_schedule(
-            self.optim, effective_batch_size(trainer, batch_size), total, steps_per_epoch
-        )
-        log.info("stage-1 optimiser: %s", self.derived.describe())
         encoder = self.model.encoder
         groups = param_groups(
             self.model,
@@ -109,15 +89,7 @@ class MaeModule(L.LightningModule):
             layer_of=lambda name: encoder_layer_id(name, encoder.depth),
             num_layers=encoder.depth,
         )
-        optimizer, scheduler = build_optimizer(groups, self.optim, self.derived)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
-
-    def on_fit_start(self) -> None:
-        if self.derived is not None and self.logger is not None:
-            self.logger.log_hyperparams({f"derived/{k}": v for k, v in self.derived.as_dict().items()})
+        return self.optimizer_config(groups)
 
     # ------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -158,6 +158,7 @@ def build_optimizer(
     opt = torch.optim.AdamW(groups, lr=derived.lr, betas=cfg.betas, fused=fused or None)
     scales = [g.get("lr_scale", 1.0) for g in opt.param_groups]
     lambdas = [
-        (lambda step, s=s: s * lr_factor(step, derived, cfg)) for s in scales  # noqa: B023
+        (lambda step, s=s: s * lr_factor(step, derived, cfg))
+        for s in scales  # noqa: B023
     ]
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)

@@ -16,22 +16,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import lightning as L
 import torch
 
 from sam_train.coco_eval import CocoMaskAP, box_prompt_predictions, is_coco_like
 from sam_train.data.batch import SamBatch
 from sam_train.data.resumable import sample_seed
+from sam_train.lit.base import StageModule
 from sam_train.lit.guards import NonFiniteLossGuard
-from sam_train.lit.mae_module import effective_batch_size
-from sam_train.lit.optim import (
-    DerivedSchedule,
-    OptimConfig,
-    build_optimizer,
-    derive_schedule,
-    encoder_layer_id,
-    param_groups,
-)
+from sam_train.lit.optim import DerivedSchedule, OptimConfig, encoder_layer_id, param_groups
 from sam_train.metrics import PromptMetrics, evaluate_prompts, evaluate_text_prompts, mask_iou
 from sam_train.models.sam.sam import Sam
 from sam_train.models.sam.text import ClipPromptEncoder
@@ -42,7 +34,7 @@ from sam_train.training.text_prompts import TextPromptConfig, TextPrompts, categ
 log = logging.getLogger(__name__)
 
 
-class SamModule(L.LightningModule):
+class SamModule(StageModule):
     """Trains a `Sam`.
 
     Args:
@@ -92,8 +84,12 @@ class SamModule(L.LightningModule):
         self.text_cfg = text if text is not None and text.enabled else None
         self.text = self._build_text(self.text_cfg)
         self.coco = CocoMaskAP() if coco_eval else None
-        layout = {"iou_point_oracle": 1, "iou_point_confident": 1, "iou_box": 1,
-                  "iou_clicks": val_max_clicks}
+        layout = {
+            "iou_point_oracle": 1,
+            "iou_point_confident": 1,
+            "iou_box": 1,
+            "iou_clicks": val_max_clicks,
+        }
         if self.text is not None:
             layout.update(iou_text=1, iou_text_wrong=1, iou_whole_image=1, iou_region=1)
         self.val_metrics = PromptMetrics(layout=layout)
@@ -155,7 +151,9 @@ class SamModule(L.LightningModule):
             batch, self.max_masks_per_image, self.max_mask_fraction, self.min_mask_area, gen
         )
         with torch.set_grad_enabled(self.encoder_trainable):
-            embeddings = self.model.embed_images(batch.images)  # once per image, every round reuses it
+            embeddings = self.model.embed_images(
+                batch.images
+            )  # once per image, every round reuses it
         text_embeds, text_ok = self._text_for_training(batch, targets, gen)
         result = interactive_loss(
             self.model, embeddings, targets, self.interactive, gen, text_embeds, text_ok
@@ -218,8 +216,12 @@ class SamModule(L.LightningModule):
             if ok.any():
                 hw = targets.image_hw[ok] if targets.image_hw is not None else None
                 out[name] = evaluate_text_prompts(
-                    self.model, embeddings, targets.masks[ok], targets.image_index[ok],
-                    embeds[ok].to(embeddings.dtype), hw,
+                    self.model,
+                    embeddings,
+                    targets.masks[ok],
+                    targets.image_index[ok],
+                    embeds[ok].to(embeddings.dtype),
+                    hw,
                 )
 
         names = category_names(batch, targets)
@@ -260,14 +262,6 @@ class SamModule(L.LightningModule):
 
     # ------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
-        trainer = self.trainer
-        total = max(int(trainer.estimated_stepping_batches), 1)
-        steps_per_epoch = total / max(trainer.max_epochs or 1, 1)
-        batch_size = trainer.datamodule.batch_size
-        self.derived = derive_schedule(
-            self.optim, effective_batch_size(trainer, batch_size), total, steps_per_epoch
-        )
-        log.info("stage-2 optimiser: %s", self.derived.describe())
         depth = self.model.image_encoder.depth
 
         def layer_of(name: str) -> int:
@@ -287,15 +281,7 @@ class SamModule(L.LightningModule):
             for group in param_groups(self.clip, self.optim.weight_decay):
                 group.update(lr_scale=self.text_cfg.clip_lr_scale, name="clip_" + group["name"])
                 groups.append(group)
-        optimizer, scheduler = build_optimizer(groups, self.optim, self.derived)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
-
-    def on_fit_start(self) -> None:
-        if self.derived is not None and self.logger is not None:
-            self.logger.log_hyperparams({f"derived/{k}": v for k, v in self.derived.as_dict().items()})
+        return self.optimizer_config(groups)
 
     # ------------------------------------------------------------------------- checkpoints, export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -309,10 +295,18 @@ class SamModule(L.LightningModule):
         """The whole SAM in our layout, and its image encoder alone."""
         meta = {"stage": "sam", "config": self.run_config}
         return {
-            "sam": (self.model.state_dict(), {**meta, "format": "sam_train.sam",
-                                              "architecture": self.model.architecture}),
-            "encoder": (self.model.image_encoder.state_dict(), {**meta, "format": "sam_train.vit",
-                        "architecture": self.model.image_encoder.architecture}),
+            "sam": (
+                self.model.state_dict(),
+                {**meta, "format": "sam_train.sam", "architecture": self.model.architecture},
+            ),
+            "encoder": (
+                self.model.image_encoder.state_dict(),
+                {
+                    **meta,
+                    "format": "sam_train.vit",
+                    "architecture": self.model.image_encoder.architecture,
+                },
+            ),
         }
 
 

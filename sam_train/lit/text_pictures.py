@@ -39,16 +39,28 @@ def text_prompt_panels(module, batch: SamBatch, num_masks: int) -> list[list[np.
     for embeds in (phrase[keep], region[keep]):
         k = keep.numel()
         pads = (torch.zeros(k, 2, 2, device=emb.device), torch.full((k, 2), -1, device=emb.device))
-        logits, _ = sam.decode(emb, points=pads, text_embeds=embeds[:, None].to(emb.dtype),
-                               image_index=targets.image_index[keep], multimask_output=False,
-                               pad_points=False)
+        logits, _ = sam.decode(
+            emb,
+            points=pads,
+            text_embeds=embeds[:, None].to(emb.dtype),
+            image_index=targets.image_index[keep],
+            multimask_output=False,
+            pad_points=False,
+        )
         pred = upscale_logits(logits.float(), (size, size))[:, 0] > sam.mask_threshold
-        rows.append([
-            mask_panel(batch.images[targets.image_index[i]], targets.masks[i], pred[j],
-                       tuple(targets.image_hw[i].tolist()) if targets.image_hw is not None
-                       else (size, size))
-            for j, i in enumerate(keep.tolist())
-        ])
+        rows.append(
+            [
+                mask_panel(
+                    batch.images[targets.image_index[i]],
+                    targets.masks[i],
+                    pred[j],
+                    tuple(targets.image_hw[i].tolist())
+                    if targets.image_hw is not None
+                    else (size, size),
+                )
+                for j, i in enumerate(keep.tolist())
+            ]
+        )
     sam.train(was_training)
     return rows
 

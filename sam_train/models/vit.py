@@ -86,9 +86,11 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
     """
     span = 2 * max(q_size, k_size) - 1
     if rel_pos.shape[0] != span:
-        rel_pos = F.interpolate(
-            rel_pos.t().unsqueeze(0).float(), size=span, mode="linear"
-        )[0].t().to(rel_pos.dtype)
+        rel_pos = (
+            F.interpolate(rel_pos.t().unsqueeze(0).float(), size=span, mode="linear")[0]
+            .t()
+            .to(rel_pos.dtype)
+        )
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     offsets = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
@@ -139,9 +141,9 @@ def fold_rel_pos(
     bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, r_h).reshape(b, nh, n, h)  # [B, nh, N, H]
     bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, r_w).reshape(b, nh, n, w)  # [B, nh, N, W]
     token = torch.arange(n, device=q.device)
-    onehot = torch.cat(
-        [F.one_hot(token // w, h), F.one_hot(token % w, w)], dim=-1
-    ).to(k.dtype)  # [N, H + W]: key j's row and column
+    onehot = torch.cat([F.one_hot(token // w, h), F.one_hot(token % w, w)], dim=-1).to(
+        k.dtype
+    )  # [N, H + W]: key j's row and column
     q_folded = torch.cat([q * hd**-0.5, bias_h, bias_w], dim=-1)
     k_folded = torch.cat([k, onehot.expand(b, nh, n, h + w)], dim=-1)
     return q_folded, k_folded
@@ -300,10 +302,19 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"global_attn_indexes {bad} are outside 0..{depth - 1}")
         # constructor arguments, stored with exported weights so a file says what it holds
         self.architecture = dict(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-            class_token=class_token, pos_embed=pos_embed, window_size=window_size,
-            global_attn_indexes=list(global_attn_indexes), use_rel_pos=use_rel_pos,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            class_token=class_token,
+            pos_embed=pos_embed,
+            window_size=window_size,
+            global_attn_indexes=list(global_attn_indexes),
+            use_rel_pos=use_rel_pos,
             final_norm=final_norm,
         )
         self.img_size, self.patch_size = img_size, patch_size
@@ -402,7 +413,9 @@ class VisionTransformer(nn.Module):
     def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Patch features as a map: [B, C, H, W] -> [B, D, H/p, W/p] (no class token)."""
         tokens, hw = self.embed(x)
-        tokens = self.forward_blocks(self.prepend_cls(tokens), hw if self.cls_token is None else None)
+        tokens = self.forward_blocks(
+            self.prepend_cls(tokens), hw if self.cls_token is None else None
+        )
         tokens = tokens[:, self.num_prefix_tokens :]
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, *hw)
 

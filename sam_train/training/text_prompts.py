@@ -50,8 +50,12 @@ class TextPromptConfig:
 
     def build_encoder(self) -> ClipPromptEncoder:
         return ClipPromptEncoder.load(
-            self.clip, self.pretrained, self.cache_dir, freeze=self.freeze,
-            margin=self.crop_margin, background=self.crop_background,
+            self.clip,
+            self.pretrained,
+            self.cache_dir,
+            freeze=self.freeze,
+            margin=self.crop_margin,
+            background=self.crop_background,
         )
 
 

@@ -51,8 +51,11 @@ def mask_panel(
                 continue
             colour = (0, 255, 0) if lab == 1 else (255, 0, 0)
             r = 4
-            draw.ellipse([x * scale - r, y * scale - r, x * scale + r, y * scale + r],
-                         fill=colour, outline=(255, 255, 255))
+            draw.ellipse(
+                [x * scale - r, y * scale - r, x * scale + r, y * scale + r],
+                fill=colour,
+                outline=(255, 255, 255),
+            )
     canvas = Image.new("RGB", (side, side), (32, 32, 32))
     canvas.paste(img, (0, 0))
     return np.asarray(canvas)
@@ -60,7 +63,9 @@ def mask_panel(
 
 def panel_grid(panels: list[list[np.ndarray]]) -> np.ndarray:
     """Rows of equally sized panels -> one picture, 4 px gaps."""
-    rows = [np.concatenate([np.pad(p, ((2, 2), (2, 2), (0, 0))) for p in row], axis=1) for row in panels]
+    rows = [
+        np.concatenate([np.pad(p, ((2, 2), (2, 2), (0, 0))) for p in row], axis=1) for row in panels
+    ]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     return np.concatenate(rows, axis=0)

@@ -67,7 +67,9 @@ def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
     from sam_train.predictor import infer_sam_architecture
 
     if weights.layout not in SAM_LAYOUTS:
-        raise WeightsError(f"--format sam needs a stage-2 (SAM) checkpoint, {weights.path} is {weights.layout}")
+        raise WeightsError(
+            f"--format sam needs a stage-2 (SAM) checkpoint, {weights.path} is {weights.layout}"
+        )
     ours = weights.state_dict
     if weights.layout == "sam_official":
         from sam_train.models.sam.keymap import sam_state_from_official
@@ -75,7 +77,10 @@ def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
         ours = sam_state_from_official(ours)
     meta = _metadata(weights, "sam", dtype)
     # shapes give all but the decoder's head count; a checkpoint's own record wins
-    meta["architecture"] = {**infer_sam_architecture(ours), **(weights.metadata.get("architecture") or {})}
+    meta["architecture"] = {
+        **infer_sam_architecture(ours),
+        **(weights.metadata.get("architecture") or {}),
+    }
     with atomic_path(out) as tmp:
         torch.save(_cast(sam_state_to_official(ours), dtype), tmp)
     with atomic_path(out.with_suffix(".json")) as tmp:
@@ -85,15 +90,23 @@ def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
 
 def _export_mae(weights: LoadedWeights, out: Path, dtype: str) -> Path:
     if weights.layout not in ("sam_train_mae", "mae_official"):
-        raise WeightsError(f"--format mae needs a stage-1 (MAE) checkpoint, {weights.path} is {weights.layout}")
-    sd = weights.state_dict if weights.layout == "mae_official" else mae_to_official(weights.state_dict)
+        raise WeightsError(
+            f"--format mae needs a stage-1 (MAE) checkpoint, {weights.path} is {weights.layout}"
+        )
+    sd = (
+        weights.state_dict
+        if weights.layout == "mae_official"
+        else mae_to_official(weights.state_dict)
+    )
     with atomic_path(out) as tmp:
         torch.save({"model": _cast(sd, dtype), "sam_train": _metadata(weights, "mae", dtype)}, tmp)
     return out
 
 
 def _export_full(weights: LoadedWeights, out: Path, dtype: str) -> Path:
-    return save_weights(out, _cast(weights.state_dict, dtype), _metadata(weights, "safetensors", dtype))
+    return save_weights(
+        out, _cast(weights.state_dict, dtype), _metadata(weights, "safetensors", dtype)
+    )
 
 
 EXPORTERS: dict[str, Callable[[LoadedWeights, Path, str], Path]] = {

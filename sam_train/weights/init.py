@@ -42,7 +42,9 @@ class InitReport:
 
 
 def _depth(keys, prefix: str = "") -> int:
-    ids = {int(m.group(1)) for k in keys if (m := re.match(re.escape(prefix) + r"blocks\.(\d+)\.", k))}
+    ids = {
+        int(m.group(1)) for k in keys if (m := re.match(re.escape(prefix) + r"blocks\.(\d+)\.", k))
+    }
     return max(ids) + 1 if ids else 0
 
 
@@ -78,7 +80,9 @@ def load_matching(
                 continue
             fitted = _fit(key, value, target[key])
             if fitted is None:
-                conflicts.append(f"{prefix}{key}: checkpoint {tuple(value.shape)}, model {tuple(target[key].shape)}")
+                conflicts.append(
+                    f"{prefix}{key}: checkpoint {tuple(value.shape)}, model {tuple(target[key].shape)}"
+                )
                 continue
             target[key].copy_(fitted)
             report.loaded.append(prefix + key)

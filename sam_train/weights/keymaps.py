@@ -35,6 +35,10 @@ def encoder_state(weights: LoadedWeights) -> dict[str, torch.Tensor]:
     if layout in ("sam_train_sam", "sam_official"):
         from sam_train.models.sam.keymap import sam_encoder_state_from_official
 
-        enc = {k.removeprefix("image_encoder."): v for k, v in sd.items() if k.startswith("image_encoder.")}
+        enc = {
+            k.removeprefix("image_encoder."): v
+            for k, v in sd.items()
+            if k.startswith("image_encoder.")
+        }
         return enc if layout == "sam_train_sam" else sam_encoder_state_from_official(enc)
     raise WeightsError(f"no encoder in a {layout} checkpoint")

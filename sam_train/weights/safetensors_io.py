@@ -15,7 +15,9 @@ from sam_train.files import atomic_path
 METADATA_KEY = "sam_train"
 
 
-def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+def save_weights(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]
+) -> Path:
     """Write `tensors` and `metadata` (JSON-serialisable) to `path` atomically."""
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
@@ -36,5 +38,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"weights file {str(path)!r} is not a readable safetensors file: {err}") from err
+        raise ValueError(
+            f"weights file {str(path)!r} is not a readable safetensors file: {err}"
+        ) from err
     return tensors, json.loads(raw) if raw else {}

@@ -87,7 +87,12 @@ class Sam(nn.Module):
         """
         grid_hw = tuple(image_embeddings.shape[-2:])
         sparse, dense = self.prompt_encoder(
-            points, boxes, mask_inputs, text_embeds, pad_points=pad_points, grid_hw=grid_hw,
+            points,
+            boxes,
+            mask_inputs,
+            text_embeds,
+            pad_points=pad_points,
+            grid_hw=grid_hw,
             text_valid=text_valid,
         )  # [K, N', C], [K, C, h, w]
         k = sparse.shape[0]

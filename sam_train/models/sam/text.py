@@ -147,7 +147,10 @@ class ClipPromptEncoder(nn.Module):
         self.embed_dim = int(model.visual.output_dim)
         self.image_size = int(model.visual.image_size[0])
         cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)  # CLIP's input norm
+        mean, std = (
+            cfg.get("mean", IMAGENET_MEAN),
+            cfg.get("std", IMAGENET_STD),
+        )  # CLIP's input norm
         self.register_buffer("clip_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         if freeze:
@@ -203,8 +206,13 @@ class ClipPromptEncoder(nn.Module):
         out = []
         for sl in torch.arange(masks.shape[0]).split(self.chunk):
             crops = region_crops(
-                images, masks[sl], boxes[sl], image_index[sl], self.image_size,
-                self.margin, self.background,
+                images,
+                masks[sl],
+                boxes[sl],
+                image_index[sl],
+                self.image_size,
+                self.margin,
+                self.background,
             )
             out.append(self.encode_crops(crops))
         return torch.cat(out) if out else images.new_zeros(0, self.embed_dim)
