@@ -56,3 +56,31 @@ def tiny_mae(**overrides) -> MaskedAutoencoder:
 def mae() -> MaskedAutoencoder:
     torch.manual_seed(0)
     return tiny_mae()
+
+
+def train_stage1_checkpoint(path: Path, mae: MaskedAutoencoder, steps: int, run_config=None):
+    """Fit `mae` for a few steps on random 32 px images and save a real Lightning checkpoint."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from sam_train.lit.mae_module import MaeModule
+    from sam_train.lit.optim import OptimConfig
+
+    class Images(L.LightningDataModule):
+        batch_size = 2
+
+        def train_dataloader(self):
+            return DataLoader(torch.randn(4, 3, 32, 32), batch_size=2)
+
+    module = MaeModule(mae, OptimConfig(lr=1e-3), run_config=run_config)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=Images())
+    trainer.save_checkpoint(path)
+    return path

@@ -2,44 +2,24 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import timm
 import torch
-from conftest import console_script, tiny_mae
-from torch.utils.data import DataLoader
+from conftest import console_script, tiny_mae, train_stage1_checkpoint
 
-from sam_train.lit.mae_module import MaeModule
-from sam_train.lit.optim import OptimConfig
 from sam_train.weights.checkpoints import WeightsError, read_weights
 from sam_train.weights.export import export
 from sam_train.weights.keymaps import mae_from_official
-
-
-class _Images(L.LightningDataModule):
-    batch_size = 2
-
-    def train_dataloader(self):
-        return DataLoader(torch.randn(4, 3, 32, 32), batch_size=2)
 
 
 @pytest.fixture(scope="module")
 def stage1_ckpt(tmp_path_factory):
     """A real Lightning checkpoint of a tiny MAE after two optimiser steps."""
     torch.manual_seed(0)
-    module = MaeModule(tiny_mae(), OptimConfig(lr=1e-3), run_config={"model": {"embed_dim": 64}})
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule=_Images())
+    mae = tiny_mae()
     path = tmp_path_factory.mktemp("ckpt") / "stage1.ckpt"
-    trainer.save_checkpoint(path)
-    return path, module.model
+    train_stage1_checkpoint(path, mae, steps=2, run_config={"model": {"embed_dim": 64}})
+    return path, mae
 
 
 def test_timm_export_loads_strictly_and_matches_features(stage1_ckpt, tmp_path):

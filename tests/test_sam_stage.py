@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, tiny_mae
+from conftest import console_script, tiny_mae, train_stage1_checkpoint
 from test_sam_model import tiny_sam
-from torch.utils.data import DataLoader
 
-from sam_train.lit.mae_module import MaeModule
-from sam_train.lit.optim import OptimConfig
 from sam_train.predictor import SamPredictor, load_sam
 from sam_train.weights.checkpoints import WeightsError
 from sam_train.weights.export import export
@@ -45,30 +41,13 @@ SAM_TINY = [
 ]
 
 
-class _Images(L.LightningDataModule):
-    batch_size = 2
-
-    def train_dataloader(self):
-        return DataLoader(torch.randn(4, 3, 32, 32), batch_size=2)
-
-
 @pytest.fixture(scope="module")
 def stage1_ckpt(tmp_path_factory):
     """A real stage-1 Lightning checkpoint: width 32, depth 2, 32 px images, 16 px patches."""
     torch.manual_seed(0)
     mae = tiny_mae(embed_dim=32, num_heads=2, patch_size=16)
-    module = MaeModule(mae, OptimConfig(lr=1e-3))
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule=_Images())
     path = tmp_path_factory.mktemp("stage1") / "mae.ckpt"
-    trainer.save_checkpoint(path)
+    train_stage1_checkpoint(path, mae, steps=1)
     return path, mae
 
 
