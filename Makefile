@@ -34,7 +34,7 @@ demo: install
 	@echo "  mae/reconstructions/final.png   stage 1: original | masked | reconstruction | pasted"
 	@echo "  mae/csv/metrics.csv             stage 1 losses"
 	@echo "  sam/masks/final.png             stage 2: one-point (top) and one-box (bottom) masks on held-out images"
-	@echo "  sam/masks/click_curve.png       stage 2: validation mIoU after 1..10 clicks"
+	@echo "  sam/masks/click_curve.png       stage 2: validation mIoU after 1..N clicks"
 	@echo "  export/                         timm ViT encoder, official-layout SAM checkpoint (+ .json metadata)"
 	@echo "  prediction_arc2017.png          the exported SAM, one click per object, on a held-out photo"
 
