@@ -171,4 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m` runs this file as __main__; subcommand modules (clip-embed) register on the
+    # importable sam_train.cli.prep, so run that module's main
+    from sam_train.cli import prep as _prep
+
+    sys.exit(_prep.main())
