@@ -25,7 +25,15 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import fmt_si, interleaved, machine, matmul_rate, median, peak_cpu_bytes
+from benchmarks.common import (
+    fmt_si,
+    interleaved,
+    machine,
+    matmul_rate,
+    median,
+    peak_cpu_bytes,
+    quiet_profiler_logs,
+)
 from benchmarks.flops import sam_encoder_flops
 from sam_train.losses import masks_to_logit_size, sam_loss
 from sam_train.models.sam.keymap import sam_state_to_official
@@ -132,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scaling", action="store_true", help="1x1 vs 64x11 at 1024 (ours only)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    quiet_profiler_logs()
     rate = matmul_rate()
     results = {"machine": machine(), "matmul_fp32_flops_per_s": rate["flops_per_s"], "runs": []}
     if args.scaling:
