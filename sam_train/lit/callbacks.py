@@ -20,35 +20,43 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
-class MaeReconstructionGrid(L.Callback):
-    """Writes `reconstructions/epoch_NNN.png` every `every_n_epochs` validation epochs and
-    `reconstructions/final.png` at the end, from the first validation images with fixed masks."""
+class ValidationPictures(L.Callback):
+    """Keeps the first validation batch and draws a picture of it every `every_n_epochs`
+    validation epochs (`<dirname>/epoch_NNN.png`) and at the end (`<dirname>/final.png`),
+    also sent to wandb when it logs. Subclasses say what to keep and how to draw."""
 
-    def __init__(
-        self, every_n_epochs: int = 1, num_images: int = 4, dirname: str = "reconstructions"
-    ):
+    log_key = "val/picture"
+
+    def __init__(self, every_n_epochs: int, dirname: str) -> None:
         self.every_n_epochs = every_n_epochs
-        self.num_images = num_images
         self.dirname = dirname
-        self._images: torch.Tensor | None = None
+        self._batch = None
+
+    def keep(self, batch):
+        """What of the first validation batch to hold on to (on the CPU)."""
+        raise NotImplementedError
+
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, batch):
+        """An RGB uint8 array of the kept batch, or None when there is nothing to show."""
+        raise NotImplementedError
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ):
-        if batch_idx == 0 and dataloader_idx == 0 and self._images is None:
-            self._images = batch[: self.num_images].detach().clone()
+        if batch_idx == 0 and dataloader_idx == 0 and self._batch is None:
+            self._batch = self.keep(batch)
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> Path | None:
-        if self._images is None:
+        if self._batch is None:
             return None
-        images = self._images.to(pl_module.device)
-        noise = pl_module.validation_noise(images, batch_idx=0)
-        grid = mae_reconstruction_grid(pl_module.model, images, noise)
+        picture = self.draw(trainer, pl_module, self._batch)
+        if picture is None:
+            return None
         path = run_dir(trainer) / self.dirname / f"{name}.png"
-        save_png(grid, path)
+        save_png(picture, path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image("val/reconstruction", [grid], step=trainer.global_step)
+                logger.log_image(self.log_key, [picture], step=trainer.global_step)
         return path
 
     @rank_zero_only
@@ -61,7 +69,28 @@ class MaeReconstructionGrid(L.Callback):
     def on_fit_end(self, trainer, pl_module):
         path = self._write(trainer, pl_module, "final")
         if path is not None:
-            log.info("reconstruction grid: %s", path)
+            log.info("%s: %s", self.dirname, path)
+
+
+class MaeReconstructionGrid(ValidationPictures):
+    """Original | masked | reconstruction | reconstruction with the visible patches, for the
+    first validation images with fixed masks, in `reconstructions/`."""
+
+    log_key = "val/reconstruction"
+
+    def __init__(
+        self, every_n_epochs: int = 1, num_images: int = 4, dirname: str = "reconstructions"
+    ):
+        super().__init__(every_n_epochs, dirname)
+        self.num_images = num_images
+
+    def keep(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch[: self.num_images].detach().cpu().clone()
+
+    def draw(self, trainer, pl_module, images: torch.Tensor):
+        images = images.to(pl_module.device)
+        noise = pl_module.validation_noise(images, batch_idx=0)
+        return mae_reconstruction_grid(pl_module.model, images, noise)
 
 
 class ExportWeights(L.Callback):
@@ -83,61 +112,35 @@ class ExportWeights(L.Callback):
             log.info("exported %s weights: %s", name, path)
 
 
-class SamMaskPictures(L.Callback):
-    """Writes `masks/epoch_NNN.png` (and `masks/final.png`): for a few validation masks, the
-    one-point prediction (top row) and the one-box prediction (bottom row), with the ground
-    truth outlined; and `masks/click_curve.png`, validation mIoU after 1..N clicks."""
+class SamMaskPictures(ValidationPictures):
+    """`masks/epoch_NNN.png` and `masks/final.png`: for a few validation masks, the one-point
+    prediction (top row) and the one-box prediction (bottom row), with the ground truth
+    outlined; and `masks/click_curve.png`, validation mIoU after 1..N clicks."""
+
+    log_key = "val/masks"
 
     def __init__(self, every_n_epochs: int = 1, num_masks: int = 6, dirname: str = "masks") -> None:
-        self.every_n_epochs = every_n_epochs
+        super().__init__(every_n_epochs, dirname)
         self.num_masks = num_masks
-        self.dirname = dirname
-        self._batch = None
 
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ):
-        if batch_idx == 0 and dataloader_idx == 0 and self._batch is None:
-            self._batch = batch.to("cpu")
+    def keep(self, batch):
+        return batch.to("cpu")
 
-    def _write(self, trainer, pl_module, name: str) -> Path | None:
-        if self._batch is None:
-            return None
+    def draw(self, trainer, pl_module, batch):
         from sam_train.viz.sam_masks import click_curve_png, panel_grid
         from sam_train.viz.sam_predictions import one_prompt_panels
 
-        panels = one_prompt_panels(
-            pl_module.model, self._batch.to(pl_module.device), self.num_masks
-        )
-        if not panels[0]:
-            return None
-        path = run_dir(trainer) / self.dirname / f"{name}.png"
-        save_png(panel_grid(panels), path)
+        metrics = pl_module.last_val_metrics
         curve = [
-            v
-            for k, v in sorted(pl_module.last_val_metrics.items(), key=lambda kv: kv[0])
-            if k.startswith("miou_click_")
+            metrics[f"miou_click_{i}"]
+            for i in range(1, len(metrics) + 1)
+            if f"miou_click_{i}" in metrics
         ]
         if curve:
-            curve = [pl_module.last_val_metrics[f"miou_click_{i + 1}"] for i in range(len(curve))]
             click_curve_png(
                 curve,
                 run_dir(trainer) / self.dirname / "click_curve.png",
                 f"validation mIoU after N clicks (step {trainer.global_step})",
             )
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("val/masks", [str(path)], step=trainer.global_step)
-        return path
-
-    @rank_zero_only
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        self._write(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}")
-
-    @rank_zero_only
-    def on_fit_end(self, trainer, pl_module):
-        path = self._write(trainer, pl_module, "final")
-        if path is not None:
-            log.info("mask pictures: %s", path.parent)
+        panels = one_prompt_panels(pl_module.model, batch.to(pl_module.device), self.num_masks)
+        return panel_grid(panels) if panels[0] else None
