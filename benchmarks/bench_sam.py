@@ -2,6 +2,7 @@
 
     python benchmarks/bench_sam.py [--sizes 256,1024] [--reps 3] [--json out.json]
     python benchmarks/bench_sam.py --scaling            # 1 mask x 1 round vs 64 masks x 11 rounds
+    python benchmarks/bench_sam.py --decoder [--masks 16]  # decoder + losses only, per mask
 
 One step = image encoder forward once, then R prompting rounds for K masks on that embedding
 (round 0 a point per mask; later rounds add a point and feed the previous low-res logits as the
@@ -24,8 +25,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from benchmarks.common import (
+    THREADS_HELP,
     fmt_si,
     interleaved,
     machine,
@@ -64,13 +67,19 @@ def decode_official(sam, emb, coords, labels, mask_in, multimask):
     return sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
 
 
-def make_step(sam, embed, decode, images, gt, rounds: int):
-    """A closure running one training step with `rounds` rounds for the K masks in `gt`."""
+def make_step(sam, embed, decode, images, gt, rounds: int, checkpoint_rounds: bool = False):
+    """A closure running one training step with `rounds` rounds for the K masks in `gt`;
+    `checkpoint_rounds` recomputes each round's decoder in the backward (as
+    `InteractiveConfig.checkpoint_rounds`) instead of holding every round's graph."""
     opt = torch.optim.AdamW([p for p in sam.parameters() if p.requires_grad], lr=1e-5)
     k, size = gt.shape[0], images.shape[-1]
     gen = torch.Generator().manual_seed(0)
     points = torch.rand(k, rounds, 2, generator=gen) * size  # same prompts every step
     labels = torch.ones(k, rounds, dtype=torch.long)
+
+    def one_round(emb, coords, labels, mask_in, first, gt_low):
+        logits, iou = decode(sam, emb, coords, labels, mask_in, first)
+        return logits, sam_loss(logits, iou, gt_low)["loss"]
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -78,10 +87,14 @@ def make_step(sam, embed, decode, images, gt, rounds: int):
         mask_in, total = None, 0.0
         gt_low = None
         for r in range(rounds):
-            logits, iou = decode(sam, emb, points[:, : r + 1], labels[:, : r + 1], mask_in, r == 0)
             if gt_low is None:
-                gt_low = masks_to_logit_size(gt, tuple(logits.shape[-2:]))
-            total = total + sam_loss(logits, iou, gt_low)["loss"]
+                gt_low = masks_to_logit_size(gt, (4 * emb.shape[-2], 4 * emb.shape[-1]))
+            args = (emb, points[:, : r + 1], labels[:, : r + 1], mask_in, r == 0, gt_low)
+            if checkpoint_rounds:
+                logits, loss = checkpoint(one_round, *args, use_reentrant=False)
+            else:
+                logits, loss = one_round(*args)
+            total = total + loss
             mask_in = logits[:, :1].detach()
         (total / rounds).backward()
         opt.step()
@@ -138,13 +151,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="256,1024")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--scaling", action="store_true", help="1x1 vs 64x11 at 1024 (ours only)")
+    parser.add_argument("--decoder", action="store_true", help="decoder step only, per mask")
+    parser.add_argument("--masks", type=int, default=16, help="prompts per --decoder step")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     quiet_profiler_logs()
     rate = matmul_rate()
     results = {"machine": machine(), "matmul_fp32_flops_per_s": rate["flops_per_s"], "runs": []}
     if args.scaling:
-        results["runs"].append(scaling(args.reps))
+        results["runs"].append(scaling(args.reps, args.threads))
+    elif args.decoder:
+        results["runs"].append(decoder(args.masks, args.reps))
     else:
         for size in [int(s) for s in args.sizes.split(",")]:
             r = bench_size(size, masks=1, rounds=1, reps=args.reps)
@@ -165,20 +184,78 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(json.dumps(results, indent=2))
 
 
-def scaling(reps: int) -> dict:
-    """Our step at sam_vit_b 1024: 1 mask x 1 round against 64 masks x 11 rounds."""
+def scaling(reps: int, threads: int) -> dict:
+    """Our step at sam_vit_b 1024: 1 mask x 1 round against 64 masks x 11 rounds, both with
+    checkpointed rounds (64 x 11 would otherwise hold ~70 GB of decoder graphs)."""
     torch.manual_seed(0)
     ours = build_sam_vit("b", image_size=1024)
     images = torch.randn(1, 3, 1024, 1024)
-    out = {}
-    for masks, rounds in [(1, 1), (64, 11)]:
+    out: dict = {"threads": threads, "checkpoint_rounds": True}
+    for masks, rounds, n in [(1, 1, reps), (64, 11, 1)]:
         gt = torch.zeros(masks, 1024, 1024, dtype=torch.bool)
         gt[:, 100:400, 200:600] = True
-        step = make_step(ours, lambda s, x: s.embed_images(x), decode_ours, images, gt, rounds)
-        out[f"{masks}x{rounds}"] = median(interleaved({"s": step}, reps=reps, warmup=1)["s"])
-        print(f"{masks} masks x {rounds} rounds: {out[f'{masks}x{rounds}']:.2f} s/step", flush=True)
+        step = make_step(
+            ours, lambda s, x: s.embed_images(x), decode_ours, images, gt, rounds, True
+        )
+        key = f"{masks}x{rounds}"
+        out[key] = median(interleaved({"s": step}, reps=n, warmup=1 if n > 1 else 0)["s"])
+        print(f"{masks} masks x {rounds} rounds: {out[key]:.2f} s/step", flush=True)
     out["ratio_64x11_over_1x1"] = out["64x11"] / out["1x1"]
-    print(f"64x11 costs {out['ratio_64x11_over_1x1']:.2f}x of 1x1", flush=True)
+    out["decoder_s_per_mask_round"] = (out["64x11"] - out["1x1"]) / (64 * 11 - 1)
+    print(
+        f"64x11 costs {out['ratio_64x11_over_1x1']:.2f}x of 1x1 "
+        f"({out['decoder_s_per_mask_round'] * 1e3:.0f} ms per extra mask-round)",
+        flush=True,
+    )
+    return out
+
+
+def decoder(masks: int, reps: int) -> dict:
+    """Prompt encoder + mask decoder + losses + backward for `masks` prompts on one 1024-px
+    image embedding (2 points and a mask prompt each, single-mask output): ours vs
+    segment-anything's modules, same weights. The part of a step that grows with masks x
+    rounds."""
+    torch.manual_seed(0)
+    ours = build_sam_vit("b", image_size=1024)
+    theirs = official_sam(ours)
+    gen = torch.Generator().manual_seed(0)
+    emb0 = torch.randn(1, 256, 64, 64, generator=gen)
+    coords = torch.rand(masks, 2, 2, generator=gen) * 1024
+    labels = torch.ones(masks, 2, dtype=torch.long)
+    mask_in = torch.randn(masks, 1, 256, 256, generator=gen)
+    gt = torch.zeros(masks, 256, 256)
+    gt[:, 25:100, 50:150] = 1.0
+
+    def run(sam, decode):
+        def step():
+            emb = emb0.clone().requires_grad_(True)
+            logits, iou = decode(sam, emb, coords, labels, mask_in, False)
+            sam_loss(logits, iou, gt)["loss"].backward()
+            return logits.detach()
+
+        return step
+
+    steps = {"ours": run(ours, decode_ours), "segment_anything": run(theirs, decode_official)}
+    diff = (steps["ours"]() - steps["segment_anything"]()).abs().max().item()
+    times = interleaved(steps, reps=reps, warmup=1)
+    memory = {name: peak_cpu_bytes(fn) for name, fn in steps.items()}
+    t_ours, t_theirs = median(times["ours"]), median(times["segment_anything"])
+    out = {
+        "masks": masks,
+        "max_abs_logit_diff": diff,
+        "ms_per_mask": {"ours": t_ours / masks * 1e3, "segment_anything": t_theirs / masks * 1e3},
+        "speed_ratio_ours_over_theirs": t_theirs / t_ours,
+        "peak_step_bytes": memory,
+        "memory_ratio_ours_over_theirs": memory["ours"] / memory["segment_anything"],
+    }
+    print(
+        f"decoder, {masks} masks: ours {out['ms_per_mask']['ours']:.0f} ms/mask, "
+        f"segment-anything {out['ms_per_mask']['segment_anything']:.0f} ms/mask -> "
+        f"{out['speed_ratio_ours_over_theirs']:.2f}x; peak memory "
+        f"{fmt_si(memory['ours'], 'B')} vs {fmt_si(memory['segment_anything'], 'B')} "
+        f"({out['memory_ratio_ours_over_theirs']:.2f}x); max |logit diff| {diff:.1e}",
+        flush=True,
+    )
     return out
 
 

@@ -182,3 +182,49 @@ def test_interactive_loop_under_bf16_autocast() -> None:
         res = interactive_loss(sam, emb, t, InteractiveConfig(num_click_rounds=2), _gen())
     assert res.losses["loss"].dtype == torch.float32 and torch.isfinite(res.losses["loss"])
     res.losses["loss"].backward()
+
+
+def _loop_grads(checkpoint_rounds: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    sam = tiny_sam(image_size=32).train()
+    t = _targets(5)
+    t.image_index = torch.tensor([0, 0, 1, 1, 1])
+    t.image_hw = torch.tensor([[32, 32]] * 5)
+    emb = sam.embed_images(torch.randn(2, 3, 32, 32, generator=_gen(1)))
+    cfg = InteractiveConfig(num_click_rounds=3, checkpoint_rounds=checkpoint_rounds)
+    loss = interactive_loss(sam, emb, t, cfg, _gen()).losses["loss"]
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in sam.named_parameters()}
+
+
+def test_checkpointed_rounds_give_the_same_loss_and_gradients() -> None:
+    loss, grads = _loop_grads(checkpoint_rounds=False)
+    loss_ckpt, grads_ckpt = _loop_grads(checkpoint_rounds=True)
+    assert torch.allclose(loss, loss_ckpt)
+    assert grads.keys() == grads_ckpt.keys()
+    for name, g in grads.items():  # encoder included: it sees every round's gradient
+        assert torch.allclose(g, grads_ckpt[name], atol=1e-6, rtol=1e-5), name
+    assert grads["image_encoder.patch_embed.proj.weight"].abs().sum() > 0
+
+
+def test_checkpointed_rounds_hold_one_round_of_decoder_activations() -> None:
+    """Memory held between the loop and its backward: all rounds' graphs vs their inputs only."""
+    sam = tiny_sam(image_size=64).train()
+    t = _targets(8, size=64)
+    emb = sam.embed_images(torch.randn(1, 3, 64, 64)).detach().requires_grad_(True)
+
+    def held(checkpoint_rounds: bool) -> int:
+        cfg = InteractiveConfig(num_click_rounds=6, checkpoint_rounds=checkpoint_rounds)
+        saved: list[int] = []
+
+        def pack(x: torch.Tensor) -> torch.Tensor:
+            saved.append(x.numel() * x.element_size())
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            loss = interactive_loss(sam, emb, t, cfg, _gen()).losses["loss"]
+        loss.backward()
+        return sum(saved)
+
+    plain, checkpointed = held(False), held(True)
+    assert checkpointed < plain / 4, (checkpointed, plain)

@@ -12,6 +12,12 @@ Only round 0 gives a point prompt its 3 multimask outputs (an ambiguous single p
 goes to the best of them); boxes and later rounds use the single-mask output. The mask prompt
 is detached (SAM / sam2 practice: no backpropagation through earlier rounds' predictions);
 the image embedding receives gradients from every round. Losses are averaged over rounds.
+
+Memory: every round's decoder graph lives until the step's backward, about 100 MB per mask and
+round at sam_vit_b 1024 in fp32, so SAM's 64 masks x 11 rounds would hold ~70 GB.
+`checkpoint_rounds` keeps only each round's inputs and recomputes its decoder forward during
+the backward (the image encoder still runs once): the same gradients for one more decoder
+forward per round.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from sam_train.losses import mask_iou_of_logits, masks_to_logit_size, sam_loss
 from sam_train.models.sam.sam import Sam, upscale_logits
@@ -48,6 +55,8 @@ class InteractiveConfig:
     multimask_first_round: give single-point first prompts the 3 ambiguity outputs.
     detach_mask_prompt: stop gradients through the previous round's logits.
     loss_weights: overrides of `sam_train.losses.LOSS_WEIGHTS`.
+    checkpoint_rounds: recompute each round's decoder forward in the backward instead of
+        holding its activations (memory of one round instead of all; same gradients).
     """
 
     num_click_rounds: int = 8
@@ -60,6 +69,7 @@ class InteractiveConfig:
     multimask_first_round: bool = True
     detach_mask_prompt: bool = True
     loss_weights: dict[str, float] = field(default_factory=dict)
+    checkpoint_rounds: bool = False
 
     @property
     def num_rounds(self) -> int:
@@ -150,6 +160,35 @@ def _text_tokens(
     return text_embeds[:, None].to(sam.prompt_encoder.text_proj.weight.dtype), kinds == TEXT
 
 
+def _decode_round(
+    sam: Sam,
+    targets: PromptTargets,
+    is_text: torch.Tensor | None,
+    gt_low: torch.Tensor,
+    valid: torch.Tensor | None,
+    cfg: InteractiveConfig,
+    image_embeddings: torch.Tensor,
+    coords: torch.Tensor,
+    labels: torch.Tensor,
+    mask_input: torch.Tensor | None,
+    text_tokens: torch.Tensor | None,
+    first: bool,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One round: decode every mask's prompts, then SAM's losses (a pure function of its
+    inputs, so it can be recomputed by activation checkpointing)."""
+    logits, iou_pred = sam.decode(
+        image_embeddings,
+        points=(coords, labels),
+        mask_inputs=mask_input,
+        text_embeds=text_tokens,
+        image_index=targets.image_index,
+        multimask_output=None if first else False,
+        pad_points=False,
+        text_valid=is_text,
+    )  # [K, m, 4h, 4w], [K, m]
+    return logits, iou_pred, sam_loss(logits, iou_pred, gt_low, valid, cfg.loss_weights)
+
+
 def interactive_loss(
     sam: Sam,
     image_embeddings: torch.Tensor,
@@ -200,18 +239,18 @@ def interactive_loss(
             pt, lab = sample_error_points(pred, targets.masks, region, generator)
             coords = torch.cat([coords, pt[:, None]], dim=1)  # [K, N+1, 2]
             labels = torch.cat([labels, lab[:, None]], dim=1)  # [K, N+1]
-        logits, iou_pred = sam.decode(
-            image_embeddings,
-            points=(coords, labels),
-            mask_inputs=mask_input,
-            text_embeds=text_tokens,
-            image_index=targets.image_index,
-            multimask_output=None if r == 0 else False,
-            pad_points=False,
-            text_valid=is_text,
-        )  # [K, m, 4h, 4w], [K, m]
-        valid = _first_round_outputs(kinds, cfg, logits.shape[1]) if r == 0 else None
-        losses = sam_loss(logits, iou_pred, gt_low, valid, cfg.loss_weights)
+        valid = (
+            _first_round_outputs(kinds, cfg, sam.mask_decoder.num_mask_tokens) if r == 0 else None
+        )
+        args = (image_embeddings, coords, labels, mask_input, text_tokens, r == 0)
+        if cfg.checkpoint_rounds and torch.is_grad_enabled():
+            logits, iou_pred, losses = checkpoint(
+                _decode_round, sam, targets, is_text, gt_low, valid, cfg, *args, use_reentrant=False
+            )
+        else:
+            logits, iou_pred, losses = _decode_round(
+                sam, targets, is_text, gt_low, valid, cfg, *args
+            )
         for name in LOSS_NAMES:
             totals[name] = totals[name] + losses[name]
 

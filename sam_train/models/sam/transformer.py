@@ -103,13 +103,12 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        k = keys + key_pe  # the keys do not change until the last step: add their pe once
+        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
 
         queries = self.norm3(queries + self.mlp(queries))
 
-        q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
         return queries, keys
 
 
@@ -163,8 +162,9 @@ class TwoWayTransformer(nn.Module):
 
         Returns the processed tokens [B, Nt, C] and image tokens [B, h*w, C].
         """
-        keys = image_embedding.flatten(2).transpose(1, 2)  # [B, h*w, C]
-        key_pe = image_pe.flatten(2).transpose(1, 2)  # [B or 1, h*w, C]
+        # contiguous token layout once, so no Linear below copies a transposed view
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()  # [B, h*w, C]
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # [B or 1, h*w, C]
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
