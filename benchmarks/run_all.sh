@@ -17,4 +17,5 @@ run mae       benchmarks/bench_mae.py
 run attention benchmarks/bench_attention.py
 run loop      benchmarks/bench_loop.py
 run data      benchmarks/bench_data.py
+run decoder   benchmarks/bench_sam.py --decoder   # the full stage-2 steps: bench_sam.py (30+ min)
 echo "results in $OUT"

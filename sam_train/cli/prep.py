@@ -129,11 +129,18 @@ def _sample(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("out", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the composited images")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument(
+        "--variants",
+        type=int,
+        default=2,
+        help="composites per photo (default 2); the ones past 2 all go to train, val is unchanged",
+    )
 
     def run(a: argparse.Namespace) -> None:
         from data_prep.sample import build_sample
 
-        for name, manifest in build_sample(a.out, seed=a.seed, workers=a.workers).items():
+        built = build_sample(a.out, seed=a.seed, workers=a.workers, variants=a.variants)
+        for name, manifest in built.items():
             print(f"{name}: {manifest['total']} samples in {len(manifest['shards'])} shards")
 
     return run

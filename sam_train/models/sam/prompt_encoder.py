@@ -183,7 +183,9 @@ class PromptEncoder(nn.Module):
         if text_embeds is not None:
             if self.text_proj is None:
                 raise ValueError("text_embeds given but the prompt encoder has text_embed_dim=0")
-            text_tokens = self.text_proj(text_embeds)  # [B, T, C]
+            # CLIP embeddings are unit vectors: scaled to unit variance per entry, the projected
+            # token starts at the scale of the point and box tokens instead of ~sqrt(E) below
+            text_tokens = self.text_proj(text_embeds * self.text_embed_dim**0.5)  # [B, T, C]
             if text_valid is not None:
                 valid = text_valid.reshape(bs, -1, 1).to(torch.bool)  # [B, T or 1, 1]
                 text_tokens = torch.where(valid, text_tokens, self.not_a_point_embed.weight)
