@@ -155,3 +155,19 @@ def test_ensure_is_race_safe(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         sample_mod.ensure_sample_shards(root)  # the winner's folder is incomplete: not hidden
     assert not list(tmp_path.glob(".s.building-*"))
+
+
+def test_more_variants_add_train_composites_and_keep_val() -> None:
+    base = sample_mod.stage2_images(seed=0)
+    more = sample_mod.stage2_images(seed=0, variants=3)
+    split = {name: s for s, name, *_ in base}
+    assert [n for s, n, *_ in more if s == "val"] == [n for s, n, *_ in base if s == "val"]
+    by_name = {name: (s, rgb, anns) for s, name, rgb, anns in more}
+    for s, name, rgb, anns in base:  # composites 0 and 1 of every photo: the same as before
+        s2, rgb2, anns2 = by_name[name]
+        assert s == s2 and (rgb == rgb2).all() and len(anns) == len(anns2)
+    added = [n for s, n, *_ in more if n not in split]
+    assert len(added) == len(sample_mod.COMPOSITE_PHOTOS) and all(n.endswith("_2") for n in added)
+    assert all(s == "train" for s, n, *_ in more if n in added)
+    with pytest.raises(ValueError, match="variants must be >= 2"):
+        sample_mod.stage2_images(seed=0, variants=1)
