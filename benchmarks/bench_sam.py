@@ -56,7 +56,7 @@ def decode_ours(sam, emb, coords, labels, mask_in, multimask):
         emb,
         points=(coords, labels),
         mask_inputs=mask_in,
-        image_index=torch.zeros(coords.shape[0], dtype=torch.long),
+        image_index=torch.zeros(coords.shape[0], dtype=torch.long, device=coords.device),
         multimask_output=multimask,
     )
 
@@ -67,15 +67,28 @@ def decode_official(sam, emb, coords, labels, mask_in, multimask):
     return sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
 
 
-def make_step(sam, embed, decode, images, gt, rounds: int, checkpoint_rounds: bool = False):
-    """A closure running one training step with `rounds` rounds for the K masks in `gt`;
-    `checkpoint_rounds` recomputes each round's decoder in the backward (as
-    `InteractiveConfig.checkpoint_rounds`) instead of holding every round's graph."""
-    opt = torch.optim.AdamW([p for p in sam.parameters() if p.requires_grad], lr=1e-5)
+def make_step(
+    sam,
+    embed,
+    decode,
+    images,
+    gt,
+    rounds: int,
+    checkpoint_rounds: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+):
+    """A closure running one training step with `rounds` rounds for the K masks in `gt`, on
+    the device of `images`; `checkpoint_rounds` recomputes each round's decoder in the
+    backward (as `InteractiveConfig.checkpoint_rounds`) instead of holding every round's graph;
+    `autocast_dtype` runs forward and losses under autocast (bf16 on a GPU)."""
+    dev = images.device
+    params = [p for p in sam.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=dev.type == "cuda")
     k, size = gt.shape[0], images.shape[-1]
     gen = torch.Generator().manual_seed(0)
-    points = torch.rand(k, rounds, 2, generator=gen) * size  # same prompts every step
-    labels = torch.ones(k, rounds, dtype=torch.long)
+    points = (torch.rand(k, rounds, 2, generator=gen) * size).to(dev)  # same prompts every step
+    labels = torch.ones(k, rounds, dtype=torch.long, device=dev)
+    gt = gt.to(dev)
 
     def one_round(emb, coords, labels, mask_in, first, gt_low):
         logits, iou = decode(sam, emb, coords, labels, mask_in, first)
@@ -83,19 +96,18 @@ def make_step(sam, embed, decode, images, gt, rounds: int, checkpoint_rounds: bo
 
     def step():
         opt.zero_grad(set_to_none=True)
-        emb = embed(sam, images)  # once per image
-        mask_in, total = None, 0.0
-        gt_low = None
-        for r in range(rounds):
-            if gt_low is None:
-                gt_low = masks_to_logit_size(gt, (4 * emb.shape[-2], 4 * emb.shape[-1]))
-            args = (emb, points[:, : r + 1], labels[:, : r + 1], mask_in, r == 0, gt_low)
-            if checkpoint_rounds:
-                logits, loss = checkpoint(one_round, *args, use_reentrant=False)
-            else:
-                logits, loss = one_round(*args)
-            total = total + loss
-            mask_in = logits[:, :1].detach()
+        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            emb = embed(sam, images)  # once per image
+            mask_in, total = None, 0.0
+            gt_low = masks_to_logit_size(gt, (4 * emb.shape[-2], 4 * emb.shape[-1]))
+            for r in range(rounds):
+                args = (emb, points[:, : r + 1], labels[:, : r + 1], mask_in, r == 0, gt_low)
+                if checkpoint_rounds:
+                    logits, loss = checkpoint(one_round, *args, use_reentrant=False)
+                else:
+                    logits, loss = one_round(*args)
+                total = total + loss
+                mask_in = logits[:, :1].detach()
         (total / rounds).backward()
         opt.step()
 
@@ -210,33 +222,43 @@ def scaling(reps: int, threads: int) -> dict:
     return out
 
 
-def decoder(masks: int, reps: int) -> dict:
-    """Prompt encoder + mask decoder + losses + backward for `masks` prompts on one 1024-px
-    image embedding (2 points and a mask prompt each, single-mask output): ours vs
-    segment-anything's modules, same weights. The part of a step that grows with masks x
-    rounds."""
+def decoder_steps(masks: int, device: str = "cpu", autocast_dtype: torch.dtype | None = None):
+    """Closures for prompt encoder + mask decoder + losses + backward for `masks` prompts on one
+    1024-px image embedding (2 points and a mask prompt each, single-mask output), ours and
+    segment-anything's (same weights), and the max |logit difference| between them."""
     torch.manual_seed(0)
-    ours = build_sam_vit("b", image_size=1024)
-    theirs = official_sam(ours)
+    ours = build_sam_vit("b", image_size=1024).to(device)
+    theirs = official_sam(ours).to(device)
     gen = torch.Generator().manual_seed(0)
-    emb0 = torch.randn(1, 256, 64, 64, generator=gen)
-    coords = torch.rand(masks, 2, 2, generator=gen) * 1024
-    labels = torch.ones(masks, 2, dtype=torch.long)
-    mask_in = torch.randn(masks, 1, 256, 256, generator=gen)
-    gt = torch.zeros(masks, 256, 256)
+    emb0 = torch.randn(1, 256, 64, 64, generator=gen).to(device)
+    coords = (torch.rand(masks, 2, 2, generator=gen) * 1024).to(device)
+    labels = torch.ones(masks, 2, dtype=torch.long, device=device)
+    mask_in = torch.randn(masks, 1, 256, 256, generator=gen).to(device)
+    gt = torch.zeros(masks, 256, 256, device=device)
     gt[:, 25:100, 50:150] = 1.0
 
     def run(sam, decode):
         def step():
             emb = emb0.clone().requires_grad_(True)
-            logits, iou = decode(sam, emb, coords, labels, mask_in, False)
-            sam_loss(logits, iou, gt)["loss"].backward()
-            return logits.detach()
+            with torch.autocast(
+                emb.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
+                logits, iou = decode(sam, emb, coords, labels, mask_in, False)
+                loss = sam_loss(logits, iou, gt)["loss"]
+            loss.backward()
+            return logits.detach().float()
 
         return step
 
     steps = {"ours": run(ours, decode_ours), "segment_anything": run(theirs, decode_official)}
     diff = (steps["ours"]() - steps["segment_anything"]()).abs().max().item()
+    return steps, diff
+
+
+def decoder(masks: int, reps: int) -> dict:
+    """The decoder step (`decoder_steps`) on the CPU: the part of a step that grows with
+    masks x rounds."""
+    steps, diff = decoder_steps(masks)
     times = interleaved(steps, reps=reps, warmup=1)
     memory = {name: peak_cpu_bytes(fn) for name, fn in steps.items()}
     t_ours, t_theirs = median(times["ours"]), median(times["segment_anything"])

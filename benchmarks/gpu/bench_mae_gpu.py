@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -26,34 +25,13 @@ import torch
 
 from benchmarks.bench_mae import MaeSize, build_pair, same_function
 from benchmarks.common import machine, median, spread
-
-# dense bf16 tensor-core peak, TFLOP/s (no sparsity), by a substring of the device name
-PEAK_BF16_TFLOPS = {
-    "H200": 989.0,
-    "H100 SXM": 989.0,
-    "H100 PCIe": 756.0,
-    "H100": 989.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "A10G": 70.0,
-    "RTX 4090": 165.0,
-    "RTX 3090": 71.0,
-}
+from benchmarks.gpu.cuda_timing import peak_bf16, peak_memory, timed
 
 SIZES = {
     "tiny": MaeSize("tiny", 256, 192, 12, 3, 128, 2, 4),
     "base": MaeSize("base", 128, 768, 12, 12, 512, 8, 16),
     "large": MaeSize("large", 64, 1024, 24, 16, 512, 8, 16),
 }
-
-
-def peak_bf16(name: str, override: float | None) -> float | None:
-    if override:
-        return override * 1e12
-    for key, tflops in PEAK_BF16_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12
-    return None
 
 
 def cuda_step(model, forward, dtype: torch.dtype):
@@ -69,22 +47,6 @@ def cuda_step(model, forward, dtype: torch.dtype):
         opt.step()
 
     return step
-
-
-def timed(step) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    step()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
-def peak_memory(step) -> int:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated()
 
 
 def bench(size: MaeSize, reps: int, warmup: int, peak: float | None) -> dict:

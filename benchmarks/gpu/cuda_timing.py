@@ -1,0 +1,54 @@
+"""Timing, peak memory and peak FLOP rates shared by the GPU benchmarks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+# dense bf16 tensor-core peak, TFLOP/s (no sparsity), by a substring of the device name
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+}
+
+
+def peak_bf16(name: str, override: float | None) -> float | None:
+    """FLOP/s of the named GPU's dense bf16 peak (`override` in TFLOP/s wins); None if unknown."""
+    if override:
+        return override * 1e12
+    for key, tflops in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+def timed(step: Callable[[], object], sync: bool = True) -> float:
+    """Seconds for one call, the GPU synchronised before and after (when `sync`)."""
+    if sync:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    step()
+    if sync:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def peak_memory(step: Callable[[], object], cuda: bool = True) -> int:
+    """`torch.cuda.max_memory_allocated` over one call (0 off the GPU)."""
+    if not cuda:
+        step()
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
