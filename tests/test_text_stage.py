@@ -14,7 +14,7 @@ from text_helpers import tiny_clip_files
 
 
 @pytest.mark.slow
-def test_two_process_ddp_trains_text_prompts_and_logs_text_and_coco_metrics(tmp_path) -> None:
+def test_two_process_ddp_trains_text_prompts_with_checkpointed_rounds_and_logs_metrics(tmp_path) -> None:
     cfg_path, ckpt = tiny_clip_files(tmp_path / "clip")
     run = tmp_path / "run"
     args = [
@@ -28,6 +28,7 @@ def test_two_process_ddp_trains_text_prompts_and_logs_text_and_coco_metrics(tmp_
         "prompt.text.min_region_area=30",
         "prompt.text.prob=1.0",
         "prompt.text.category_ratio=0.5",
+        "stage.module.interactive.checkpoint_rounds=true",  # recomputed rounds under DDP
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
