@@ -134,6 +134,20 @@ def test_box_as_corner_points_equals_box_prompt() -> None:
     torch.testing.assert_close(a, b)
 
 
+def test_unit_clip_embeddings_give_tokens_at_the_scale_of_point_tokens() -> None:
+    """CLIP embeddings are unit vectors; unscaled, their projected token would start ~sqrt(E)
+    times smaller than a point token and the decoder would barely see it."""
+    torch.manual_seed(0)
+    pe = tiny_sam(text_embed_dim=512).prompt_encoder
+    text = torch.nn.functional.normalize(torch.randn(64, 1, 512), dim=-1)
+    points = (torch.rand(64, 1, 2) * 64, torch.ones(64, 1, dtype=torch.long))
+    with torch.no_grad():
+        text_tokens, _ = pe(None, None, None, text_embeds=text)
+        point_tokens, _ = pe(points, None, None)
+    ratio = text_tokens.norm(dim=-1).mean() / point_tokens[:, 0].norm(dim=-1).mean()
+    assert 0.25 < ratio < 4, ratio
+
+
 def test_text_tokens_join_the_sparse_tokens() -> None:
     sam = tiny_sam(text_embed_dim=12).eval()
     pe = sam.prompt_encoder
@@ -141,7 +155,7 @@ def test_text_tokens_join_the_sparse_tokens() -> None:
     text = torch.randn(1, 3, 12)
     sparse, dense = pe(points, None, None, text_embeds=text)
     assert sparse.shape == (1, 1 + 1 + 3, 32)  # point, padding point, 3 text tokens
-    torch.testing.assert_close(sparse[:, 2:], pe.text_proj(text))
+    torch.testing.assert_close(sparse[:, 2:], pe.text_proj(text * 12**0.5))
     text_only, _ = pe(None, None, None, text_embeds=text)
     assert text_only.shape == (1, 3, 32) and dense.shape == (1, 32, 4, 4)
     emb = torch.randn(1, 32, 4, 4)
