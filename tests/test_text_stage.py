@@ -14,7 +14,9 @@ from text_helpers import tiny_clip_files
 
 
 @pytest.mark.slow
-def test_two_process_ddp_trains_text_prompts_with_checkpointed_rounds_and_logs_metrics(tmp_path) -> None:
+def test_two_process_ddp_trains_text_prompts_with_checkpointed_rounds_and_logs_metrics(
+    tmp_path,
+) -> None:
     cfg_path, ckpt = tiny_clip_files(tmp_path / "clip")
     run = tmp_path / "run"
     args = [
