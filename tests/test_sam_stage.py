@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import console_script, tiny_mae, train_stage1_checkpoint
+from safetensors.torch import load_file
 from test_sam_model import tiny_sam
 
 from sam_train.predictor import SamPredictor, load_sam
@@ -183,3 +184,32 @@ def test_export_then_init_from_round_trips_exactly(tmp_path):
         init_sam_from(fresh, path)
         ref, got = ours.state_dict(), fresh.state_dict()
         assert all(torch.equal(ref[k], got[k]) for k in ref), path
+
+
+def test_timm_export_of_a_sam_encoder_loads_into_timm_and_matches(tmp_path):
+    timm_sam = pytest.importorskip("timm.models.vision_transformer_sam")
+    ours = tiny_sam(image_size=64).eval()
+    for p in ours.parameters():  # rel-pos tables start at zero: make every weight count
+        p.data.add_(torch.randn_like(p) * 0.02)
+    src = tmp_path / "ours.safetensors"
+    save_weights(src, ours.state_dict(), {"architecture": ours.architecture})
+    out = export(src, "timm", tmp_path / "encoder_timm.safetensors")
+    theirs = timm_sam.VisionTransformerSAM(
+        img_size=64,
+        patch_size=16,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        use_rel_pos=True,
+        window_size=2,
+        global_attn_indexes=(1,),
+        neck_chans=32,
+        num_classes=0,
+    ).eval()
+    theirs.load_state_dict(load_file(out), strict=True)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ours.image_encoder(images)  # [2, 32, 4, 4]
+        got = theirs.forward_features(images)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-4
