@@ -39,6 +39,16 @@ def stack_images(items: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(items, out=out)
 
 
+def resume_point(trainer: L.Trainer | None) -> tuple[int, int]:
+    """(epoch, batches of it already trained) where a run restored from a checkpoint goes on;
+    (0, 0) for a fresh run. Lightning restores its loop counters before it asks for the
+    training loader, so they say where the checkpoint was taken."""
+    if trainer is None:
+        return 0, 0
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    return trainer.current_epoch, int(done)
+
+
 class ShardDataModule(L.LightningDataModule):
     """Shared loader plumbing; subclasses say how a sample is decoded and batched.
 
@@ -113,7 +123,9 @@ class ShardDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.stream(self.path, train=True))
+        stream = self.stream(self.path, train=True)
+        stream.resume(*resume_point(getattr(self, "trainer", None)))
+        return self._loader(stream)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.stream(self.val_path, train=False)) if self.val_path else []

@@ -223,10 +223,24 @@ class ShardStream(IterableDataset):
         self.counter = counter if counter is not None else SkipCounter()
         self.max_consecutive_skips = max_consecutive_skips
         self.epoch = -1
+        self.resumed: tuple[int, int] | None = None  # (epoch, batches of it already trained)
 
     def set_epoch(self, epoch: int) -> None:
         """Seed the next iteration with this epoch (the next `iter` uses exactly `epoch`)."""
         self.epoch = epoch - 1
+
+    def resume(self, epoch: int, batches_done: int = 0) -> None:
+        """Continue a restarted run: the next `iter` is `epoch` (a fresh process would start
+        again at 0). If `batches_done` batches of that epoch were trained before the restart,
+        its order is reseeded with that count, so the rest of the epoch draws new samples
+        instead of replaying the ones it began with (resampled streams sample shards with
+        replacement, so the reseeded remainder is as good as the original one). Epochs after
+        it are seeded as in an uninterrupted run. A checkpoint taken after an epoch's last
+        batch goes on with the next epoch, exactly as the uninterrupted run."""
+        if self.resampled and batches_done >= len(self):
+            epoch, batches_done = epoch + 1, 0
+        self.set_epoch(epoch)
+        self.resumed = (epoch, batches_done) if batches_done > 0 else None
 
     def batches_per_worker(self) -> int:
         """Resampled mode: batches each worker yields, the same on every rank."""
@@ -242,7 +256,10 @@ class ShardStream(IterableDataset):
         self.epoch += 1
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        key = f"{self.seed}/{self.epoch}/{self.rank}/{worker}"
+        if self.resumed is not None and self.resumed[0] == self.epoch:
+            key += f"/resumed-after-{self.resumed[1]}"
+        rng = random.Random(key)
         if self.resampled:
             urls: Iterable[str] = self._resampled_urls(rng)
         else:

@@ -1,0 +1,94 @@
+"""Restarting from a checkpoint on shard streams: the epoch count goes on where it stopped,
+a partly trained epoch is finished with fresh draws (not a replay of its first batches), and
+later epochs are the uninterrupted run's."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from test_prep_fixtures import as_list, image_folder, key_of
+
+from data_prep.images import convert_images
+from data_prep.shard_writer import ShardOptions
+from sam_train.data.shard_datamodules import ShardDataModule, resume_point
+
+BATCHES_PER_EPOCH = 6  # 12 samples per epoch, batch 2, one process
+
+
+class KeyShards(ShardDataModule):
+    """Batches of sample keys: what was read, in order."""
+
+    def decoder(self, train: bool):
+        return key_of
+
+    def collate(self, items: list):
+        return as_list(items)
+
+
+class RecordKeys(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.seen: dict[int, list[list[str]]] = {}
+
+    def training_step(self, batch: list[str], batch_idx: int) -> torch.Tensor:
+        self.seen.setdefault(self.current_epoch, []).append(batch)
+        return (self.w**2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    src = image_folder(root / "src", 23, size=(8, 8))
+    convert_images(src, root / "shards", ShardOptions(maxcount=3, progress=False))
+    return root / "shards"
+
+
+def fit(shard_dir, ckpt_dir, epochs: int, ckpt_path=None) -> dict[int, list[list[str]]]:
+    model = RecordKeys()
+    data = KeyShards(
+        str(shard_dir), batch_size=2, num_workers=0, samples_per_epoch=12, shuffle_buffer=4
+    )
+    every_3 = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=ckpt_dir, filename="{step}", every_n_train_steps=3, save_top_k=-1
+    )
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[every_3],
+    )
+    trainer.fit(model, data, ckpt_path=ckpt_path)
+    return model.seen
+
+
+def test_fresh_runs_start_at_epoch_zero() -> None:
+    assert resume_point(None) == (0, 0)
+
+
+def test_resume_mid_epoch_draws_fresh_batches_then_matches_the_uninterrupted_run(
+    shard_dir, tmp_path
+) -> None:
+    straight = fit(shard_dir, tmp_path / "a", epochs=3)
+    assert [len(straight[e]) for e in range(3)] == [BATCHES_PER_EPOCH] * 3
+    assert straight[0] != straight[1]
+
+    resumed = fit(shard_dir, tmp_path / "b", epochs=3, ckpt_path=tmp_path / "a" / "step=9.ckpt")
+    # step 9 = 3 batches into epoch 1: the epoch ends after its 3 remaining batches ...
+    assert sorted(resumed) == [1, 2] and len(resumed[1]) == BATCHES_PER_EPOCH - 3
+    # ... drawn afresh: a restarted process without `resume` would replay epoch 0's batches
+    assert resumed[1] != straight[1][:3] and resumed[1] != straight[0][:3]
+    assert resumed[2] == straight[2]  # later epochs: exactly the uninterrupted run's
+
+
+def test_resume_at_an_epoch_end_continues_exactly(shard_dir, tmp_path) -> None:
+    straight = fit(shard_dir, tmp_path / "a", epochs=3)
+    resumed = fit(shard_dir, tmp_path / "b", epochs=3, ckpt_path=tmp_path / "a" / "step=6.ckpt")
+    assert sorted(resumed) == [1, 2]
+    assert resumed[1] == straight[1] and resumed[2] == straight[2]
