@@ -51,6 +51,21 @@ def official_sam(ours):
     return sam
 
 
+def encoder_flops(sam, size: int):
+    """Analytic FLOPs (`flops.sam_encoder_flops`) of `sam`'s image encoder on one image."""
+    a = sam.architecture
+    return sam_encoder_flops(
+        1,
+        size,
+        a["patch_size"],
+        a["encoder_embed_dim"],
+        a["encoder_depth"],
+        a["encoder_num_heads"],
+        a["window_size"],
+        tuple(a["encoder_global_attn_indexes"]),
+    )
+
+
 def decode_ours(sam, emb, coords, labels, mask_in, multimask):
     return sam.decode(
         emb,
@@ -131,17 +146,7 @@ def bench_size(size: int, masks: int, rounds: int, reps: int, model: str = "b") 
     }
     times = interleaved(steps, reps=reps, warmup=1)
     memory = {name: peak_cpu_bytes(fn) for name, fn in steps.items()}
-    a = ours.architecture
-    enc = sam_encoder_flops(
-        1,
-        size,
-        a["patch_size"],
-        a["encoder_embed_dim"],
-        a["encoder_depth"],
-        a["encoder_num_heads"],
-        a["window_size"],
-        tuple(a["encoder_global_attn_indexes"]),
-    )
+    enc = encoder_flops(ours, size)
     t_ours, t_theirs = median(times["ours"]), median(times["segment_anything"])
     return {
         "model": f"sam_vit_{model}",

@@ -30,11 +30,11 @@ from benchmarks.bench_sam import (
     decode_official,
     decode_ours,
     decoder_steps,
+    encoder_flops,
     make_step,
     official_sam,
 )
 from benchmarks.common import machine, median
-from benchmarks.flops import sam_encoder_flops
 from benchmarks.gpu.cuda_timing import peak_bf16, peak_memory, timed
 from sam_train.models.sam.sam import build_sam_vit
 
@@ -68,17 +68,7 @@ def step_vs_official(size: int, reps: int, warmup: int, dev, dtype, peak) -> dic
     }
     t = alternate(steps, reps, warmup, dev.type == "cuda")
     memory = {k: peak_memory(s, dev.type == "cuda") for k, s in steps.items()}
-    a = ours.architecture
-    flops = sam_encoder_flops(
-        1,
-        size,
-        a["patch_size"],
-        a["encoder_embed_dim"],
-        a["encoder_depth"],
-        a["encoder_num_heads"],
-        a["window_size"],
-        tuple(a["encoder_global_attn_indexes"]),
-    ).train
+    flops = encoder_flops(ours, size).train
     return {
         "image_size": size,
         "s_per_step": t,
