@@ -13,8 +13,8 @@ goes to the best of them); boxes and later rounds use the single-mask output. Th
 is detached (SAM / sam2 practice: no backpropagation through earlier rounds' predictions);
 the image embedding receives gradients from every round. Losses are averaged over rounds.
 
-Memory: every round's decoder graph lives until the step's backward, about 100 MB per mask and
-round at sam_vit_b 1024 in fp32, so SAM's 64 masks x 11 rounds would hold ~70 GB.
+Memory: every round's decoder graph lives until the step's backward, about 86 MB per mask and
+round at sam_vit_b 1024 in fp32, so SAM's 64 masks x 11 rounds would hold ~66 GB.
 `checkpoint_rounds` keeps only each round's inputs and recomputes its decoder forward during
 the backward (the image encoder still runs once): the same gradients for one more decoder
 forward per round.
