@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch
 
 from benchmarks.bench_mae import MaeSize, build_pair, same_function
-from benchmarks.common import machine, median, spread
-from benchmarks.gpu.cuda_timing import peak_bf16, peak_memory, timed
+from benchmarks.common import interleaved, machine, median, spread
+from benchmarks.gpu.cuda_timing import peak_bf16, peak_memory, synced
 
 SIZES = {
     "tiny": MaeSize("tiny", 256, 192, 12, 3, 128, 2, 4),
@@ -63,13 +63,7 @@ def bench(size: MaeSize, reps: int, warmup: int, peak: float | None) -> dict:
             theirs, lambda: theirs(pixel_values=imgs, noise=noise).loss, torch.bfloat16
         ),
     }
-    for _ in range(warmup):
-        for s in steps.values():
-            s()
-    times = {k: [] for k in steps}
-    for r in range(reps):
-        for k in list(steps) if r % 2 == 0 else list(reversed(steps)):
-            times[k].append(timed(steps[k]))
+    times = interleaved({k: synced(s) for k, s in steps.items()}, reps, warmup)
     memory = {k: peak_memory(s) for k, s in steps.items()}
     flops = size.flops().train
     rows = {}

@@ -34,20 +34,14 @@ from benchmarks.bench_sam import (
     make_step,
     official_sam,
 )
-from benchmarks.common import machine, median
-from benchmarks.gpu.cuda_timing import peak_bf16, peak_memory, timed
+from benchmarks.common import interleaved, machine, median
+from benchmarks.gpu.cuda_timing import peak_bf16, peak_memory, synced
 from sam_train.models.sam.sam import build_sam_vit
 
 
 def alternate(steps: dict, reps: int, warmup: int, sync: bool) -> dict[str, float]:
-    """Median seconds per call of each contender, alternating order every repetition."""
-    for _ in range(warmup):
-        for s in steps.values():
-            s()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for r in range(reps):
-        for k in list(steps) if r % 2 == 0 else list(reversed(steps)):
-            times[k].append(timed(steps[k], sync))
+    """Median seconds per call of each contender (`common.interleaved`, GPU synchronised)."""
+    times = interleaved({k: synced(s, sync) for k, s in steps.items()}, reps, warmup)
     return {k: median(v) for k, v in times.items()}
 
 

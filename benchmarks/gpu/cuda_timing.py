@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -31,15 +30,18 @@ def peak_bf16(name: str, override: float | None) -> float | None:
     return None
 
 
-def timed(step: Callable[[], object], sync: bool = True) -> float:
-    """Seconds for one call, the GPU synchronised before and after (when `sync`)."""
-    if sync:
+def synced(step: Callable[[], object], sync: bool = True) -> Callable[[], None]:
+    """`step` with the GPU synchronised before and after, so `common.interleaved`'s wall-clock
+    timing covers the kernels it queued (plain `step` when not `sync`, e.g. on the CPU)."""
+    if not sync:
+        return step
+
+    def run() -> None:
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    step()
-    if sync:
+        step()
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+
+    return run
 
 
 def peak_memory(step: Callable[[], object], cuda: bool = True) -> int:
