@@ -26,11 +26,17 @@ def check_config(cfg: DictConfig) -> None:
         )
     stage = cfg.stage.name
     target = str(cfg.model.get("_target_", ""))
-    expected = {"mae": "MaskedAutoencoder", "sam": "sam"}.get(stage)
-    if expected and expected not in target:
+    builder = target.rsplit(".", 1)[-1].lower()  # the class or function, not the package
+    expected = {"mae": ("maskedautoencoder", "trainable_mae"), "sam": ("sam",)}.get(stage)
+    if expected and not any(e in builder for e in expected):
         problems.append(
             f"stage={stage} with model target {target!r}: pick a model of that stage "
             f"(model=mae_vit_* for stage=mae, model=sam_vit_* for stage=sam)"
+        )
+    if cfg.get("peft") is not None and stage != "sam":
+        problems.append(
+            f"peft=lora with stage={stage}: adapters are for stage=sam; drop peft=lora "
+            "(stage=mae trains the whole encoder)"
         )
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():

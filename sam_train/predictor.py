@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD
+from sam_train.models.lora import merge_lora_state
 from sam_train.models.sam.keymap import sam_state_from_official
 from sam_train.models.sam.sam import Sam, build_sam
 from sam_train.weights.checkpoints import WeightsError, read_weights
@@ -72,6 +73,7 @@ def load_sam(path: str | Path) -> Sam:
     sd = weights.state_dict
     if weights.layout == "sam_official":
         sd = sam_state_from_official(sd)
+    sd = merge_lora_state(sd)  # a LoRA-trained checkpoint: adapters folded into the weights
     arch = weights.metadata.get("architecture") or infer_sam_architecture(sd)
     sam = build_sam(**arch)
     missing, unexpected = sam.load_state_dict(sd, strict=False)
@@ -98,8 +100,18 @@ class SamPredictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "cpu", text_encoder: nn.Module | None = None
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        text_encoder: nn.Module | None = None,
+        adapter: str | Path | None = None,
     ) -> SamPredictor:
+        """`path`: a SAM checkpoint, or with `adapter` (`sam-export --format adapter`) the base
+        checkpoint that adapter was trained from."""
+        if adapter is not None:
+            from sam_train.weights.adapters import load_sam_with_adapter
+
+            return cls(load_sam_with_adapter(path, adapter), device, text_encoder)
         return cls(load_sam(path), device, text_encoder)
 
     def encode_text(self, phrases: str | list[str]) -> torch.Tensor:

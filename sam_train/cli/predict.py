@@ -85,12 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         "--point", action="append", default=[], help="x,y foreground click (repeatable)"
     )
     parser.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 box (repeatable)")
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        help="an adapter file (sam-export --format adapter); CHECKPOINT is then its base",
+    )
     parser.add_argument("--out", type=Path, default=Path("prediction.png"))
     args = parser.parse_args(argv)
     if (args.image is None) == (args.sample is None):
         parser.error("give exactly one of --image or --sample")
     try:
-        predictor = SamPredictor.from_checkpoint(args.checkpoint)
+        predictor = SamPredictor.from_checkpoint(args.checkpoint, adapter=args.adapter)
     except (WeightsError, FileNotFoundError) as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2

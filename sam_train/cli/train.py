@@ -6,6 +6,7 @@ Returns the optimised metric so Hydra sweepers (basic, Optuna) can use it.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sam_train.config_checks import check_config, resolve_ckpt_path
+from sam_train.config_checks import ConfigError, check_config, resolve_ckpt_path
 
 log = logging.getLogger("sam_train")
 
@@ -100,9 +101,29 @@ def report_results(run_dir: Path, metric_name: str | None, metric) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _user_error(err: BaseException) -> BaseException | None:
+    """The bad-input error behind `err` (instantiate wraps what a builder raises), if any."""
+    from sam_train.models.lora import LoraError
+    from sam_train.training.freezing import FreezeError
+    from sam_train.weights.checkpoints import WeightsError
+
+    while err is not None:
+        if isinstance(err, (ConfigError, FreezeError, LoraError, WeightsError)):
+            return err
+        err = err.__cause__
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        print(f"sam-train: error: {user_error}", file=sys.stderr, flush=True)
+        sys.exit(2)  # bad input: one line, no traceback
 
 
 if __name__ == "__main__":

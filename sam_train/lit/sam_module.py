@@ -25,6 +25,7 @@ from sam_train.lit.base import StageModule
 from sam_train.lit.guards import NonFiniteLossGuard
 from sam_train.lit.optim import DerivedSchedule, OptimConfig, encoder_layer_id, param_groups
 from sam_train.metrics import PromptMetrics, evaluate_prompts, evaluate_text_prompts, mask_iou
+from sam_train.models.lora import merge_lora_state
 from sam_train.models.sam.sam import Sam
 from sam_train.models.sam.text import ClipPromptEncoder
 from sam_train.training.interactive import InteractiveConfig, interactive_loss
@@ -294,13 +295,19 @@ class SamModule(StageModule):
     def exports(self) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
         """The whole SAM in our layout, and its image encoder alone."""
         meta = {"stage": "sam", "config": self.run_config}
+        state = merge_lora_state(self.model.state_dict())  # adapters folded in: a plain SAM
+        encoder = {
+            k.removeprefix("image_encoder."): v
+            for k, v in state.items()
+            if k.startswith("image_encoder.")
+        }
         return {
             "sam": (
-                self.model.state_dict(),
+                state,
                 {**meta, "format": "sam_train.sam", "architecture": self.model.architecture},
             ),
             "encoder": (
-                self.model.image_encoder.state_dict(),
+                encoder,
                 {
                     **meta,
                     "format": "sam_train.vit",

@@ -8,6 +8,8 @@ Formats:
   sam          the whole SAM in the official segment-anything layout: a .pth state dict that
                `segment_anything`'s builders load as it is, metadata in a sidecar .json
   safetensors  the whole model in our layout, safetensors + metadata
+  adapter      a LoRA fine-tune's own tensors, with its base checkpoint's path and sha256
+               (`sam_train.weights.adapters`); every other format folds the adapters in
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from sam_train.files import atomic_path
+from sam_train.weights.adapters import export_adapter, without_adapters
 from sam_train.weights.checkpoints import LoadedWeights, WeightsError, file_sha256, read_weights
 from sam_train.weights.keymaps import encoder_state, mae_to_official
 from sam_train.weights.safetensors_io import save_weights
@@ -115,6 +118,7 @@ EXPORTERS: dict[str, Callable[[LoadedWeights, Path, str], Path]] = {
     "mae": _export_mae,
     "sam": _export_sam,
     "safetensors": _export_full,
+    "adapter": export_adapter,
 }
 SUFFIX = {"mae": ".pth", "sam": ".pth"}
 
@@ -128,5 +132,7 @@ def export(ckpt: str | Path, fmt: str, out: str | Path | None = None, dtype: str
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(EXPORTERS)}")
     weights = read_weights(ckpt)
+    if fmt != "adapter":
+        weights = without_adapters(weights)  # LoRA folded in: every format loads as a plain model
     out = Path(out) if out else default_out(Path(ckpt), fmt)
     return EXPORTERS[fmt](weights, out, dtype)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sam_train.models.lora import merge_lora_state
 from sam_train.models.pos_embed import resize_grid_embed
 from sam_train.weights.checkpoints import WeightsError, read_weights
 from sam_train.weights.keymaps import encoder_state
@@ -107,6 +108,7 @@ def init_sam_from(sam: nn.Module, path: str | Path) -> InitReport:
         sd = weights.state_dict
         if weights.layout == "sam_official":
             sd = sam_state_from_official(sd)
+        sd = merge_lora_state(sd)  # a LoRA fine-tune starts the next run as plain weights
         _check_depth(_depth(sd, "image_encoder."), sam.image_encoder.depth, report)
         load_matching(sam, sd, report)
         return report
@@ -125,3 +127,33 @@ def _check_depth(source_depth: int, model_depth: int, report: InitReport) -> Non
             "pick the matching size (ViT-B 12 blocks, ViT-L 24, ViT-H 32) or set "
             f"model.encoder_depth={source_depth}"
         )
+
+
+def init_mae_from(mae: nn.Module, path: str | Path) -> InitReport:
+    """Load what `path` holds into `mae` (a `MaskedAutoencoder`) to continue pretraining:
+    the encoder from any layout (official MAE, timm, our exports, a SAM's image encoder: its
+    plain ViT blocks), the decoder too when `path` is an MAE. Positional tables stay the MAE's
+    fixed sin-cos ones (reported ignored); a SAM's relative-position tables and neck have no
+    place in a plain ViT (ignored); what the source lacks (a class token, the final norm) is new."""
+    from sam_train.weights.keymaps import MAE_DECODER_PREFIXES
+
+    weights = read_weights(path)
+    report = InitReport(str(path), weights.layout)
+    enc = encoder_state(weights)
+    sd = weights.state_dict
+    if weights.layout == "sam_train_mae":
+        decoder = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
+    elif weights.layout == "mae_official":
+        decoder = {k: v for k, v in sd.items() if k.startswith(MAE_DECODER_PREFIXES)}
+    else:
+        decoder = {}
+    if enc.pop("pos_embed", None) is not None:
+        report.ignored.append("encoder.pos_embed")
+    if decoder.pop("decoder_pos_embed", None) is not None:
+        report.ignored.append("decoder_pos_embed")
+    _check_depth(_depth(enc), mae.encoder.depth, report)
+    load_matching(mae.encoder, enc, report, prefix="encoder.")
+    if decoder:
+        load_matching(mae, decoder, report)
+    report.new = [k for k in mae.state_dict() if k not in set(report.loaded)]
+    return report

@@ -1,0 +1,60 @@
+"""Freezing named parts of a model for fine-tuning.
+
+A part is any module name (`image_encoder`, `prompt_encoder`, `mask_decoder.transformer`,
+`image_encoder.blocks.0`) or a parameter name. Two kinds of tensor are never frozen: adapter
+tensors (`lora_A`, `lora_B`), and, when the model was initialised from a checkpoint, tensors
+that checkpoint did not provide (a new neck, relative-position tables, a decoder at its random
+start): frozen, they would stay random for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch.nn as nn
+
+
+class FreezeError(ValueError):
+    """A `model.freeze` entry that names nothing in the model."""
+
+
+def part_names(model: nn.Module, max_depth: int = 2) -> list[str]:
+    """Module names down to `max_depth` dots, without numbered children: what `freeze` takes."""
+    return [
+        n
+        for n, _ in model.named_modules()
+        if n and n.count(".") < max_depth and not any(p.isdigit() for p in n.split("."))
+    ]
+
+
+def _parameters_of(model: nn.Module, part: str) -> list[str]:
+    if part in dict(model.named_parameters()):
+        return [part]
+    try:
+        module = model.get_submodule(part)
+    except AttributeError:
+        raise FreezeError(
+            f"model.freeze entry {part!r} names no part of the model; parts that fit: "
+            + ", ".join(part_names(model))
+            + " (or any deeper module name, e.g. image_encoder.blocks.0)"
+        ) from None
+    return [f"{part}.{n}" for n, _ in module.named_parameters()]
+
+
+def freeze_parts(
+    model: nn.Module, parts: Iterable[str], provided: set[str] | None = None
+) -> list[str]:
+    """Set `requires_grad=False` on every parameter of `parts`, except adapter tensors and,
+    when `provided` (the state-dict keys a checkpoint loaded) is given, the parameters it did
+    not provide. Returns the names kept trainable for that second reason."""
+    params = dict(model.named_parameters())
+    kept: list[str] = []
+    for part in parts:
+        for name in _parameters_of(model, part):
+            if name.endswith((".lora_A", ".lora_B")):
+                continue
+            if provided is not None and name not in provided:
+                kept.append(name)
+                continue
+            params[name].requires_grad_(False)
+    return sorted(set(kept))
