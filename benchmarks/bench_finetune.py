@@ -1,0 +1,238 @@
+"""Fine-tuning a SAM three ways, side by side: full fine-tuning, frozen image encoder, LoRA.
+
+    python benchmarks/bench_finetune.py [--size 1024] [--masks 8] [--rounds 3] [--reps 2]
+        [--json out.json]
+
+One step = `bench_sam.make_step`: image encoder forward once, R rounds for K masks, SAM's
+losses, backward, AdamW over the trainable parameters only; sam_vit_b, batch 1, fp32, CPU,
+one thread. Contenders (built by `trainable_sam`, the code `sam-train` runs):
+  full    every parameter trains
+  frozen  model.freeze=[image_encoder]: the encoder runs without a graph
+  lora    peft=lora, rank 4 on attn.qkv: the encoder's base weights frozen, its adapters train
+The prompt encoder and the mask decoder train in all three (as `peft=lora` does by default).
+Reported per contender: trainable parameters, peak step bytes (torch's CPU allocator above
+the step's start: activations, gradients, temporaries; `common.peak_cpu_bytes`), resident
+training state (fp32 weights + AdamW's two moments of the trainable ones), and the median
+step time of interleaved repetitions. Then the same arithmetic for sam_vit_h against a 24 GB GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from benchmarks.bench_sam import decode_ours, make_step
+from benchmarks.common import (
+    THREADS_HELP,
+    fmt_si,
+    interleaved,
+    load_average,
+    machine,
+    median,
+    peak_cpu_bytes,
+    quiet_profiler_logs,
+    spread,
+)
+from sam_train.lit.sam_model import trainable_sam
+from sam_train.losses import masks_to_logit_size, sam_loss
+from sam_train.models.lora import LoraConfig, count_parameters
+from sam_train.models.sam.sam import SAM_SIZES
+
+LORA = LoraConfig(targets=["attn.qkv"], rank=4, alpha=4.0)
+CONTENDERS = {
+    "full": {},
+    "frozen": {"freeze": ["image_encoder"]},
+    "lora": {"peft": LORA},
+}
+FP32 = 4
+
+
+def build(model: str, size: int, **options):
+    torch.manual_seed(0)
+    return trainable_sam(**asdict(SAM_SIZES[model]), image_size=size, **options).train()
+
+
+def resident_bytes(sam) -> int:
+    """fp32 weights, plus AdamW's exp_avg and exp_avg_sq of every trainable parameter."""
+    trainable, total = count_parameters(sam)
+    return FP32 * (total + 2 * trainable)
+
+
+def measure(size: int, masks: int, rounds: int, reps: int) -> dict:
+    images = torch.randn(1, 3, size, size)
+    gt = torch.zeros(masks, size, size, dtype=torch.bool)
+    for i in range(masks):  # one rectangle per mask
+        a = (i * 7) % (size // 2)
+        gt[i, a : a + size // 4, a : a + size // 3] = True
+    models = {name: build("b", size, **opts) for name, opts in CONTENDERS.items()}
+    steps = {
+        name: make_step(sam, lambda s, x: s.embed_images(x), decode_ours, images, gt, rounds)
+        for name, sam in models.items()
+    }
+    for step in steps.values():  # AdamW's state exists before memory is read
+        step()
+    peak = {name: peak_cpu_bytes(step) for name, step in steps.items()}
+    held = {
+        name: peak_cpu_bytes(forward_with_graph(sam, images, gt, rounds))
+        for name, sam in models.items()
+    }
+    times = interleaved(steps, reps=reps, warmup=0)
+    out = {}
+    for name, sam in models.items():
+        trainable, total = count_parameters(sam)
+        out[name] = {
+            "trainable": trainable,
+            "total": total,
+            "peak_step_bytes": peak[name],
+            "forward_peak_bytes": held[name],
+            "resident_bytes": resident_bytes(sam),
+            "step_s": median(times[name]),
+            "step_s_all": times[name],
+            "step_spread": spread(times[name]),
+        }
+    return out
+
+
+def forward_with_graph(sam, images, gt, rounds: int):
+    """The step's forward and losses (as `make_step`), its graph kept until it returns: the
+    peak is what the backward would start from (activations saved for it, plus transients)."""
+    k, size = gt.shape[0], images.shape[-1]
+    gen = torch.Generator().manual_seed(0)
+    points = torch.rand(k, rounds, 2, generator=gen) * size
+    labels = torch.ones(k, rounds, dtype=torch.long)
+
+    def forward() -> None:
+        emb = sam.embed_images(images)
+        gt_low = masks_to_logit_size(gt, (4 * emb.shape[-2], 4 * emb.shape[-1]))
+        mask_in, total = None, 0.0
+        for r in range(rounds):
+            coords, lab = points[:, : r + 1], labels[:, : r + 1]
+            logits, iou = decode_ours(sam, emb, coords, lab, mask_in, r == 0)
+            total = total + sam_loss(logits, iou, gt_low)["loss"]
+            mask_in = logits[:, :1].detach()
+
+    return forward
+
+
+def encoder_activation_bytes(run: dict, name: str) -> int:
+    """What the forward holds for the encoder's backward: its forward peak minus the frozen
+    encoder's (which holds only the decoder's graph and the encoder's transients)."""
+    return max(run[name]["forward_peak_bytes"] - run["frozen"]["forward_peak_bytes"], 0)
+
+
+def counts_at_depth(model: str, options: dict) -> tuple[int, int]:
+    """(trainable, total) of a full-depth SAM from a two-block twin (one windowed block, one
+    global): a ViT-H holds 2.6 GB of fp32 weights this machine need not allocate."""
+    size = SAM_SIZES[model]
+    twin = trainable_sam(
+        **(asdict(size) | {"encoder_depth": 2, "encoder_global_attn_indexes": (1,)}),
+        image_size=1024,
+        **options,
+    )
+    n_global = len(size.encoder_global_attn_indexes)
+    n_windowed = size.encoder_depth - n_global
+
+    def count(only_trainable: bool) -> int:
+        total = 0
+        for name, p in twin.named_parameters():
+            if only_trainable and not p.requires_grad:
+                continue
+            if name.startswith("image_encoder.blocks.0."):
+                total += n_windowed * p.numel()
+            elif name.startswith("image_encoder.blocks.1."):
+                total += n_global * p.numel()
+            else:
+                total += p.numel()
+        return total
+
+    return count(True), count(False)
+
+
+def vit_h_on_paper(run: dict) -> dict:
+    """sam_vit_h at the same step: parameters counted (`counts_at_depth`); encoder activations
+    scaled from the measured sam_vit_b ones by width x depth (1280/768 x 32/12: the same
+    64 x 64 tokens per block); the decoder's part of the step as measured at sam_vit_b."""
+    scale = (1280 / 768) * (32 / 12)
+    out = {}
+    for name, opts in CONTENDERS.items():
+        trainable, total = counts_at_depth("h", opts)
+        resident = FP32 * (total + 2 * trainable)
+        activations = scale * encoder_activation_bytes(run, name)
+        # upper bound: every activation and every gradient held at once, plus the decoder step
+        fp32 = resident + activations + FP32 * trainable + run["frozen"]["peak_step_bytes"]
+        out[name] = {
+            "trainable": trainable,
+            "total": total,
+            "resident_bytes": resident,
+            "encoder_activation_bytes": activations,
+            "fp32_bytes": fp32,
+            "bf16_autocast_bytes": fp32 - activations / 2,  # activations held in bf16
+        }
+    return out
+
+
+def print_table(run: dict, h: dict, size: int) -> None:
+    full = run["full"]
+    print(
+        f"| sam_vit_b {size} | trainable | peak step | resident | total | x full | step | x full |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in run.items():
+        total = r["peak_step_bytes"] + r["resident_bytes"]
+        full_total = full["peak_step_bytes"] + full["resident_bytes"]
+        print(
+            f"| {name} | {r['trainable'] / 1e6:.2f} M ({100 * r['trainable'] / r['total']:.2f}%) "
+            f"| {fmt_si(r['peak_step_bytes'], 'B')} | {fmt_si(r['resident_bytes'], 'B')} "
+            f"| {fmt_si(total, 'B')} | {total / full_total:.2f}x | {r['step_s']:.1f} s "
+            f"(spread {r['step_spread']:.0%}) | {r['step_s'] / full['step_s']:.2f}x |"
+        )
+    print(
+        f"\n| sam_vit_h {size} (arithmetic) | trainable | resident | encoder act. | fp32 | bf16 act. | 24 GB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, r in h.items():
+        fits = "yes" if r["bf16_autocast_bytes"] < 24e9 else "no"
+        print(
+            f"| {name} | {r['trainable'] / 1e6:.1f} M ({100 * r['trainable'] / r['total']:.2f}%) "
+            f"| {fmt_si(r['resident_bytes'], 'B')} | {fmt_si(r['encoder_activation_bytes'], 'B')} "
+            f"| {fmt_si(r['fp32_bytes'], 'B')} | {fmt_si(r['bf16_autocast_bytes'], 'B')} | {fits} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--masks", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=2, help="timed steps per contender")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    quiet_profiler_logs()
+    run = measure(args.size, args.masks, args.rounds, args.reps)
+    h = vit_h_on_paper(run)
+    print_table(run, h, args.size)
+    result = {
+        "machine": machine(),
+        "load_average_after": load_average(),
+        "args": vars(args) | {"json": str(args.json)},
+        "sam_vit_b": run,
+        "sam_vit_h_arithmetic": h,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
