@@ -3,9 +3,10 @@
     python benchmarks/bench_finetune.py [--size 1024] [--masks 8] [--rounds 3] [--reps 2]
         [--json out.json]
 
-One step = `bench_sam.make_step`: image encoder forward once, R rounds for K masks, SAM's
-losses, backward, AdamW over the trainable parameters only; sam_vit_b, batch 1, fp32, CPU,
-one thread. Contenders (built by `trainable_sam`, the code `sam-train` runs):
+One step = `bench_sam.make_step`: image encoder forward once, R rounds for K masks
+(checkpointed, as stage=sam runs them), SAM's losses, backward, AdamW over the trainable
+parameters only; sam_vit_b, batch 1, fp32, CPU, one thread. The three share one set of base
+weights (`shared_contenders`). Contenders (built by `trainable_sam`, the code `sam-train` runs):
   full    every parameter trains
   frozen  model.freeze=[image_encoder]: the encoder runs without a graph
   lora    peft=lora, rank 4 on attn.qkv: the encoder's base weights frozen, its adapters train
@@ -19,6 +20,7 @@ step time of interleaved repetitions. Then the same arithmetic for sam_vit_h aga
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from dataclasses import asdict
@@ -28,6 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from benchmarks.bench_sam import decode_ours, make_step
 from benchmarks.common import (
@@ -43,7 +46,7 @@ from benchmarks.common import (
 )
 from sam_train.lit.sam_model import trainable_sam
 from sam_train.losses import masks_to_logit_size, sam_loss
-from sam_train.models.lora import LoraConfig, count_parameters
+from sam_train.models.lora import LoraConfig, add_lora, count_parameters
 from sam_train.models.sam.sam import SAM_SIZES
 
 LORA = LoraConfig(targets=["attn.qkv"], rank=4, alpha=4.0)
@@ -60,10 +63,33 @@ def build(model: str, size: int, **options):
     return trainable_sam(**asdict(SAM_SIZES[model]), image_size=size, **options).train()
 
 
-def resident_bytes(sam) -> int:
-    """fp32 weights, plus AdamW's exp_avg and exp_avg_sq of every trainable parameter."""
-    trainable, total = count_parameters(sam)
-    return FP32 * (total + 2 * trainable)
+def shared_contenders(size: int) -> tuple[dict, dict, dict]:
+    """The three contenders over ONE set of sam_vit_b weights (a shared 2-core, 23 GB machine
+    has no room for three copies beside a full fine-tuning step): each is a copy of the module
+    tree sharing the base parameters, with the trainable flags `trainable_sam` gives it, set
+    again before each of its steps. Returns models, flags and (trainable, total) counts."""
+    base = build("b", size)
+    models, flags, counts = {}, {}, {}
+    for name, options in CONTENDERS.items():
+        reference = build("b", size, **options)  # the code sam-train runs, for flags and counts
+        flags[name] = {n: p.requires_grad for n, p in reference.named_parameters()}
+        counts[name] = count_parameters(reference)
+        del reference
+        model = copy.deepcopy(base, {id(p): p for p in base.parameters()})
+        if "peft" in options:
+            add_lora(model, options["peft"])
+        models[name] = model
+    return models, flags, counts
+
+
+def with_flags(model, flags: dict, fn):
+    def run():
+        for n, p in model.named_parameters():
+            p.grad = None  # another contender's gradients on the shared weights
+            p.requires_grad_(flags[n])
+        return fn()
+
+    return run
 
 
 def measure(size: int, masks: int, rounds: int, reps: int) -> dict:
@@ -72,28 +98,35 @@ def measure(size: int, masks: int, rounds: int, reps: int) -> dict:
     for i in range(masks):  # one rectangle per mask
         a = (i * 7) % (size // 2)
         gt[i, a : a + size // 4, a : a + size // 3] = True
-    models = {name: build("b", size, **opts) for name, opts in CONTENDERS.items()}
-    steps = {
-        name: make_step(sam, lambda s, x: s.embed_images(x), decode_ours, images, gt, rounds)
-        for name, sam in models.items()
-    }
-    for step in steps.values():  # AdamW's state exists before memory is read
-        step()
-    peak = {name: peak_cpu_bytes(step) for name, step in steps.items()}
-    held = {
-        name: peak_cpu_bytes(forward_with_graph(sam, images, gt, rounds))
-        for name, sam in models.items()
-    }
-    times = interleaved(steps, reps=reps, warmup=0)
-    out = {}
+    models, flags, counts = shared_contenders(size)
+    steps = {}
     for name, sam in models.items():
-        trainable, total = count_parameters(sam)
+        with_flags(sam, flags[name], lambda: None)()  # the optimiser sees this contender's flags
+        step = make_step(
+            sam, lambda s, x: s.embed_images(x), decode_ours, images, gt, rounds, True
+        )  # checkpointed rounds: stage=sam's default
+        steps[name] = with_flags(sam, flags[name], step)
+    for name, step in steps.items():  # AdamW's state exists before anything is read
+        step()
+        print(f"warm-up step {name} done", flush=True)
+    times = interleaved(steps, reps=reps, warmup=0)
+    print({n: [round(t, 1) for t in ts] for n, ts in times.items()}, flush=True)
+    peak, held = {}, {}
+    for name, sam in models.items():
+        with_flags(sam, flags[name], lambda: None)()  # frees the last step's gradients first
+        peak[name] = peak_cpu_bytes(steps[name])
+        with_flags(sam, flags[name], lambda: None)()
+        held[name] = peak_cpu_bytes(forward_with_graph(sam, images, gt, rounds))
+        print(f"{name}: peak step {fmt_si(peak[name], 'B')}, forward {fmt_si(held[name], 'B')}")
+    out = {}
+    for name in models:
+        trainable, total = counts[name]
         out[name] = {
             "trainable": trainable,
             "total": total,
             "peak_step_bytes": peak[name],
             "forward_peak_bytes": held[name],
-            "resident_bytes": resident_bytes(sam),
+            "resident_bytes": FP32 * (total + 2 * trainable),
             "step_s": median(times[name]),
             "step_s_all": times[name],
             "step_spread": spread(times[name]),
@@ -112,11 +145,16 @@ def forward_with_graph(sam, images, gt, rounds: int):
     def forward() -> None:
         emb = sam.embed_images(images)
         gt_low = masks_to_logit_size(gt, (4 * emb.shape[-2], 4 * emb.shape[-1]))
+
+        def one_round(emb, coords, lab, mask_in, first):
+            logits, iou = decode_ours(sam, emb, coords, lab, mask_in, first)
+            return logits, sam_loss(logits, iou, gt_low)["loss"]
+
         mask_in, total = None, 0.0
-        for r in range(rounds):
-            coords, lab = points[:, : r + 1], labels[:, : r + 1]
-            logits, iou = decode_ours(sam, emb, coords, lab, mask_in, r == 0)
-            total = total + sam_loss(logits, iou, gt_low)["loss"]
+        for r in range(rounds):  # checkpointed, as in the step
+            args = (emb, points[:, : r + 1], labels[:, : r + 1], mask_in, r == 0)
+            logits, loss = checkpoint(one_round, *args, use_reentrant=False)
+            total = total + loss
             mask_in = logits[:, :1].detach()
 
     return forward
