@@ -26,11 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD
+from sam_train.files import atomic_dir
 from sam_train.models.sam.sam import Sam
 from sam_train.weights.checkpoints import LoadedWeights, WeightsError
 
@@ -198,25 +195,6 @@ def quantize_decoder(src: Path, dst: Path) -> Path:
     return dst
 
 
-@contextmanager
-def building_dir(out: Path) -> Iterator[Path]:
-    """A fresh folder next to `out` that replaces `out` only when everything is written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def export_onnx(sam: Sam, out: Path, quantize: bool = False, metadata: dict | None = None) -> Path:
     """Write encoder.onnx, decoder.onnx (+ decoder_quantized.onnx) and preprocess.json."""
     try:
@@ -228,7 +206,7 @@ def export_onnx(sam: Sam, out: Path, quantize: bool = False, metadata: dict | No
     if out.exists() and not out.is_dir():
         raise WeightsError(f"--format onnx writes a folder; {out} is a file (pick --out DIR/)")
     sam = sam.eval()
-    with building_dir(out) as tmp, torch.no_grad():
+    with atomic_dir(out) as tmp, torch.no_grad():
         export_encoder(sam, tmp / "encoder.onnx")
         export_decoder(sam, tmp / "decoder.onnx")
         if quantize:
