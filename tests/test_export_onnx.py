@@ -232,3 +232,18 @@ def test_a_checkpoint_that_is_not_a_sam_is_refused_in_one_line(tmp_path):
     assert run.returncode == 2
     assert "not a SAM" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_a_folder_holding_other_files_is_never_replaced(exported, tmp_path):
+    _, src, _ = exported
+    keep = tmp_path / "photos"
+    keep.mkdir()
+    (keep / "holiday.jpg").write_bytes(b"precious")
+    for fmt in ("onnx", "hf"):
+        run = subprocess.run(
+            [console_script("sam-export"), str(src), "--format", fmt, "--out", str(keep)],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 2 and "pick a new folder name" in run.stderr
+        assert (keep / "holiday.jpg").read_bytes() == b"precious"

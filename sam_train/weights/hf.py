@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from sam_train.files import atomic_dir
 from sam_train.weights.checkpoints import LoadedWeights, WeightsError
 from sam_train.weights.hf_keymap import mae_from_hf, mae_to_hf, sam_from_hf, sam_to_hf
+from sam_train.weights.onnx_export import check_output_folder
 
 SAM_EPS = 1e-6  # LayerNorm eps of segment-anything's image encoder, neck and mask-prompt stack
 MAE_EPS = 1e-6  # the official MAE's (transformers' ViTMAE default is 1e-12)
@@ -174,8 +175,7 @@ def export_hf_weights(weights: LoadedWeights, out: Path, dtype: str) -> Path:
     from sam_train.weights.export import _cast
 
     transformers = _transformers()
-    if out.exists() and not out.is_dir():
-        raise WeightsError(f"--format hf writes a folder; {out} is a file (pick --out DIR/)")
+    check_output_folder(out, "config.json", "hf")
     if weights.layout in ("sam_train_sam", "sam_official"):
         from sam_train.predictor import load_sam
 

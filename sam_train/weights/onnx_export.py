@@ -203,8 +203,7 @@ def export_onnx(sam: Sam, out: Path, quantize: bool = False, metadata: dict | No
         raise WeightsError(
             "--format onnx needs the onnx extra: pip install 'sam_train[onnx]'"
         ) from err
-    if out.exists() and not out.is_dir():
-        raise WeightsError(f"--format onnx writes a folder; {out} is a file (pick --out DIR/)")
+    check_output_folder(out, "encoder.onnx", "onnx")
     sam = sam.eval()
     with atomic_dir(out) as tmp, torch.no_grad():
         export_encoder(sam, tmp / "encoder.onnx")
@@ -214,6 +213,18 @@ def export_onnx(sam: Sam, out: Path, quantize: bool = False, metadata: dict | No
         info = {**preprocessing(sam), "source": metadata or {}}
         (tmp / "preprocess.json").write_text(json.dumps(info, indent=2, default=str))
     return out
+
+
+def check_output_folder(out: Path, marker: str, fmt: str) -> None:
+    """Folder exports replace `out` whole: only a new or empty folder, or a previous export of
+    the same format (it holds `marker`), may be replaced."""
+    if out.exists() and not out.is_dir():
+        raise WeightsError(f"--format {fmt} writes a folder; {out} is a file (pick --out DIR/)")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
+        raise WeightsError(
+            f"--out {out} is a folder with other files in it; --format {fmt} replaces its "
+            "folder whole, so pick a new folder name"
+        )
 
 
 def export_onnx_weights(
