@@ -9,8 +9,9 @@ image, all 4 outputs), one click + the padding point, on a fixed image embedding
 - `ort int8`: decoder_quantized.onnx (dynamic int8 MatMul weights).
 Outputs are compared first (fp32 graph vs eager max |diff|; int8 mask agreement).
 Part 2, the page: the same sam_vit_b (random weights: speed does not depend on them) behind
-`SegmentService.segment` (server side: `SamPredictor.predict` = decode + upscale + threshold,
-reported as `decode`, then COCO RLE + paint runs; the image embedded once, not per click), then `sam-app` in headless chromium: time from the click to the mask
+`SegmentService.segment` (server side: a click through `SamPredictor.predict` (`--decoder
+torch`) or onnxruntime (`onnx`, `onnx-int8`), then COCO RLE + paint runs; the image embedded
+once, not per click), then `sam-app` in headless chromium: time from the click to the mask
 painted (`samState.lastClickMs`, measured in the page) with the server's own time per click.
 """
 
@@ -116,21 +117,31 @@ def bench_decoder(sam, out_dir: Path, reps: int, threads: int) -> dict:
 
 
 def bench_server(checkpoint: Path, clicks: int) -> dict:
+    """`SegmentService.segment` per click, each click through the three page decoders in turn."""
+    from sam_train.app.onnx_decoder import OnnxClickDecoder
     from sam_train.app.server import ImageStore, Prompt, SegmentService
 
     service = SegmentService(checkpoint, ImageStore(None))
     start = time.perf_counter()
-    service.predictor("arc2017.jpg")
+    service.predictor("arc2017.jpg")  # embedded once, shared by the three decoders
     embed_s = time.perf_counter() - start
+    decoders = {
+        "torch": None,
+        "onnx": OnnxClickDecoder(service.model),
+        "onnx-int8": OnnxClickDecoder(service.model, quantized=True),
+    }
     rng = np.random.default_rng(0)
-    server, cpu, decode = [], [], []
-    for _ in range(clicks):
+    wall = {name: [] for name in decoders}
+    cpu = {name: [] for name in decoders}
+    for i in range(clicks + 1):
         point = [float(rng.uniform(0, 640)), float(rng.uniform(0, 480))]
-        out = service.segment("arc2017.jpg", Prompt([point], [1]))
-        server.append(out["server_ms"] / 1000)
-        cpu.append(out["server_cpu_ms"] / 1000)
-        decode.append(out["decode_ms"] / 1000)
-    return {"embed_s": embed_s, "server": summary(server, cpu), "decode": summary(decode)}
+        for name in decoders if i % 2 == 0 else reversed(decoders):
+            service.onnx = decoders[name]  # the page's --decoder choice
+            out = service.segment("arc2017.jpg", Prompt([point], [1]))
+            if i:  # the first click warms up
+                wall[name].append(out["server_ms"] / 1000)
+                cpu[name].append(out["server_cpu_ms"] / 1000)
+    return {"embed_s": embed_s, **{name: summary(wall[name], cpu[name]) for name in decoders}}
 
 
 def bench_browser(checkpoint: Path, clicks: int, threads: int) -> dict:

@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 mask_utils = pytest.importorskip("pycocotools.mask")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from sam_train.app.server import ImageStore, SegmentService, mask_runs  # noqa: E402
+from sam_train.app.server import ImageStore, Prompt, SegmentService, mask_runs  # noqa: E402
 from sam_train.app.web import create_app  # noqa: E402
 
 
@@ -23,7 +23,9 @@ def client(tmp_path_factory):
     sam = random_sam()
     save_weights(tmp / "sam.safetensors", sam.state_dict(), {"architecture": sam.architecture})
     service = SegmentService(tmp / "sam.safetensors", ImageStore(None))
-    return TestClient(create_app(service))
+    client = TestClient(create_app(service))
+    client.app_service = service
+    return client
 
 
 def runs_to_mask(runs: list[int], h: int, w: int) -> np.ndarray:
@@ -71,3 +73,23 @@ def test_bad_requests_answer_one_line(client, request_body, text):
 def test_an_upload_that_is_not_an_image_is_refused(client):
     out = client.post("/api/upload", files={"file": ("notes.txt", b"hello")})
     assert out.status_code == 400 and "not an image" in out.json()["error"]
+
+
+@pytest.mark.parametrize("decoder, agreement", [("onnx", 0.999), ("onnx-int8", 0.9)])
+def test_the_onnx_decoder_gives_the_predictors_masks(client, decoder, agreement):
+    pytest.importorskip("onnxruntime")
+    torch_service = client.app_service
+    service = SegmentService(torch_service.checkpoint, torch_service.images, decoder=decoder)
+    for prompt in (
+        Prompt([[100.0, 120.0]], [1]),
+        Prompt([[100.0, 120.0], [300.0, 200.0]], [1, 0]),
+        Prompt([], [], [50.0, 60.0, 300.0, 200.0]),
+        Prompt([[120.0, 100.0]], [1], [50.0, 60.0, 300.0, 200.0]),
+    ):
+        ref = torch_service.segment("arc2017.jpg", prompt)
+        got = service.segment("arc2017.jpg", prompt)
+        for a, b in zip(ref["masks"], got["masks"]):
+            same = mask_utils.decode(a["rle"]) == mask_utils.decode(b["rle"])
+            assert same.mean() > agreement
+            if decoder == "onnx":
+                assert abs(a["score"] - b["score"]) < 1e-4

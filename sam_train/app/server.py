@@ -23,6 +23,7 @@ from sam_train.predictor import SamPredictor, load_sam
 from sam_train.weights.checkpoints import WeightsError
 
 STATIC = Path(__file__).with_name("static")
+DECODERS = ("torch", "onnx", "onnx-int8")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -109,7 +110,16 @@ def _sample_images() -> dict[str, np.ndarray]:
 class SegmentService:
     """The model, the image store, and the per-image embeddings."""
 
-    def __init__(self, checkpoint: str | Path, images: ImageStore, cache_size: int = 8) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        images: ImageStore,
+        cache_size: int = 8,
+        decoder: str = "torch",
+    ) -> None:
+        """decoder: "torch" (SamPredictor.predict), "onnx" or "onnx-int8" (onnxruntime)."""
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.checkpoint = str(checkpoint)
         self.images = images
         self.cache_size = cache_size
@@ -117,6 +127,7 @@ class SegmentService:
         self._lock = threading.Lock()
         self.model = None
         self.load_error: str | None = None
+        self.onnx = None
         try:
             self.model = load_sam(checkpoint)
         except (WeightsError, FileNotFoundError, KeyError, ValueError) as err:
@@ -124,6 +135,10 @@ class SegmentService:
                 f"{Path(checkpoint).name} could not be loaded as a SAM: {err}. "
                 "Start sam-app with a stage-2 checkpoint or an exported SAM."
             )
+        if self.model is not None and decoder != "torch":
+            from sam_train.app.onnx_decoder import OnnxClickDecoder
+
+            self.onnx = OnnxClickDecoder(self.model, quantized=decoder == "onnx-int8")
 
     def _require_model(self) -> None:
         if self.model is None:
@@ -152,13 +167,18 @@ class SegmentService:
         h, w = self.images.get(image_id).shape[:2]
         _check_prompt(prompt, w, h)
         decode_start = time.perf_counter()
+        points = np.asarray(prompt.points, np.float32) if prompt.points else None
+        labels = np.asarray(prompt.labels) if prompt.points else None
+        box = np.asarray(prompt.box, np.float32) if prompt.box else None
         with self._lock:
-            masks, scores, _ = predictor.predict(
-                point_coords=np.asarray(prompt.points, np.float32) if prompt.points else None,
-                point_labels=np.asarray(prompt.labels) if prompt.points else None,
-                box=np.asarray(prompt.box, np.float32) if prompt.box else None,
-                multimask_output=True,
-            )
+            if self.onnx is not None:
+                masks, scores = self.onnx.predict(
+                    predictor.embedding, predictor.original_size, points, labels, box
+                )
+            else:
+                masks, scores, _ = predictor.predict(
+                    point_coords=points, point_labels=labels, box=box, multimask_output=True
+                )
         decode_ms = 1000 * (time.perf_counter() - decode_start)
         out = [
             {"score": float(s), "area": int(m.sum()), "rle": mask_rle(m), "runs": mask_runs(m)}
