@@ -191,16 +191,15 @@ def test_exports_do_not_import_transformers_until_asked():
     assert run.returncode == 0, run.stderr
 
 
-def test_a_text_prompt_sam_is_refused_in_one_line(tmp_path):
+def test_a_text_prompt_sam_is_refused_in_one_line(tmp_path, capsys):
     from test_sam_model import tiny_sam
+
+    from sam_train.cli.export import main
 
     sam = tiny_sam(text_embed_dim=8)
     src = tmp_path / "text_sam.safetensors"
     save_weights(src, sam.state_dict(), {"architecture": sam.architecture})
-    run = subprocess.run(
-        [console_script("sam-export"), str(src), "--format", "hf", "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 2 and "text-prompt branch" in run.stderr
-    assert "Traceback" not in run.stderr and not (tmp_path / "o").exists()
+    assert main([str(src), "--format", "hf", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "text-prompt branch" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -234,16 +234,14 @@ def test_a_checkpoint_that_is_not_a_sam_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_a_folder_holding_other_files_is_never_replaced(exported, tmp_path):
+def test_a_folder_holding_other_files_is_never_replaced(exported, tmp_path, capsys):
+    from sam_train.cli.export import main
+
     _, src, _ = exported
     keep = tmp_path / "photos"
     keep.mkdir()
     (keep / "holiday.jpg").write_bytes(b"precious")
     for fmt in ("onnx", "hf"):
-        run = subprocess.run(
-            [console_script("sam-export"), str(src), "--format", fmt, "--out", str(keep)],
-            capture_output=True,
-            text=True,
-        )
-        assert run.returncode == 2 and "pick a new folder name" in run.stderr
+        assert main([str(src), "--format", fmt, "--out", str(keep)]) == 2
+        assert "pick a new folder name" in capsys.readouterr().err
         assert (keep / "holiday.jpg").read_bytes() == b"precious"
