@@ -19,7 +19,7 @@ from test_sam_stage import SAM_TINY
 from sam_train.lit.sam_model import trainable_sam
 from sam_train.models.lora import LoraConfig
 from sam_train.models.sam.keymap import sam_state_to_official
-from sam_train.predictor import SamPredictor
+from sam_train.predictor import SamPredictor, load_sam
 from sam_train.weights.checkpoints import file_sha256, read_weights
 from sam_train.weights.official import build_official_sam
 
@@ -116,6 +116,10 @@ def test_merged_export_loads_strictly_into_segment_anything_and_equals_the_adapt
         )
     assert torch.allclose(logits_ours, logits_theirs, atol=1e-5)
     assert torch.allclose(iou_ours, iou_theirs, atol=1e-5)
+    # the run's own export (export/sam.safetensors) is the merged model too
+    exported = load_sam(root / "run" / "export" / "sam.safetensors")
+    with torch.no_grad():
+        assert torch.allclose(exported.embed_images(x), emb_ours, atol=1e-5)
 
 
 def test_adapter_export_holds_only_what_the_run_changed_and_rebuilds_the_model_with_its_base(
@@ -177,6 +181,9 @@ def test_an_adapter_with_a_base_of_another_hash_and_architecture_stops_with_exit
     assert "sha256" in res.stderr and "base.pth" in res.stderr
     assert "width 64" in res.stderr and "needs width 32" in res.stderr
     assert "Traceback" not in res.stderr
+
+    res = run("sam-export", other, "--format", "adapter", cwd=root)  # no adapters in it
+    assert res.returncode == 2 and "peft=lora" in res.stderr and "--format sam" in res.stderr
 
 
 @pytest.mark.parametrize(
