@@ -96,3 +96,14 @@ def test_console_script_continues_pretraining_from_a_sam_image_encoder(tmp_path)
     assert "init from" in res.stdout and "(sam_official)" in res.stdout
     assert "ignored (encoder.pos_embed" in res.stdout or "rel_pos" in res.stdout
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_adapters_are_refused_for_stage_1_with_the_key_to_drop():
+    from hydra import compose, initialize_config_module
+
+    from sam_train.config_checks import ConfigError, check_config
+
+    with initialize_config_module("sam_train.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["stage=mae", "peft=lora"])
+    with pytest.raises(ConfigError, match="peft=lora with stage=mae"):
+        check_config(cfg)
