@@ -19,6 +19,8 @@ from data_prep.rle import resize_rle, rle_to_json, to_rle
 
 # Extra SA-1B fields worth keeping for training (quality scores of the automatic masks).
 KEEP_EXTRA = ("predicted_iou", "stability_score")
+# LVIS image fields: categories checked absent / not exhaustively annotated (negatives for text)
+KEEP_IMAGE_EXTRA = ("neg_category_ids", "not_exhaustive_category_ids")
 
 
 def convert_annotation(
@@ -79,5 +81,6 @@ def build_record(
         "height": dst_hw[0],
         "id": image.get("id"),
         "file_name": image.get("file_name"),
+        **{k: image[k] for k in KEEP_IMAGE_EXTRA if k in image},
     }
     return {"image": meta, "annotations": kept}, skipped

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 class PrepError(RuntimeError):
@@ -81,11 +81,14 @@ def resized_shape(w: int, h: int, max_side: int | None) -> tuple[int, int]:
     return max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))
 
 
-def encode_image(path: Path, max_side: int | None = None, quality: int = 95) -> EncodedImage:
+def encode_image(
+    path: Path, max_side: int | None = None, quality: int = 95, raw: bytes | None = None
+) -> EncodedImage:
     """Read and fully decode an image (so a truncated file is caught here, not in training),
-    then keep its bytes as they are when possible, else re-encode (resized) as jpg or png."""
+    then keep its bytes as they are when possible, else re-encode (resized) as jpg or png.
+    raw: the file's bytes when they are already in memory (labelme's embedded imageData)."""
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes() if raw is None else raw
     except OSError as err:
         raise SkipSample("image_missing", str(path)) from err
     try:

@@ -33,8 +33,10 @@ MANIFEST = "manifest.json"
 FORMAT = "sam_train.shards/v1"
 PARTS = ".parts"
 
-# encode(payload) -> ({ext: bytes}, per-annotation skip counts); raises SkipSample
-Encoder = Callable[[Any], tuple[dict[str, bytes], Counter]]
+# encode(payload) -> (files, per-annotation skip counts); raises SkipSample. files is one
+# sample's {ext: bytes}, or a list of (key suffix, {ext: bytes}) when one input makes several
+# samples (tiles of a large image)
+Encoder = Callable[[Any], tuple[dict[str, bytes] | list[tuple[str, dict[str, bytes]]], Counter]]
 
 
 @dataclass
@@ -50,7 +52,7 @@ class Item:
 class ShardOptions:
     """How samples are grouped and written.
 
-    maxcount: samples per shard at most.
+    maxcount: input images per shard at most (with --tile, each image adds all its tiles).
     maxsize: bytes per shard at most (approximate: estimated from the input file sizes, so the
         plan is known before any image is decoded; resized shards come out smaller).
     workers: worker processes (one shard at a time each); 1 runs in this process.
@@ -123,7 +125,10 @@ def _write_shard(task: _Task) -> dict:
             skipped.update(skip.also)
             continue
         skipped.update(ann_skips)
-        samples.append((item.key, files))
+        if isinstance(files, list):
+            samples += [(item.key + suffix, f) for suffix, f in files]
+        else:
+            samples.append((item.key, files))
     stats = {
         "name": task.name,
         "digest": task.digest,

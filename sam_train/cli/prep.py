@@ -60,6 +60,38 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
 
 
+def _pixel_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pixels (16-bit images, large images)")
+    g.add_argument(
+        "--normalize",
+        default=None,
+        help="map 16-bit/float images to 8 bits: percentile:1,99.8 | minmax | range:LO,HI "
+        "(without it such images are skipped and counted)",
+    )
+    g.add_argument("--tile", type=int, default=None, help="cut images into SIZE x SIZE tiles")
+    g.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tiles")
+    g.add_argument(
+        "--tile-min-area",
+        type=int,
+        default=16,
+        help="drop mask pieces cut by a tile border with fewer pixels (default 16)",
+    )
+
+
+def _pixels(args: argparse.Namespace):
+    from data_prep.pixels import Normalize
+    from data_prep.records import PixelOptions
+
+    return PixelOptions(
+        args.max_side,
+        args.quality,
+        Normalize.parse(args.normalize) if args.normalize else None,
+        args.tile,
+        args.overlap,
+        args.tile_min_area,
+    )
+
+
 def _options(args: argparse.Namespace):
     from data_prep.shard_writer import ShardOptions
 
@@ -75,21 +107,24 @@ def _print_report(manifest: dict, out: str) -> None:
     print(f"manifest: {os.path.join(out, 'manifest.json')}")
 
 
-@subcommand("images", "image folder (recursive; jpg/png/webp) -> stage-1 shards")
+@subcommand("images", "image folder (recursive; jpg/png/webp/bmp/tif) -> stage-1 shards")
 def _images(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("src", help="folder of images")
     p.add_argument("out", help="output shard folder")
     _shard_args(p)
+    _pixel_args(p)
 
     def run(a: argparse.Namespace) -> None:
         from data_prep.images import convert_images
 
-        _print_report(convert_images(a.src, a.out, _options(a), a.max_side, a.quality), a.out)
+        _print_report(convert_images(a.src, a.out, _options(a), _pixels(a)), a.out)
 
     return run
 
 
-@subcommand("coco", "COCO instances json + images -> stage-2 shards (RLE masks, category names)")
+@subcommand(
+    "coco", "COCO or LVIS instances json + images -> stage-2 shards (RLE masks, category names)"
+)
 def _coco(p: argparse.ArgumentParser) -> Runner:
     p.add_argument(
         "--images", required=True, help="folder the json's file_name entries are relative to"
@@ -99,13 +134,12 @@ def _coco(p: argparse.ArgumentParser) -> Runner:
     )
     p.add_argument("out", help="output shard folder")
     _shard_args(p)
+    _pixel_args(p)
 
     def run(a: argparse.Namespace) -> None:
         from data_prep.coco import convert_coco
 
-        _print_report(
-            convert_coco(a.images, a.annotations, a.out, _options(a), a.max_side, a.quality), a.out
-        )
+        _print_report(convert_coco(a.images, a.annotations, a.out, _options(a), _pixels(a)), a.out)
 
     return run
 
@@ -115,11 +149,12 @@ def _sa1b(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("src", help="folder with sa_*.jpg and sa_*.json")
     p.add_argument("out", help="output shard folder")
     _shard_args(p)
+    _pixel_args(p)
 
     def run(a: argparse.Namespace) -> None:
         from data_prep.sa1b import convert_sa1b
 
-        _print_report(convert_sa1b(a.src, a.out, _options(a), a.max_side, a.quality), a.out)
+        _print_report(convert_sa1b(a.src, a.out, _options(a), _pixels(a)), a.out)
 
     return run
 
@@ -146,7 +181,8 @@ def _sample(p: argparse.ArgumentParser) -> Runner:
     return run
 
 
-from sam_train.cli import prep_clip  # noqa: E402, F401  (registers clip-embed)
+# registers clip-embed; masks, labelme, inspect
+from sam_train.cli import prep_clip, prep_formats  # noqa: E402, F401
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,166 @@
+"""Image pixels of any depth -> the 8-bit RGB that shards hold.
+
+Shards store `jpg`/`png` RGB. Microscopy and medical images arrive as 16-bit or float,
+single- or multi-channel, often as TIFF; `Normalize` maps them to 0..255 with one of three
+rules and `to_rgb8` replicates a single channel to RGB. Without a rule, an image that is not
+8-bit is skipped and counted (`image_not_8bit`): a silent clip to 255 would train on garbage.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from data_prep.common import EncodedImage, PrepError, SkipSample, resized_shape
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """How pixel values become 0..255: values at `lo` -> 0, at `hi` -> 255, linear, clipped.
+
+    kind: "percentile" (lo/hi = the image's own percentiles `low`, `high` over all channels),
+        "minmax" (the image's min and max) or "range" (fixed lo = `low`, hi = `high`).
+    """
+
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Normalize:
+        """'percentile:1,99.8' | 'minmax' | 'range:0,4095' -> Normalize; PrepError when not."""
+        kind, _, rest = text.strip().partition(":")
+        try:
+            values = [float(v) for v in rest.split(",")] if rest else []
+        except ValueError:
+            values = None
+        if kind == "minmax" and not rest:
+            return cls("minmax")
+        if kind in ("percentile", "range") and values and len(values) == 2:
+            low, high = values
+            if high > low and (kind == "range" or 0 <= low < high <= 100):
+                return cls(kind, low, high)
+        raise PrepError(
+            f"--normalize {text!r} is not understood; use percentile:LOW,HIGH (e.g. "
+            "percentile:1,99.8), minmax, or range:LO,HI (e.g. range:0,4095)"
+        )
+
+    def spec(self) -> str:
+        """The text form, for the manifest."""
+        if self.kind == "minmax":
+            return "minmax"
+        return f"{self.kind}:{self.low:g},{self.high:g}"
+
+    def bounds(self, arr: np.ndarray) -> tuple[float, float]:
+        """(lo, hi) for this image."""
+        if self.kind == "range":
+            return self.low, self.high
+        finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+        if finite.size == 0:
+            return 0.0, 1.0
+        if self.kind == "minmax":
+            return float(finite.min()), float(finite.max())
+        lo, hi = np.percentile(finite, (self.low, self.high))
+        return float(lo), float(hi)
+
+    def apply(self, arr: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Any-dtype array -> (uint8 array of the same shape, {"lo", "hi"} actually used)."""
+        lo, hi = self.bounds(arr)
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        out = (arr.astype(np.float32) - np.float32(lo)) * np.float32(scale)
+        out = np.nan_to_num(out, nan=0.0, posinf=255.0, neginf=0.0)
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8), {"lo": lo, "hi": hi}
+
+
+def read_pixels(path: Path, raw: bytes | None = None) -> np.ndarray:
+    """The image's pixel array as stored: [H, W] or [H, W, C], any dtype.
+    TIFF through tifffile (16-bit, float, channel-first stacks); the rest through PIL.
+    raw: the file's bytes when already in memory (then `path` only names it)."""
+    file = path if raw is None else io.BytesIO(raw)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            arr = tifffile.imread(file)
+        else:
+            with Image.open(file) as img:
+                img.load()
+                if img.mode in ("LA", "La"):
+                    img = img.convert("L")
+                elif img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                    img = img.convert("RGB")
+                arr = np.asarray(img)
+    except FileNotFoundError as err:
+        raise SkipSample("image_missing", str(path)) from err
+    except (*_DECODE_ERRORS, RuntimeError) as err:  # tifffile raises TiffFileError(ValueError)
+        raise SkipSample("image_unreadable", f"{path}: {err}") from err
+    return channels_last(arr, path)
+
+
+def channels_last(arr: np.ndarray, path: Path | str = "") -> np.ndarray:
+    """[H, W], [H, W, C] or channel-first [C, H, W] (C <= 4) -> [H, W] or [H, W, C]."""
+    arr = np.squeeze(arr) if arr.ndim > 3 else arr
+    if arr.ndim == 3 and arr.shape[0] <= 4 < min(arr.shape[1:]) and arr.shape[2] > 4:
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] <= 4):
+        return arr
+    raise SkipSample(
+        "image_not_2d", f"{path}: shape {arr.shape} (stacks and volumes: save 2-D planes)"
+    )
+
+
+def to_rgb8(arr: np.ndarray, normalize: Normalize | None) -> tuple[np.ndarray, dict | None]:
+    """[H, W] / [H, W, C] of any dtype -> (uint8 RGB [H, W, 3], the mapping used or None).
+
+    1 channel is replicated, 2 channels get a zero blue channel, a 4th (alpha) is dropped.
+    The mapping is computed over all kept channels together, so their balance is kept.
+    """
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    mapping = None
+    if normalize is not None:
+        arr, mapping = normalize.apply(arr)
+    elif arr.dtype != np.uint8:
+        raise SkipSample(
+            "image_not_8bit",
+            f"{arr.dtype} pixels; pass --normalize percentile:1,99.8 (or minmax, range:LO,HI)",
+        )
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    elif arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 2:
+        arr = np.concatenate([arr, np.zeros_like(arr[:, :, :1])], axis=2)
+    return np.ascontiguousarray(arr), mapping
+
+
+def encode_rgb(
+    rgb: np.ndarray, ext: str, max_side: int | None = None, quality: int = 95
+) -> EncodedImage:
+    """uint8 RGB [H, W, 3] -> EncodedImage (resized so the longest side is at most max_side).
+    PNG with a fast compression level: tiles of large images are many, and PNG is lossless."""
+    h, w = rgb.shape[:2]
+    img = Image.fromarray(rgb)
+    size = resized_shape(w, h, max_side)
+    if size != (w, h):
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    if ext == "jpg":
+        img.save(buf, format="JPEG", quality=quality)
+    else:
+        img.save(buf, format="PNG", compress_level=1)
+    return EncodedImage(buf.getvalue(), ext, size, (w, h))
+
+
+def stored_ext(path: Path) -> str:
+    """JPEG sources stay JPEG (already lossy); everything else is stored as lossless PNG."""
+    return "jpg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
