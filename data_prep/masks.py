@@ -75,6 +75,8 @@ def read_label(path: Path) -> np.ndarray:
                 if img.mode in ("LA", "PA"):
                     img = img.getchannel(0)
                 arr = np.asarray(img)
+        if arr.ndim < 2 or arr.size == 0:  # a corrupt TIFF reads as no pages
+            raise ValueError("no pixels (corrupt file?)")
         arr = channels_last(arr, path)
     except SkipSample as err:
         raise SkipSample("mask_unreadable", str(err)) from err

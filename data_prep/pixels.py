@@ -101,6 +101,8 @@ def read_pixels(path: Path, raw: bytes | None = None) -> np.ndarray:
         raise SkipSample("image_missing", str(path)) from err
     except (*_DECODE_ERRORS, RuntimeError) as err:  # tifffile raises TiffFileError(ValueError)
         raise SkipSample("image_unreadable", f"{path}: {err}") from err
+    if arr.ndim < 2 or arr.size == 0:  # tifffile reads a corrupt file as no pages, not an error
+        raise SkipSample("image_unreadable", f"{path}: no pixels (corrupt file?)")
     return channels_last(arr, path)
 
 

@@ -276,11 +276,26 @@ def options_dict(options: ShardOptions) -> dict:
     return {k: d[k] for k in ("maxcount", "maxsize", "prefix")}
 
 
+_STAGE1 = "stage 2 needs masks; `sam-prep images` on the same folder keeps them for stage 1"
+# what a skip means and what to do about it, printed beside the count
+REASON_HINTS = {
+    "no_valid_annotations": _STAGE1,
+    "image_without_masks": _STAGE1,
+    "image_not_8bit": "pass --normalize percentile:1,99.8 (or minmax, range:LO,HI)",
+    "class_not_in_table": "objects of a pixel value missing from --classes (ignored)",
+    "tile_fragment_too_small": "pieces cut by a tile border, below --tile-min-area",
+    "tile_without_masks": "tiles with no object left out (not an error)",
+    "shape_point_ignored": "labelme points have no area",
+    "shape_line_ignored": "labelme lines have no area",
+}
+
+
 def report(manifest: dict) -> str:
     """A short human summary of a finished conversion."""
     lines = [f"wrote {manifest['total']} samples in {len(manifest['shards'])} shards"]
     if manifest.get("seconds"):
         lines[0] += f" ({manifest['seconds']:.1f} s)"
     for reason, n in manifest["skipped"].items():
-        lines.append(f"  skipped {n:>7}  {reason}")
+        hint = REASON_HINTS.get(reason)
+        lines.append(f"  skipped {n:>7}  {reason}" + (f"  ({hint})" if hint else ""))
     return "\n".join(lines)
