@@ -21,6 +21,7 @@ from data_prep.rle import decode_masks, json_to_rle
 from data_prep.shard_writer import MANIFEST
 
 AREA_BINS = (0.001, 0.01, 0.1, 0.5)  # fractions of the image area
+AREA_LABELS = ("<0.1%", "0.1-1%", "1-10%", "10-50%", ">50%")
 _PALETTE = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
      [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [0, 128, 128]],
@@ -98,10 +99,7 @@ def shard_stats(folder: str | Path) -> dict:
         stats["mask_area_px"] = dict(zip(("min", "p10", "median", "p90", "max"), q.tolist()))
         edges = (0.0, *AREA_BINS, float("inf"))
         counts = np.histogram(fractions, bins=edges)[0]
-        labels = [f"<{AREA_BINS[0]:.1%}"]
-        labels += [f"{a:.1%}-{b:.0%}" for a, b in zip(AREA_BINS, AREA_BINS[1:])]
-        labels += [f">{AREA_BINS[-1]:.0%}"]
-        stats["mask_area_of_image"] = dict(zip(labels, counts.tolist()))
+        stats["mask_area_of_image"] = dict(zip(AREA_LABELS, counts.tolist()))
     return stats
 
 
@@ -145,7 +143,9 @@ def overlay(files: dict[str, bytes], side: int = 256) -> np.ndarray:
         for i, m in enumerate(masks):
             rgb[m] = 0.45 * rgb[m] + 0.55 * _PALETTE[i % len(_PALETTE)]
     img = Image.fromarray(rgb.astype(np.uint8))
-    img.thumbnail((side, side), Image.Resampling.BILINEAR)
+    s = side / max(img.size)  # fit the panel, up or down
+    size = (max(1, min(side, round(img.width * s))), max(1, min(side, round(img.height * s))))
+    img = img.resize(size, Image.Resampling.NEAREST if s > 1 else Image.Resampling.BILINEAR)
     out = np.zeros((side, side, 3), dtype=np.uint8)
     out[: img.height, : img.width] = np.asarray(img)
     return out
@@ -155,7 +155,7 @@ def write_overlay(folder: str | Path, path: str | Path, n: int = 4, side: int = 
     """The first `n` samples side by side with their masks, as a PNG at `path`."""
     from sam_train.files import atomic_path
 
-    panels = [overlay(files, side) for _, files in zip(range(n), iter_samples(folder))]
+    panels = [overlay(files, side) for _, (_, files) in zip(range(n), iter_samples(folder))]
     if not panels:
         raise PrepError(f"{str(folder)!r} holds no samples to draw")
     path = Path(path)
