@@ -1,7 +1,6 @@
 """`sam-prep masks | labelme | inspect`: the data people bring (mask files, label images,
-labelme) and a look at the result. Registered by importing this module in
-`sam_train.cli.prep`; the work is in `data_prep.masks`, `data_prep.labelme`,
-`data_prep.inspect_shards`."""
+labelme) and a look at the result. The work is in `data_prep.masks`, `data_prep.labelme` and
+`data_prep.inspect_shards`; this file only declares the arguments."""
 
 from __future__ import annotations
 
@@ -9,23 +8,47 @@ import argparse
 import json
 from pathlib import Path
 
-from sam_train.cli.prep import (
-    Runner,
-    _options,
-    _pixel_args,
-    _pixels,
-    _print_report,
-    _shard_args,
-    subcommand,
+from sam_train.cli.prep_args import (
+    add_pixel_args,
+    add_shard_args,
+    pixel_options,
+    print_report,
+    shard_options,
 )
 
 
-@subcommand(
-    "masks",
-    "images + mask files (instance label images, per-object masks, semantic label images "
-    "with --classes) -> stage-2 shards",
-)
-def _masks(p: argparse.ArgumentParser) -> Runner:
+def _run_masks(a: argparse.Namespace) -> None:
+    from data_prep.masks import convert_masks
+
+    manifest = convert_masks(
+        a.images, a.masks, a.out, shard_options(a), pixel_options(a), a.classes, a.instances
+    )
+    print_report(manifest, a.out)
+
+
+def _run_labelme(a: argparse.Namespace) -> None:
+    from data_prep.labelme import convert_labelme
+
+    print_report(convert_labelme(a.src, a.out, shard_options(a), pixel_options(a)), a.out)
+
+
+def _run_inspect(a: argparse.Namespace) -> None:
+    from data_prep.inspect_shards import format_stats, shard_stats, write_overlay
+
+    stats = shard_stats(a.shards)
+    print(json.dumps(stats, indent=1) if a.json else format_stats(stats))
+    if a.samples > 0 and stats["samples"]:
+        path = write_overlay(a.shards, a.overlay or Path(a.shards) / "inspect.png", a.samples)
+        print(f"overlay: {path}")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register masks, labelme and inspect."""
+    text = (
+        "images + mask files (instance label images, per-object masks, semantic label images "
+        "with --classes) -> stage-2 shards"
+    )
+    p = subparsers.add_parser("masks", help=text, description=text)
     p.add_argument("--images", required=True, help="folder of images (recursive)")
     p.add_argument(
         "--masks",
@@ -46,37 +69,20 @@ def _masks(p: argparse.ArgumentParser) -> Runner:
         help="with --classes: one object per connected component (default) or per class",
     )
     p.add_argument("out", help="output shard folder")
-    _shard_args(p)
-    _pixel_args(p)
+    add_shard_args(p)
+    add_pixel_args(p)
+    p.set_defaults(run=_run_masks)
 
-    def run(a: argparse.Namespace) -> None:
-        from data_prep.masks import convert_masks
-
-        manifest = convert_masks(
-            a.images, a.masks, a.out, _options(a), _pixels(a), a.classes, a.instances
-        )
-        _print_report(manifest, a.out)
-
-    return run
-
-
-@subcommand("labelme", "labelme json files (+ their images) -> stage-2 shards")
-def _labelme(p: argparse.ArgumentParser) -> Runner:
+    text = "labelme json files (+ their images) -> stage-2 shards"
+    p = subparsers.add_parser("labelme", help=text, description=text)
     p.add_argument("src", help="folder of labelme .json files (recursive)")
     p.add_argument("out", help="output shard folder")
-    _shard_args(p)
-    _pixel_args(p)
+    add_shard_args(p)
+    add_pixel_args(p)
+    p.set_defaults(run=_run_labelme)
 
-    def run(a: argparse.Namespace) -> None:
-        from data_prep.labelme import convert_labelme
-
-        _print_report(convert_labelme(a.src, a.out, _options(a), _pixels(a)), a.out)
-
-    return run
-
-
-@subcommand("inspect", "shard folder -> counts, mask statistics, skips, and an overlay PNG")
-def _inspect(p: argparse.ArgumentParser) -> Runner:
+    text = "shard folder -> counts, mask statistics, skips, and an overlay PNG"
+    p = subparsers.add_parser("inspect", help=text, description=text)
     p.add_argument("shards", help="shard folder (with manifest.json)")
     p.add_argument(
         "--overlay",
@@ -85,14 +91,4 @@ def _inspect(p: argparse.ArgumentParser) -> Runner:
     )
     p.add_argument("--samples", type=int, default=4, help="samples drawn (default 4)")
     p.add_argument("--json", action="store_true", help="print the statistics as json")
-
-    def run(a: argparse.Namespace) -> None:
-        from data_prep.inspect_shards import format_stats, shard_stats, write_overlay
-
-        stats = shard_stats(a.shards)
-        print(json.dumps(stats, indent=1) if a.json else format_stats(stats))
-        if a.samples > 0 and stats["samples"]:
-            path = write_overlay(a.shards, a.overlay or Path(a.shards) / "inspect.png", a.samples)
-            print(f"overlay: {path}")
-
-    return run
+    p.set_defaults(run=_run_inspect)
