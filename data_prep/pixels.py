@@ -2,7 +2,7 @@
 
 Shards store `jpg`/`png` RGB. Microscopy and medical images arrive as 16-bit or float,
 single- or multi-channel, often as TIFF; `Normalize` maps them to 0..255 with one of three
-rules and `to_rgb8` replicates a single channel to RGB. Without a rule, an image that is not
+rules (`to_8bit`). Without a rule, an image that is not
 8-bit is skipped and counted (`image_not_8bit`): a silent clip to 255 would train on garbage.
 """
 
@@ -118,14 +118,18 @@ def channels_last(arr: np.ndarray, path: Path | str = "") -> np.ndarray:
     )
 
 
-def to_rgb8(arr: np.ndarray, normalize: Normalize | None) -> tuple[np.ndarray, dict | None]:
-    """[H, W] / [H, W, C] of any dtype -> (uint8 RGB [H, W, 3], the mapping used or None).
+def to_8bit(arr: np.ndarray, normalize: Normalize | None) -> tuple[np.ndarray, dict | None]:
+    """[H, W] / [H, W, C] of any dtype -> (uint8 [H, W] grey or [H, W, 3] RGB, the mapping
+    used or None).
 
-    1 channel is replicated, 2 channels get a zero blue channel, a 4th (alpha) is dropped.
-    The mapping is computed over all kept channels together, so their balance is kept.
+    One channel stays grey (stored as an "L" PNG, read as RGB by the datamodules: a third of
+    the bytes to compress); 2 channels get a zero blue channel; a 4th (alpha) is dropped. The
+    mapping is computed over all kept channels together, so their balance is kept.
     """
     if arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[:, :, :3]
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     mapping = None
@@ -136,19 +140,15 @@ def to_rgb8(arr: np.ndarray, normalize: Normalize | None) -> tuple[np.ndarray, d
             "image_not_8bit",
             f"{arr.dtype} pixels; pass --normalize percentile:1,99.8 (or minmax, range:LO,HI)",
         )
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    elif arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] == 2:
+    if arr.ndim == 3 and arr.shape[2] == 2:
         arr = np.concatenate([arr, np.zeros_like(arr[:, :, :1])], axis=2)
     return np.ascontiguousarray(arr), mapping
 
 
-def encode_rgb(
+def encode_pixels(
     rgb: np.ndarray, ext: str, max_side: int | None = None, quality: int = 95
 ) -> EncodedImage:
-    """uint8 RGB [H, W, 3] -> EncodedImage (resized so the longest side is at most max_side).
+    """uint8 [H, W] grey or [H, W, 3] RGB -> EncodedImage (resized so the longest side is at most max_side).
     PNG with a fast compression level: tiles of large images are many, and PNG is lossless."""
     h, w = rgb.shape[:2]
     img = Image.fromarray(rgb)

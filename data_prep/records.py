@@ -2,8 +2,8 @@
 
 Every converter ends here, so `--tile`, `--overlap` and `--normalize` mean the same for all of
 them. An 8-bit JPEG/PNG that needs neither keeps the old path (`encode_image`: the original
-bytes when not resized); anything else is decoded to an array, mapped to 8-bit RGB
-(`pixels.to_rgb8`), cut into tiles when asked, and re-encoded (JPEG stays JPEG, else PNG).
+bytes when not resized); anything else is decoded to an array, mapped to 8 bits
+(`pixels.to_8bit`), cut into tiles when asked, and re-encoded (JPEG stays JPEG, else PNG).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 from data_prep.annotations import KEEP_IMAGE_EXTRA, build_record
 from data_prep.common import EncodedImage, PrepError, SkipSample, encode_image
 from data_prep.instances import Instance, anns_to_instances, instances_to_anns
-from data_prep.pixels import TIFF_SUFFIXES, Normalize, encode_rgb, read_pixels, stored_ext, to_rgb8
+from data_prep.pixels import TIFF_SUFFIXES, Normalize, encode_pixels, read_pixels, stored_ext, to_8bit
 from data_prep.tiling import check_tiling, tile_annotations, tile_boxes, tile_image
 
 # modes PIL decodes to more than 8 bits per channel
@@ -70,12 +70,12 @@ class PixelOptions:
 
 @dataclass
 class Source:
-    """A decoded source image: either kept bytes (`encoded`) or 8-bit RGB pixels (`rgb`)."""
+    """A decoded source image: either kept bytes (`encoded`) or 8-bit pixels (`rgb`)."""
 
     hw: tuple[int, int]  # (h, w) of the source
     ext: str
     encoded: EncodedImage | None = None
-    rgb: np.ndarray | None = None  # [H, W, 3] uint8
+    rgb: np.ndarray | None = None  # [H, W, 3] or [H, W] (grey) uint8
     mapping: dict | None = None  # {"lo", "hi"} of --normalize
 
 
@@ -87,7 +87,7 @@ def load_source(path: Path, opts: PixelOptions, raw: bytes | None = None) -> Sou
             img = encode_image(path, opts.max_side, opts.quality, raw)
             w, h = img.source_size
             return Source((h, w), img.ext, encoded=img)
-    rgb, mapping = to_rgb8(read_pixels(path, raw), opts.normalize)
+    rgb, mapping = to_8bit(read_pixels(path, raw), opts.normalize)
     return Source(rgb.shape[:2], stored_ext(path), rgb=rgb, mapping=mapping)
 
 
@@ -118,7 +118,7 @@ def stage2_samples(
         return _tiles(src, image, opts, instances, skipped)
     if anns is None:
         anns = instances_to_anns(instances or [], src.hw)
-    enc = src.encoded or encode_rgb(src.rgb, src.ext, opts.max_side, opts.quality)
+    enc = src.encoded or encode_pixels(src.rgb, src.ext, opts.max_side, opts.quality)
     (w, h) = enc.size
     record, skipped = build_record(image, anns, src.hw, (h, w), categories)
     if src.mapping:
@@ -138,7 +138,7 @@ def _tiles(
         if not anns:
             skipped["tile_without_masks"] += 1
             continue
-        enc = encode_rgb(tile_image(src.rgb, box), src.ext, None, opts.quality)
+        enc = encode_pixels(tile_image(src.rgb, box), src.ext, None, opts.quality)
         record = {"image": _tile_meta(image, box, src), "annotations": anns}
         samples.append(
             (_tile_suffix(box), {enc.ext: enc.data, "json": json.dumps(record).encode()})
@@ -149,11 +149,11 @@ def _tiles(
 def stage1_samples(src: Source, name: str, opts: PixelOptions) -> Samples:
     """The stored stage-1 samples (images only; tiles carry a json with their origin)."""
     if not opts.tile:
-        enc = src.encoded or encode_rgb(src.rgb, src.ext, opts.max_side, opts.quality)
+        enc = src.encoded or encode_pixels(src.rgb, src.ext, opts.max_side, opts.quality)
         return [("", {enc.ext: enc.data})]
     samples = []
     for box in tile_boxes(*src.hw, opts.tile, opts.overlap):
-        enc = encode_rgb(tile_image(src.rgb, box), src.ext, None, opts.quality)
+        enc = encode_pixels(tile_image(src.rgb, box), src.ext, None, opts.quality)
         meta = json.dumps({"image": _tile_meta({"file_name": name}, box, src)}).encode()
         samples.append((_tile_suffix(box), {enc.ext: enc.data, "json": meta}))
     return samples
