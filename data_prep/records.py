@@ -20,7 +20,14 @@ from PIL import Image
 from data_prep.annotations import KEEP_IMAGE_EXTRA, build_record
 from data_prep.common import EncodedImage, PrepError, SkipSample, encode_image
 from data_prep.instances import Instance, anns_to_instances, instances_to_anns
-from data_prep.pixels import TIFF_SUFFIXES, Normalize, encode_pixels, read_pixels, stored_ext, to_8bit
+from data_prep.pixels import (
+    TIFF_SUFFIXES,
+    Normalize,
+    encode_pixels,
+    read_pixels,
+    stored_ext,
+    to_8bit,
+)
 from data_prep.tiling import check_tiling, tile_annotations, tile_boxes, tile_image
 
 # modes PIL decodes to more than 8 bits per channel

@@ -15,7 +15,7 @@ from test_prep_fixtures import image_folder, make_coco
 from data_prep.coco import convert_coco
 from data_prep.images import convert_images
 from data_prep.masks import convert_masks
-from data_prep.pixels import Normalize
+from data_prep.pixels import Normalize, percentiles
 from data_prep.records import PixelOptions
 from data_prep.shard_writer import ShardOptions
 from data_prep.tiling import tile_boxes
@@ -97,6 +97,15 @@ def test_16bit_without_normalize_is_skipped_and_says_how(big16, tmp_path):
     root, _, _ = big16
     manifest = convert_masks(root / "imgs", root / "labels", tmp_path / "out", OPTS)
     assert manifest["total"] == 0 and manifest["skipped"] == {"image_not_8bit": 1}
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
+def test_histogram_percentiles_equal_numpy(dtype):
+    rng = np.random.default_rng(1)
+    info = np.iinfo(dtype)
+    arr = rng.integers(max(info.min, -3000), min(info.max, 4000), (37, 53)).astype(dtype)
+    qs = (0, 1, 37.5, 99.8, 100)
+    assert percentiles(arr, qs) == pytest.approx(np.percentile(arr, qs).tolist(), abs=1e-9)
 
 
 def test_percentile_mapping_of_float_images(tmp_path):
