@@ -17,6 +17,7 @@ from data_prep.images import convert_images
 from data_prep.masks import convert_masks
 from data_prep.pixels import Normalize, percentiles
 from data_prep.records import PixelOptions
+from data_prep.rle import resize_masks
 from data_prep.shard_writer import ShardOptions
 from data_prep.tiling import tile_boxes
 
@@ -151,3 +152,13 @@ def test_stage1_images_in_tiles_carry_their_origin(tmp_path):
     assert origins[:3] == [(0, 0), (0, 0), (0, 12)]
     assert all(rgb.shape == (16, 16, 3) for _, rgb in got.values())
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["args"]["overlap"] == 4
+
+
+def test_normalized_and_resized_masks_follow_the_image(big16, tmp_path):
+    root, _, label = big16
+    pixels = PixelOptions(max_side=100, normalize=Normalize("minmax"))
+    convert_masks(root / "imgs", root / "labels", tmp_path / "out", OPTS, pixels)
+    ((record, rgb),) = stored(tmp_path / "out").values()
+    assert rgb.shape == (75, 100, 3) and record["image"]["normalize"]["hi"] > 3000
+    for obj_id, m in masks_by_id(record).items():
+        assert np.array_equal(m, resize_masks((label == obj_id)[None], 75, 100)[0]), obj_id
