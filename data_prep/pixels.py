@@ -71,12 +71,26 @@ class Normalize:
         return float(lo), float(hi)
 
     def apply(self, arr: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Any-dtype array -> (uint8 array of the same shape, {"lo", "hi"} actually used)."""
+        """Any-dtype array -> (uint8 array of the same shape, {"lo", "hi"} actually used).
+        8/16-bit integers go through a lookup table of every possible value (one gather
+        instead of four float passes over the image); the same float32 formula either way."""
         lo, hi = self.bounds(arr)
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        out = (arr.astype(np.float32) - np.float32(lo)) * np.float32(scale)
-        out = np.nan_to_num(out, nan=0.0, posinf=255.0, neginf=0.0)
-        return np.clip(out + 0.5, 0, 255).astype(np.uint8), {"lo": lo, "hi": hi}
+        if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
+            info = np.iinfo(arr.dtype)
+            lut = _to_uint8(np.arange(info.min, info.max + 1, dtype=np.float32), lo, hi)
+            index = arr if info.min == 0 else arr.astype(np.int32) - info.min
+            return lut[index], {"lo": lo, "hi": hi}
+        out = np.nan_to_num(arr.astype(np.float32), nan=lo, posinf=hi, neginf=lo)
+        return _to_uint8(out, lo, hi), {"lo": lo, "hi": hi}
+
+
+def _to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """float32 values -> uint8: lo -> 0, hi -> 255, linear, rounded, clipped (in place)."""
+    scale = np.float32(255.0 / (hi - lo) if hi > lo else 0.0)
+    values -= np.float32(lo)
+    values *= scale
+    values += np.float32(0.5)
+    return np.clip(values, 0, 255, out=values).astype(np.uint8)
 
 
 def percentiles(arr: np.ndarray, qs: tuple[float, ...]) -> list[float]:
