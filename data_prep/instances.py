@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from scipy import ndimage
 
 from data_prep.common import SkipSample
 from data_prep.rle import decode_masks, to_rle
@@ -46,6 +45,8 @@ def tight(mask: np.ndarray, y: int, x: int) -> tuple[np.ndarray, int, int] | Non
 def label_instances(label: np.ndarray) -> list[tuple[int, np.ndarray, int, int]]:
     """Instance label image [H, W] (0 = background) -> [(value, mask crop, y, x)] by value.
     Any nonzero value is one object, also when its pixels are not connected."""
+    from scipy import ndimage  # imported here: converters without label images skip its cost
+
     if label.dtype.kind == "b":
         label = label.astype(np.uint8)
     if label.dtype.kind not in "iu":
@@ -69,6 +70,8 @@ def connected_instances(
     mask: np.ndarray, y0: int = 0, x0: int = 0
 ) -> list[tuple[np.ndarray, int, int]]:
     """Boolean mask -> one (crop, y, x) per 8-connected component, in raster order."""
+    from scipy import ndimage
+
     comps, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     out = []
     for i, box in enumerate(ndimage.find_objects(comps, n), start=1):
