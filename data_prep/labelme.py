@@ -193,19 +193,23 @@ def convert_labelme(
     for f in files:
         try:
             data = read_labelme(f)
-            if image_source(f, data) is None:
+            image = image_source(f, data)
+            if image is None:
                 raise SkipSample("image_missing")
         except SkipSample as skip:
             pre[skip.reason] += 1
             continue
         labels.update(str(s.get("label")) for s in data["shapes"] if isinstance(s, dict))
-        found.append(f)
+        # the image's name as the record's file_name: relative to src when it is a file there
+        on_disk = image[1] is None and image[0].resolve().is_relative_to(src.resolve())
+        found.append(
+            (f, str(image[0].resolve().relative_to(src.resolve())) if on_disk else image[0].name)
+        )
     category_ids = {name: i for i, name in enumerate(sorted(labels), start=1)}
-    rels = [str(f.relative_to(src)) for f in found]
-    keys = unique_keys(rels)
+    keys = unique_keys([str(f.relative_to(src)) for f, _ in found])
     items = [
-        Item(k, f.stat().st_size, (str(f), {"id": k, "file_name": rel}))
-        for k, rel, f in zip(keys, rels, found)
+        Item(k, f.stat().st_size, (str(f), {"id": k, "file_name": name}))
+        for k, (f, name) in zip(keys, found)
     ]
     encode = functools.partial(encode_labelme_sample, category_ids=category_ids, pixels=pixels)
     args = {

@@ -98,7 +98,9 @@ def test_every_shape_type_reads_back_as_labelme_draws_it(labelme_dir, tmp_path):
     got = stored(tmp_path / "out")
     assert sorted(got) == ["a", "b"]
     record, rgb = got["a"]
-    assert rgb.shape == (H, W, 3)
+    assert (
+        rgb.shape == (H, W, 3) and record["image"]["file_name"] == "a.jpg"
+    )  # outside the folder: its name
     names = [a["category"] for a in record["annotations"]]
     assert names == ["cat", "box", "ball", "cat", "pair", "blob"]
     masks = list(masks_by_id(record).values())
@@ -119,6 +121,7 @@ def test_every_shape_type_reads_back_as_labelme_draws_it(labelme_dir, tmp_path):
     assert [categories[str(a["category_id"])] for a in record["annotations"]] == names
     (b_record, b_rgb) = got["b"]
     assert (b_rgb == 90).all() and b_record["annotations"][0]["category"] == "box"
+    assert b_record["image"]["file_name"] == "b.png"  # embedded: imagePath's name
     assert manifest["skipped"] == {
         "image_missing": 1,
         "not_labelme_json": 1,
