@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from formats_helpers import masks_by_id, save_label, stored
+from formats_helpers import masks_by_id, save_label, shard_bytes, stored
 from pycocotools.coco import COCO
 from test_prep_fixtures import image_folder, make_coco
 
@@ -162,3 +162,12 @@ def test_normalized_and_resized_masks_follow_the_image(big16, tmp_path):
     assert rgb.shape == (75, 100, 3) and record["image"]["normalize"]["hi"] > 3000
     for obj_id, m in masks_by_id(record).items():
         assert np.array_equal(m, resize_masks((label == obj_id)[None], 75, 100)[0]), obj_id
+
+
+def test_tiled_reruns_are_byte_identical(big16, tmp_path):
+    root, _, _ = big16
+    pixels = PixelOptions(normalize=Normalize.parse("percentile:1,99.8"), tile=64, overlap=16)
+    for name in ("one", "again"):
+        convert_masks(root / "imgs", root / "labels", tmp_path / name, OPTS, pixels)
+    one = shard_bytes(tmp_path / "one")
+    assert one and one == shard_bytes(tmp_path / "again")
