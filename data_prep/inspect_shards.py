@@ -139,9 +139,13 @@ def overlay(files: dict[str, bytes], side: int = 256) -> np.ndarray:
         rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
     anns = json.loads(files["json"]).get("annotations", []) if "json" in files else []
     if anns:
+        from scipy import ndimage
+
         masks = decode_masks([json_to_rle(a["segmentation"]) for a in anns])  # [N, H, W]
         for i, m in enumerate(masks):
-            rgb[m] = 0.45 * rgb[m] + 0.55 * _PALETTE[i % len(_PALETTE)]
+            colour = _PALETTE[i % len(_PALETTE)]
+            rgb[m] = 0.45 * rgb[m] + 0.55 * colour
+            rgb[m & ~ndimage.binary_erosion(m)] = colour  # outline: touching objects stay apart
     img = Image.fromarray(rgb.astype(np.uint8))
     s = side / max(img.size)  # fit the panel, up or down
     size = (max(1, min(side, round(img.width * s))), max(1, min(side, round(img.height * s))))
