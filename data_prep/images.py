@@ -31,7 +31,7 @@ def convert_images(
     """
     options, pixels = options or ShardOptions(), pixels or PixelOptions()
     src = Path(src).expanduser()
-    files = list_files(src, IMAGE_SUFFIXES, "image")
+    files = list_files(src, IMAGE_SUFFIXES, "image", exclude=out)
     keys = unique_keys([str(f.relative_to(src)) for f in files])
     items = [Item(k, f.stat().st_size, str(f)) for k, f in zip(keys, files)]
     encode = functools.partial(encode_image_sample, pixels=pixels)

@@ -188,7 +188,7 @@ def convert_labelme(
     Files whose image is neither on disk nor embedded are counted (`image_missing`)."""
     options, pixels = options or ShardOptions(), pixels or PixelOptions()
     src = Path(src).expanduser()
-    files = list_files(src, (".json",), "labelme json")
+    files = list_files(src, (".json",), "labelme json", exclude=out)
     pre, found, labels = Counter(), [], set()
     for f in files:
         try:

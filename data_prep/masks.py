@@ -189,7 +189,7 @@ def convert_masks(
     if instances not in ("connected", "class"):
         raise PrepError(f"--instances {instances!r}: use connected or class")
     images, masks = Path(images).expanduser(), Path(masks).expanduser()
-    files = list_files(images, IMAGE_SUFFIXES, "image")
+    files = list_files(images, IMAGE_SUFFIXES, "image", exclude=out)
     if not masks.is_dir():
         raise PrepError(f"mask folder {str(masks)!r} does not exist; pass --masks DIR")
     table = load_classes(classes) if classes else None

@@ -56,7 +56,7 @@ def convert_sa1b(
     """
     options, pixels = options or ShardOptions(), pixels or PixelOptions()
     src = Path(src).expanduser()
-    images = sorted(list_files(src, (".jpg", ".jpeg"), "SA-1B image"), key=_natural)
+    images = sorted(list_files(src, (".jpg", ".jpeg"), "SA-1B image", out), key=_natural)
     pre, pairs = Counter(), []
     for img in images:
         ann = img.with_suffix(".json")

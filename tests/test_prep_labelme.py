@@ -138,3 +138,12 @@ def test_labelme_in_tiles(labelme_dir, tmp_path):
     got = stored(tmp_path / "out")
     assert {k.split("_y")[0] for k in got} == {"a", "b"}
     assert all(r["image"]["tile"]["source_width"] == W for r, _ in got.values())
+
+
+def test_shard_folders_inside_the_input_are_not_read_as_input(labelme_dir, tmp_path):
+    import shutil
+
+    src = shutil.copytree(labelme_dir, tmp_path / "copy") / "ann"
+    first = convert_labelme(src, src / "shards", ShardOptions(progress=False))
+    again = convert_labelme(src, src / "more", ShardOptions(progress=False))
+    assert first["skipped"] == again["skipped"] and first["total"] == again["total"] == 2
