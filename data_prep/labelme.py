@@ -5,8 +5,9 @@ outline): `polygon` (3+ points), `rectangle` (two corners), `circle` (centre and
 the rim), `mask` (a base64 PNG placed at its first point). Shapes sharing a `group_id` and a
 label are one object (their union), as in labelme's instance export. `point(s)`, `line` and
 `linestrip` have no area: ignored and counted. The image comes from `imagePath` (relative to
-the json), else from the embedded `imageData`. Labels become category names; category ids are
-1.. in the sorted order of all labels seen (listed in the manifest).
+the json; else its file name beside the json, for paths written on another machine; else the
+json's stem with an image suffix), else from the embedded `imageData`. Labels become category
+names; category ids are 1.. in the sorted order of all labels seen (listed in the manifest).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def read_labelme(path: Path) -> dict:
 def image_source(path: Path, data: dict) -> tuple[Path, bytes | None] | None:
     """(image path, embedded bytes or None) of one labelme file; None when neither exists."""
     rel = str(data.get("imagePath") or "").replace("\\", "/")
-    candidates = [path.parent / rel] if rel else []
+    # as written; its name beside the json (paths from another machine); the json's stem
+    candidates = [path.parent / rel, path.parent / Path(rel).name] if rel else []
     candidates += [path.with_suffix(s) for s in IMAGE_SUFFIXES]
     for c in candidates:
         if c.is_file():

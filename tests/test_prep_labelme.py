@@ -147,3 +147,11 @@ def test_shard_folders_inside_the_input_are_not_read_as_input(labelme_dir, tmp_p
     first = convert_labelme(src, src / "shards", ShardOptions(progress=False))
     again = convert_labelme(src, src / "more", ShardOptions(progress=False))
     assert first["skipped"] == again["skipped"] and first["total"] == again["total"] == 2
+
+
+def test_image_path_from_another_machine_is_found_beside_the_json(tmp_path):
+    write_image(tmp_path / "x.png", W, H, seed=3)
+    doc = {"shapes": [_shape("box", "rectangle", RECT)], "imagePath": "C:\\Users\\me\\x.png"}
+    (tmp_path / "scan.json").write_text(json.dumps(doc))
+    manifest = convert_labelme(tmp_path, tmp_path / "out", ShardOptions(progress=False))
+    assert manifest["total"] == 1 and manifest["skipped"] == {}
