@@ -157,9 +157,13 @@ def labelme_instances(
 
 
 def encode_labelme_sample(
-    payload: tuple[str, dict], category_ids: dict[str, int], pixels: PixelOptions
+    payload: tuple[str, dict],
+    category_ids: dict[str, int],
+    pixels: PixelOptions,
+    keep_empty: bool = False,
 ) -> tuple[Samples, Counter]:
-    """(labelme json path, image meta) -> stored sample(s)."""
+    """(labelme json path, image meta) -> stored sample(s); keep_empty: write an image without
+    shapes too (no annotations; for stage 1)."""
     path, image = Path(payload[0]), payload[1]
     data = read_labelme(path)
     found = image_source(path, data)
@@ -173,10 +177,12 @@ def encode_labelme_sample(
             f"{path}: image {w}x{h}, json {data.get('imageWidth')}x{data.get('imageHeight')}",
         )
     objs, skipped = labelme_instances(data["shapes"], (h, w), category_ids)
-    if not objs:
+    if not objs and not keep_empty:
         raise SkipSample("image_without_masks", f"{path}: no shape with an area", also=skipped)
     names = {v: k for k, v in category_ids.items()}
-    samples, ann_skips = stage2_samples(src, image, pixels, instances=objs, categories=names)
+    samples, ann_skips = stage2_samples(
+        src, image, pixels, instances=objs, categories=names, keep_empty=keep_empty
+    )
     return samples, skipped + ann_skips
 
 
@@ -185,9 +191,11 @@ def convert_labelme(
     out: str | Path,
     options: ShardOptions | None = None,
     pixels: PixelOptions | None = None,
+    keep_empty: bool = False,
 ) -> dict:
     """Write every labelme json under `src` (recursive) with its image as stage-2 shards.
-    Files whose image is neither on disk nor embedded are counted (`image_missing`)."""
+    Files whose image is neither on disk nor embedded are counted (`image_missing`).
+    keep_empty: also write images without any area shape (see `convert_masks`)."""
     options, pixels = options or ShardOptions(), pixels or PixelOptions()
     src = Path(src).expanduser()
     files = list_files(src, (".json",), "labelme json", exclude=out)
@@ -213,7 +221,9 @@ def convert_labelme(
         Item(k, f.stat().st_size, (str(f), {"id": k, "file_name": name}))
         for k, (f, name) in zip(keys, found)
     ]
-    encode = functools.partial(encode_labelme_sample, category_ids=category_ids, pixels=pixels)
+    encode = functools.partial(
+        encode_labelme_sample, category_ids=category_ids, pixels=pixels, keep_empty=keep_empty
+    )
     args = {
         "kind": "labelme",
         "categories": {str(i): n for n, i in category_ids.items()},

@@ -113,8 +113,10 @@ def encode_masks_sample(
     pixels: PixelOptions,
     classes: dict[int, str] | None,
     instances: str,
+    keep_empty: bool = False,
 ) -> tuple[Samples, Counter]:
-    """(image path, layout, image meta, label path or [(k, path)]) -> stored sample(s)."""
+    """(image path, layout, image meta, label path or [(k, path)] or None) -> stored sample(s).
+    keep_empty: write images without objects too (no annotations; for stage 1)."""
     path, layout, image, masks = payload
     src = load_source(Path(path), pixels)
     skipped = Counter()
@@ -127,7 +129,7 @@ def encode_masks_sample(
             objs = _semantic(label, classes, instances, skipped)
     else:
         objs = []
-        for k, p in masks:
+        for k, p in masks or []:
             arr = read_label(Path(p))
             _check_size(arr, src.hw, p)
             box = tight(arr != 0, 0, 0)
@@ -135,9 +137,11 @@ def encode_masks_sample(
                 skipped["mask_empty"] += 1
             else:
                 objs.append(Instance(*box, meta=_meta(k, -1, None)))
-    if not objs:
+    if not objs and not keep_empty:
         raise SkipSample("image_without_masks", f"{path}: no object in its masks", also=skipped)
-    samples, ann_skips = stage2_samples(src, image, pixels, instances=objs, categories=classes)
+    samples, ann_skips = stage2_samples(
+        src, image, pixels, instances=objs, categories=classes, keep_empty=keep_empty
+    )
     return samples, skipped + ann_skips
 
 
@@ -177,13 +181,16 @@ def convert_masks(
     pixels: PixelOptions | None = None,
     classes: str | Path | None = None,
     instances: str = "connected",
+    keep_empty: bool = False,
 ) -> dict:
     """Write every image under `images` with its masks under `masks` as stage-2 shards.
 
     classes: a class table; the label images are then semantic (values = class ids).
     instances: with classes, "connected" (one object per connected component) or "class"
         (one object per class present).
-    Images without any mask file are counted (`image_without_masks`) and left out.
+    keep_empty: also write images without any object, with no annotations (counted as
+        `kept_without_masks`: stage 1 reads them, the stage-2 reader skips them), instead of
+        leaving them out (counted as `image_without_masks`).
     """
     options, pixels = options or ShardOptions(), pixels or PixelOptions()
     if instances not in ("connected", "class"):
@@ -201,6 +208,8 @@ def convert_masks(
             found.append((f, "label", str(labels[stem])))
         elif table is None and (objs := objects.get(stem) or objects.get("flat:" + stem)):
             found.append((f, "objects", [(k, str(p)) for k, p in sorted(objs)]))
+        elif keep_empty:
+            found.append((f, "none", None))
         else:
             pre["image_without_masks"] += 1
     rels = [str(f.relative_to(images)) for f, _, _ in found]
@@ -210,7 +219,11 @@ def convert_masks(
         for k, rel, (f, layout, m) in zip(keys, rels, found)
     ]
     encode = functools.partial(
-        encode_masks_sample, pixels=pixels, classes=table, instances=instances
+        encode_masks_sample,
+        pixels=pixels,
+        classes=table,
+        instances=instances,
+        keep_empty=keep_empty,
     )
     args = {
         "kind": "masks",

@@ -33,6 +33,9 @@ from data_prep.tiling import check_tiling, tile_annotations, tile_boxes, tile_im
 # modes PIL decodes to more than 8 bits per channel
 _DEEP_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 
+# counted (under "skipped": stage 2 skips them) when --keep-empty writes an image without masks
+KEPT_EMPTY = "kept_without_masks"
+
 # (key suffix, {ext: bytes}) per stored sample; a converter's encode returns a list of these
 Samples = list[tuple[str, dict[str, bytes]]]
 
@@ -113,38 +116,53 @@ def stage2_samples(
     anns: list[dict] | None = None,
     instances: list[Instance] | None = None,
     categories: dict | None = None,
+    keep_empty: bool = False,
 ) -> tuple[Samples, Counter]:
     """The stored stage-2 samples of one source image with its objects (COCO `anns` or
-    `instances`), and the per-annotation skip counts. SkipSample when nothing is left."""
+    `instances`), and the per-annotation skip counts. SkipSample when nothing is left, unless
+    `keep_empty`: then images and tiles without objects are written with no annotations
+    (stage 1 reads them; the stage-2 reader skips them as `no_masks`)."""
     categories = categories or {}
     if opts.tile:
         if instances is None:
             instances, skipped = anns_to_instances(anns or [], src.hw, categories)
         else:
             skipped = Counter()
-        return _tiles(src, image, opts, instances, skipped)
+        return _tiles(src, image, opts, instances, skipped, keep_empty)
     if anns is None:
         anns = instances_to_anns(instances or [], src.hw)
     enc = src.encoded or encode_pixels(src.rgb, src.ext, opts.max_side, opts.quality)
     (w, h) = enc.size
-    record, skipped = build_record(image, anns, src.hw, (h, w), categories)
+    try:
+        record, skipped = build_record(image, anns, src.hw, (h, w), categories)
+    except SkipSample as skip:
+        if not keep_empty:
+            raise
+        record, skipped = build_record(image, [], src.hw, (h, w), {}, allow_empty=True)
+        skipped = Counter(skip.also) + Counter({KEPT_EMPTY: 1})
     if src.mapping:
         record["image"]["normalize"] = src.mapping
     return [("", {enc.ext: enc.data, "json": json.dumps(record).encode()})], skipped
 
 
 def _tiles(
-    src: Source, image: dict, opts: PixelOptions, instances: list[Instance], skipped: Counter
+    src: Source,
+    image: dict,
+    opts: PixelOptions,
+    instances: list[Instance],
+    skipped: Counter,
+    keep_empty: bool,
 ) -> tuple[Samples, Counter]:
-    if not instances:
+    if not instances and not keep_empty:
         raise SkipSample("no_valid_annotations", str(image.get("file_name")), also=skipped)
     samples = []
     for box in tile_boxes(*src.hw, opts.tile, opts.overlap):
         anns, dropped = tile_annotations(instances, box, opts.tile_min_area)
         skipped.update(dropped)
         if not anns:
-            skipped["tile_without_masks"] += 1
-            continue
+            skipped[KEPT_EMPTY if keep_empty else "tile_without_masks"] += 1
+            if not keep_empty:
+                continue
         enc = encode_pixels(tile_image(src.rgb, box), src.ext, None, opts.quality)
         record = {"image": _tile_meta(image, box, src), "annotations": anns}
         samples.append(

@@ -280,11 +280,13 @@ _STAGE1 = "stage 2 needs masks; `sam-prep images` on the same folder keeps them 
 # what a skip means and what to do about it, printed beside the count
 REASON_HINTS = {
     "no_valid_annotations": _STAGE1,
-    "image_without_masks": _STAGE1,
+    "image_without_masks": "stage 2 needs masks; --keep-empty writes them for stage 1",
     "image_not_8bit": "pass --normalize percentile:1,99.8 (or minmax, range:LO,HI)",
     "class_not_in_table": "objects of a pixel value missing from --classes (ignored)",
     "tile_fragment_too_small": "pieces cut by a tile border, below --tile-min-area",
     "tile_without_masks": "tiles with no object left out (not an error)",
+    "kept_without_masks": "written with no masks (--keep-empty): stage 1 reads them, "
+    "stage 2 skips them as no_masks",
     "shape_point_ignored": "labelme points have no area",
     "shape_line_ignored": "labelme lines have no area",
 }

@@ -16,6 +16,7 @@ from test_prep_fixtures import write_image
 from data_prep.labelme import convert_labelme
 from data_prep.records import PixelOptions
 from data_prep.shard_writer import ShardOptions
+from data_prep.tiling import tile_boxes
 
 H, W = 48, 64
 
@@ -155,3 +156,14 @@ def test_image_path_from_another_machine_is_found_beside_the_json(tmp_path):
     (tmp_path / "scan.json").write_text(json.dumps(doc))
     manifest = convert_labelme(tmp_path, tmp_path / "out", ShardOptions(progress=False))
     assert manifest["total"] == 1 and manifest["skipped"] == {}
+
+
+def test_keep_empty_keeps_a_file_without_area_shapes_and_empty_tiles(labelme_dir, tmp_path):
+    opts = ShardOptions(progress=False)
+    whole = convert_labelme(labelme_dir / "ann", tmp_path / "whole", opts, keep_empty=True)
+    assert whole["total"] == 3 and whole["skipped"]["kept_without_masks"] == 1
+    pixels = PixelOptions(tile=32, overlap=8)
+    tiles = convert_labelme(labelme_dir / "ann", tmp_path / "tiles", opts, pixels, True)
+    assert tiles["total"] == 3 * len(tile_boxes(H, W, 32, 8))  # none left out
+    empty = [r for r, _ in stored(tmp_path / "tiles").values() if not r["annotations"]]
+    assert len(empty) == tiles["skipped"]["kept_without_masks"] >= 4

@@ -199,3 +199,28 @@ def test_cli_reports_skips_and_refuses_bad_arguments_in_one_line(instance_data, 
         )
         assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_keep_empty_writes_images_without_masks_for_stage1_only(instance_data, tmp_path):
+    import random
+
+    from test_prep_fixtures import identity_prep
+
+    from data_prep.inspect_shards import iter_samples
+    from sam_train.data.shard_datamodules import MaeDecode
+    from sam_train.data.shards import SkipSample
+
+    root, truth = instance_data
+    manifest = convert_masks(
+        root / "imgs", root / "labels", tmp_path / "out", OPTS, keep_empty=True
+    )
+    assert manifest["skipped"]["kept_without_masks"] == 2  # g (no mask file), j (all zero)
+    assert "image_without_masks" not in manifest["skipped"]
+    samples = dict(iter_samples(tmp_path / "out"))
+    assert sorted(samples) == sorted([*truth, "g", "j"])
+    for key in ("g", "j"):
+        sample = {**samples[key], "__key__": key}
+        assert json.loads(sample["json"])["annotations"] == []
+        assert MaeDecode(lambda img: img.size)(sample, random.Random(0)) == (40, 32)
+        with pytest.raises(SkipSample, match="no_masks"):
+            identity_prep(48)(sample, random.Random(0))

@@ -21,7 +21,14 @@ def _run_masks(a: argparse.Namespace) -> None:
     from data_prep.masks import convert_masks
 
     manifest = convert_masks(
-        a.images, a.masks, a.out, shard_options(a), pixel_options(a), a.classes, a.instances
+        a.images,
+        a.masks,
+        a.out,
+        shard_options(a),
+        pixel_options(a),
+        a.classes,
+        a.instances,
+        a.keep_empty,
     )
     print_report(manifest, a.out)
 
@@ -29,7 +36,8 @@ def _run_masks(a: argparse.Namespace) -> None:
 def _run_labelme(a: argparse.Namespace) -> None:
     from data_prep.labelme import convert_labelme
 
-    print_report(convert_labelme(a.src, a.out, shard_options(a), pixel_options(a)), a.out)
+    manifest = convert_labelme(a.src, a.out, shard_options(a), pixel_options(a), a.keep_empty)
+    print_report(manifest, a.out)
 
 
 def _run_inspect(a: argparse.Namespace) -> None:
@@ -40,6 +48,15 @@ def _run_inspect(a: argparse.Namespace) -> None:
     if a.samples > 0 and stats["samples"]:
         path = write_overlay(a.shards, a.overlay or Path(a.shards) / "inspect.png", a.samples)
         print(f"overlay: {path}")
+
+
+def _keep_empty_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-empty",
+        action="store_true",
+        help="also write images without masks (no annotations): stage 1 trains on them, the "
+        "stage-2 reader skips them (default: left out and counted)",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -69,6 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="with --classes: one object per connected component (default) or per class",
     )
     p.add_argument("out", help="output shard folder")
+    _keep_empty_arg(p)
     add_shard_args(p)
     add_pixel_args(p)
     p.set_defaults(run=_run_masks)
@@ -77,6 +95,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("labelme", help=text, description=text)
     p.add_argument("src", help="folder of labelme .json files (recursive)")
     p.add_argument("out", help="output shard folder")
+    _keep_empty_arg(p)
     add_shard_args(p)
     add_pixel_args(p)
     p.set_defaults(run=_run_labelme)
