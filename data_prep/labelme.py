@@ -227,6 +227,7 @@ def convert_labelme(
     args = {
         "kind": "labelme",
         "categories": {str(i): n for n, i in category_ids.items()},
+        **({"keep_empty": True} if keep_empty else {}),  # changes the content: rewrites shards
         **pixels.content_args(),
         **options_dict(options),
     }

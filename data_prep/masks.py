@@ -230,6 +230,7 @@ def convert_masks(
         "masks": str(masks.resolve()),
         "classes": {str(k): v for k, v in sorted(table.items())} if table else None,
         "instances": instances if table else "label",
+        **({"keep_empty": True} if keep_empty else {}),  # changes the content: rewrites shards
         **pixels.content_args(),
         **options_dict(options),
     }

@@ -224,3 +224,10 @@ def test_keep_empty_writes_images_without_masks_for_stage1_only(instance_data, t
         assert MaeDecode(lambda img: img.size)(sample, random.Random(0)) == (40, 32)
         with pytest.raises(SkipSample, match="no_masks"):
             identity_prep(48)(sample, random.Random(0))
+
+
+def test_switching_keep_empty_rewrites_instead_of_mixing(instance_data, tmp_path):
+    root, truth = instance_data
+    convert_masks(root / "imgs", root / "labels", tmp_path / "out", OPTS, keep_empty=True)
+    manifest = convert_masks(root / "imgs", root / "labels", tmp_path / "out", OPTS)
+    assert manifest["total"] == len(stored(tmp_path / "out")) == len(truth)
