@@ -18,7 +18,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from data_prep.common import PrepError, SkipSample, unique_keys
-from data_prep.records import PixelOptions, Samples, load_source, stage2_samples
+from data_prep.records import (
+    PixelOptions,
+    Samples,
+    load_source,
+    planned_samples,
+    stage2_samples,
+)
 from data_prep.shard_writer import Item, ShardOptions, options_dict, write_shards
 
 
@@ -53,6 +59,11 @@ def image_file(images: Path, image: dict) -> tuple[str, Path | None]:
         if (images / name).is_file():
             return name, images / name
     return names[0], None
+
+
+def _hw(image: dict) -> tuple[int, int] | None:
+    h, w = image.get("height"), image.get("width")
+    return (int(h), int(w)) if h and w else None
 
 
 def encode_coco_sample(
@@ -102,7 +113,12 @@ def convert_coco(
     found.sort(key=lambda f: f[0])
     keys = unique_keys([name for name, _, _ in found])
     items = [
-        Item(k, p.stat().st_size, (str(p), im, by_image.get(im.get("id"), [])))
+        Item(
+            k,
+            p.stat().st_size,
+            (str(p), im, by_image.get(im.get("id"), [])),
+            planned_samples(pixels, p, _hw(im)),
+        )
         for k, (_, p, im) in zip(keys, found)
     ]
     encode = functools.partial(encode_coco_sample, categories=categories, pixels=pixels)

@@ -8,7 +8,13 @@ from collections import Counter
 from pathlib import Path
 
 from data_prep.common import IMAGE_SUFFIXES, list_files, unique_keys
-from data_prep.records import PixelOptions, Samples, load_source, stage1_samples
+from data_prep.records import (
+    PixelOptions,
+    Samples,
+    load_source,
+    planned_samples,
+    stage1_samples,
+)
 from data_prep.shard_writer import Item, ShardOptions, options_dict, write_shards
 
 
@@ -33,7 +39,9 @@ def convert_images(
     src = Path(src).expanduser()
     files = list_files(src, IMAGE_SUFFIXES, "image", exclude=out)
     keys = unique_keys([str(f.relative_to(src)) for f in files])
-    items = [Item(k, f.stat().st_size, str(f)) for k, f in zip(keys, files)]
+    items = [
+        Item(k, f.stat().st_size, str(f), planned_samples(pixels, f)) for k, f in zip(keys, files)
+    ]
     encode = functools.partial(encode_image_sample, pixels=pixels)
     args = {"kind": "images", **pixels.content_args(), **options_dict(options)}
     return write_shards(items, encode, out, options, source=str(src.resolve()), content_args=args)

@@ -24,7 +24,13 @@ from PIL import Image, ImageDraw
 
 from data_prep.common import IMAGE_SUFFIXES, SkipSample, list_files, unique_keys
 from data_prep.instances import Instance, tight
-from data_prep.records import PixelOptions, Samples, load_source, stage2_samples
+from data_prep.records import (
+    PixelOptions,
+    Samples,
+    load_source,
+    planned_samples,
+    stage2_samples,
+)
 from data_prep.shard_writer import Item, ShardOptions, options_dict, write_shards
 
 _NO_AREA = {"point": "point", "points": "point", "line": "line", "linestrip": "line"}
@@ -212,14 +218,17 @@ def convert_labelme(
         labels.update(str(s.get("label")) for s in data["shapes"] if isinstance(s, dict))
         # the image's name as the record's file_name: relative to src when it is a file there
         on_disk = image[1] is None and image[0].resolve().is_relative_to(src.resolve())
-        found.append(
-            (f, str(image[0].resolve().relative_to(src.resolve())) if on_disk else image[0].name)
+        name = str(image[0].resolve().relative_to(src.resolve())) if on_disk else image[0].name
+        hw = (data.get("imageHeight"), data.get("imageWidth"))
+        count = planned_samples(
+            pixels, image[0] if image[1] is None else None, hw if all(hw) else None
         )
+        found.append((f, name, count))
     category_ids = {name: i for i, name in enumerate(sorted(labels), start=1)}
-    keys = unique_keys([str(f.relative_to(src)) for f, _ in found])
+    keys = unique_keys([str(f.relative_to(src)) for f, _, _ in found])
     items = [
-        Item(k, f.stat().st_size, (str(f), {"id": k, "file_name": name}))
-        for k, (f, name) in zip(keys, found)
+        Item(k, f.stat().st_size, (str(f), {"id": k, "file_name": name}), count)
+        for k, (f, name, count) in zip(keys, found)
     ]
     encode = functools.partial(
         encode_labelme_sample, category_ids=category_ids, pixels=pixels, keep_empty=keep_empty

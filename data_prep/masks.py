@@ -25,7 +25,13 @@ from PIL import Image, UnidentifiedImageError
 from data_prep.common import IMAGE_SUFFIXES, PrepError, SkipSample, list_files, unique_keys
 from data_prep.instances import Instance, connected_instances, label_instances, tight
 from data_prep.pixels import TIFF_SUFFIXES, channels_last
-from data_prep.records import PixelOptions, Samples, load_source, stage2_samples
+from data_prep.records import (
+    PixelOptions,
+    Samples,
+    load_source,
+    planned_samples,
+    stage2_samples,
+)
 from data_prep.shard_writer import Item, ShardOptions, options_dict, write_shards
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
@@ -215,7 +221,12 @@ def convert_masks(
     rels = [str(f.relative_to(images)) for f, _, _ in found]
     keys = unique_keys(rels)
     items = [
-        Item(k, f.stat().st_size, (str(f), layout, {"id": k, "file_name": rel}, m))
+        Item(
+            k,
+            f.stat().st_size,
+            (str(f), layout, {"id": k, "file_name": rel}, m),
+            planned_samples(pixels, f),
+        )
         for k, rel, (f, layout, m) in zip(keys, rels, found)
     ]
     encode = functools.partial(

@@ -139,6 +139,21 @@ def read_pixels(path: Path, raw: bytes | None = None) -> np.ndarray:
     return channels_last(arr, path)
 
 
+def image_hw(path: Path) -> tuple[int, int] | None:
+    """(h, w) from the file's header, without decoding the pixels; None when unreadable."""
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.pages[0].shape
+            return tuple(shape[:2] if len(shape) == 2 or shape[-1] <= 4 else shape[-2:])
+        with Image.open(path) as img:
+            return img.height, img.width
+    except Exception:  # noqa: BLE001  (the conversion itself reports the file)
+        return None
+
+
 def channels_last(arr: np.ndarray, path: Path | str = "") -> np.ndarray:
     """[H, W], [H, W, C] or channel-first [C, H, W] (C <= 4) -> [H, W] or [H, W, C]."""
     arr = np.squeeze(arr) if arr.ndim > 3 else arr

@@ -24,6 +24,7 @@ from data_prep.pixels import (
     TIFF_SUFFIXES,
     Normalize,
     encode_pixels,
+    image_hw,
     read_pixels,
     stored_ext,
     to_8bit,
@@ -76,6 +77,17 @@ class PixelOptions:
         if self.tile:
             args.update(tile=self.tile, overlap=self.overlap, tile_min_area=self.tile_min_area)
         return args
+
+
+def planned_samples(
+    opts: PixelOptions, path: Path | None = None, hw: tuple[int, int] | None = None
+) -> int:
+    """Samples one image is planned to make, for grouping shards by `maxcount`: its number
+    of tiles with --tile (size from `hw`, else the file header), else 1."""
+    if not opts.tile:
+        return 1
+    hw = hw or (image_hw(path) if path is not None else None)
+    return len(tile_boxes(*hw, opts.tile, opts.overlap)) if hw else 1
 
 
 @dataclass

@@ -14,7 +14,13 @@ from collections import Counter
 from pathlib import Path
 
 from data_prep.common import SkipSample, list_files, unique_keys
-from data_prep.records import PixelOptions, Samples, load_source, stage2_samples
+from data_prep.records import (
+    PixelOptions,
+    Samples,
+    load_source,
+    planned_samples,
+    stage2_samples,
+)
 from data_prep.shard_writer import Item, ShardOptions, options_dict, write_shards
 
 
@@ -66,7 +72,12 @@ def convert_sa1b(
             pre["annotation_missing"] += 1
     keys = unique_keys([str(p[0].relative_to(src)) for p in pairs])
     items = [
-        Item(k, img.stat().st_size + ann.stat().st_size, (str(img), str(ann)))
+        Item(
+            k,
+            img.stat().st_size + ann.stat().st_size,
+            (str(img), str(ann)),
+            planned_samples(pixels, img),
+        )
         for k, (img, ann) in zip(keys, pairs)
     ]
     encode = functools.partial(encode_sa1b_sample, pixels=pixels)

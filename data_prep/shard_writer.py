@@ -41,18 +41,22 @@ Encoder = Callable[[Any], tuple[dict[str, bytes] | list[tuple[str, dict[str, byt
 
 @dataclass
 class Item:
-    """One input sample: its key in the shards, an estimate of its bytes, what `encode` needs."""
+    """One input sample: its key in the shards, an estimate of its bytes, what `encode` needs,
+    and how many samples it is planned to make (tiles of a large image; 1 otherwise)."""
 
     key: str
     size: int
     payload: Any
+    count: int = 1
 
 
 @dataclass
 class ShardOptions:
     """How samples are grouped and written.
 
-    maxcount: input images per shard at most (with --tile, each image adds all its tiles).
+    maxcount: samples per shard at most (with tiles: as planned from the image sizes; an
+        image's tiles stay in one shard, and tiles without masks that are left out make
+        shards smaller).
     maxsize: bytes per shard at most (approximate: estimated from the input file sizes, so the
         plan is known before any image is decoded; resized shards come out smaller).
     workers: worker processes (one shard at a time each); 1 runs in this process.
@@ -76,19 +80,27 @@ class _Task:
     encode: Encoder = field(repr=False)
 
 
-def plan_groups(sizes: Sequence[int], maxcount: int, maxsize: int | None) -> list[range]:
-    """Consecutive index ranges: a new shard starts when either limit would be exceeded."""
+def plan_groups(
+    sizes: Sequence[int],
+    maxcount: int,
+    maxsize: int | None,
+    counts: Sequence[int] | None = None,
+) -> list[range]:
+    """Consecutive index ranges: a new shard starts when either limit would be exceeded.
+    counts: samples each input makes (default 1 each); `maxcount` limits their sum."""
     if maxcount < 1:
         raise ValueError(f"maxcount must be at least 1, got {maxcount}")
-    groups, start, total = [], 0, 0
-    for i, size in enumerate(sizes):
-        full = i - start >= maxcount or (
-            maxsize is not None and i > start and total + size > maxsize
+    counts = counts or [1] * len(sizes)
+    groups, start, total, n = [], 0, 0, 0
+    for i, (size, count) in enumerate(zip(sizes, counts)):
+        full = i > start and (
+            n + count > maxcount or (maxsize is not None and total + size > maxsize)
         )
         if full:
             groups.append(range(start, i))
-            start, total = i, 0
+            start, total, n = i, 0, 0
         total += size
+        n += count
     if start < len(sizes):
         groups.append(range(start, len(sizes)))
     return groups
@@ -226,7 +238,9 @@ def write_shards(
     out = Path(out)
     (out / PARTS).mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
-    groups = plan_groups([it.size for it in items], options.maxcount, options.maxsize)
+    groups = plan_groups(
+        [it.size for it in items], options.maxcount, options.maxsize, [it.count for it in items]
+    )
     tasks = []
     for i, group in enumerate(groups):
         group_items = [items[j] for j in group]

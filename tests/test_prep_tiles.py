@@ -171,3 +171,23 @@ def test_tiled_reruns_are_byte_identical(big16, tmp_path):
         convert_masks(root / "imgs", root / "labels", tmp_path / name, OPTS, pixels)
     one = shard_bytes(tmp_path / "one")
     assert one and one == shard_bytes(tmp_path / "again")
+
+
+def test_maxcount_counts_tiles_from_the_image_headers(tmp_path):
+    src = image_folder(tmp_path / "src", 4, size=(40, 30))  # 9 tiles each
+    pixels = PixelOptions(tile=16, overlap=4)
+    small = convert_images(src, tmp_path / "a", ShardOptions(maxcount=10, progress=False), pixels)
+    assert [s["count"] for s in small["shards"]] == [9, 9, 9, 9]  # an image's tiles stay together
+    big = convert_images(src, tmp_path / "b", ShardOptions(maxcount=18, progress=False), pixels)
+    assert [s["count"] for s in big["shards"]] == [18, 18]
+
+
+def test_image_size_from_tiff_headers(big16, tmp_path):
+    from data_prep.pixels import image_hw
+
+    root, _, _ = big16
+    tifffile.imwrite(tmp_path / "chw.tif", np.zeros((3, 20, 30), np.uint16))
+    tifffile.imwrite(tmp_path / "hwc.tif", np.zeros((20, 30, 3), np.uint8))
+    assert image_hw(root / "imgs" / "slide.tif") == (H, W)
+    assert image_hw(tmp_path / "chw.tif") == image_hw(tmp_path / "hwc.tif") == (20, 30)
+    assert image_hw(tmp_path / "missing.tif") is None
