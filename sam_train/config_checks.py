@@ -39,6 +39,34 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
+def check_resume_checkpoint(ckpt_path: str, stage: str) -> None:
+    """The checkpoint a run resumes from must be a readable sam-train Lightning checkpoint of
+    the run's own stage (read safely here, before Lightning unpickles it)."""
+    from sam_train.weights.checkpoints import WeightsError, lightning_checkpoint_stage
+
+    try:
+        found = lightning_checkpoint_stage(ckpt_path)
+    except WeightsError as err:
+        raise ConfigError(f"ckpt_path: {err}") from err
+    if found is None:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is not a sam-train Lightning checkpoint (ckpt_path resumes "
+            "a run from its checkpoints/*.ckpt); to start from these weights use model.init_from"
+        )
+    if found != stage:
+        names = {"mae": "stage-1 (mae)", "sam": "stage-2 (sam)"}
+        fix = (
+            f"resume it with stage={found}, or start stage 2 from its encoder with "
+            f"stage=sam model.init_from={ckpt_path}"
+            if found == "mae"
+            else f"resume it with stage={found}"
+        )
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is a {names[found]} checkpoint and this run is "
+            f"stage={stage}: {fix}"
+        )
+
+
 def resolve_ckpt_path(
     ckpt_path: str | None, run_dir: Path, auto_resume: bool = False
 ) -> str | None:
