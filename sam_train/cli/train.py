@@ -22,6 +22,7 @@ from sam_train.config_checks import (
     ConfigError,
     check_config,
     check_resume_checkpoint,
+    check_resume_fits,
     resolve_ckpt_path,
 )
 
@@ -89,6 +90,8 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate_checked(cfg.data, "data")
     model = instantiate_checked(cfg.model, "model")
+    if ckpt_path:
+        check_resume_fits(ckpt_path, model)
     apply_model_options(model, cfg)
     optim = instantiate_checked(cfg.optim, "optim")
     # a partial, so the run config (full of _target_ keys) is passed as plain data
