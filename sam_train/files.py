@@ -32,13 +32,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp creates 0600; give the file the mode open() would (0666 less the umask) so that
-    # colleagues can read exports and pictures exactly as they read the checkpoints
-    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600 (and some writers, safetensors', recreate the file with it):
+        # give the file the mode open() would (0666 less the umask), so that colleagues read
+        # exports and pictures as they read checkpoints
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
