@@ -210,3 +210,31 @@ def test_sam_export_user_errors(tmp_path, files, args, fragments, capfd):
     args = [a.format(**files, folder=tmp_path / "folder") for a in args]
     res = call_main(export_cli.main, args, capfd)
     assert_one_line_error(res, "sam-export", *fragments)
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["model.mask_ration=0.5"], ["model.mask_ration", "not in struct"]),
+        (["model=mae_vit_giant"], ["model/mae_vit_giant", "mae_vit_base"]),
+        (["--help", "model=mae_vit_giant"], ["model/mae_vit_giant"]),
+        (["optim.lr=1e-4,1e-3"], ["--multirun"]),
+    ],
+)
+def test_sam_train_override_mistakes(tmp_path, args, fragments, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    res = call_main(sam_train_main, args, capfd)
+    assert_one_line_error(res, "sam-train", *fragments)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_sam_train_help_lists_groups_and_the_composed_config(monkeypatch, capfd):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    res = call_main(sam_train_main, ["--help", "stage=sam"], capfd)
+    assert res.returncode == 0
+    assert "sam-train: stage 1" in res.stdout  # conf/hydra/default.yaml's header
+    assert "model: _mae, _sam, mae_vit_base" in res.stdout
+    assert "hparams_search: mae_optuna" in res.stdout
+    assert "name: sam" in res.stdout  # the composed config follows the overrides
+    assert "hydra/launcher" not in res.stdout

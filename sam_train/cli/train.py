@@ -204,8 +204,27 @@ def run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console entry point: a checkpoint given to resume sends the run to that run's folder."""
+    from sam_train.cli import help as cli_help
+
+    if cli_help.wants_help(sys.argv[1:]):
+        try:
+            print(cli_help.help_text([a for a in sys.argv[1:] if not a.startswith("-")]))
+        except Exception as err:  # a bad override (Hydra's exceptions: one per kind)
+            from sam_train.cli.overrides import one_line
+
+            print(f"{PROG}: error: {one_line(str(err))}", file=sys.stderr)
+            sys.exit(2)
+        return
+    args = sys.argv[1:]
+    if not any(a.startswith("-") for a in args):  # a plain run (not multirun, --cfg, ...)
+        from sam_train.cli.overrides import composition_error
+
+        problem = composition_error(args)
+        if problem:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+            sys.exit(2)
     try:
-        sys.argv[1:] = resume_overrides(sys.argv[1:])
+        sys.argv[1:] = resume_overrides(args)
     except ConfigError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         sys.exit(2)
