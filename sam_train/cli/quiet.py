@@ -11,6 +11,9 @@ import warnings
 LEAFSPEC_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 # A run resumed in its own folder (what sam-train does) finds its checkpoints there, by design.
 CHECKPOINT_DIR_NOT_EMPTY = r"Checkpoint directory .* exists and is not empty"
+# ShardStream gives each loader worker its own seed and an exact share (batches_per_worker),
+# which is what this warning asks for; it cannot see that.
+ITERABLE_WITH_LEN = r"Your `IterableDataset` has `__len__` defined"
 # Lightning's info-level lines: an advert for its cloud logger, a note on a call our optimiser
 # set-up makes on purpose (the schedule needs the number of steps), and the notice that our
 # model summary replaces its own.
@@ -32,6 +35,7 @@ def configure_lightning_output() -> None:
     `sam-train` does, to start fast), its lines would also reach Hydra's handlers, twice."""
     warnings.filterwarnings("ignore", message=LEAFSPEC_DEPRECATION)
     warnings.filterwarnings("ignore", message=CHECKPOINT_DIR_NOT_EMPTY)
+    warnings.filterwarnings("ignore", message=ITERABLE_WITH_LEN)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         if not logger.handlers:
