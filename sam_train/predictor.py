@@ -144,6 +144,16 @@ class SamPredictor:
         self._embedding = self.model.embed_images(x[None].to(self.device))
         self._orig_hw, self._input_hw = (h, w), (nh, nw)
 
+    @property
+    def embedding(self) -> torch.Tensor | None:
+        """The current image's embedding [1, C, h, w] (None before `set_image`)."""
+        return self._embedding
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(h, w) of the current image."""
+        return self._orig_hw
+
     def _to_input(self, coords: np.ndarray) -> torch.Tensor:
         """(x, y) pairs in image pixels -> pixels of the resized image, each axis scaled by its
         own (rounded) resize factor."""
