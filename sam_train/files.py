@@ -61,9 +61,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the export from other users
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide the export from other users
     try:
         yield tmp
         if path.exists():

@@ -163,11 +163,6 @@ class SamPredictor:
         shape = np.asarray(coords).shape
         return torch.as_tensor(xy.reshape(shape), dtype=torch.float32, device=self.device)
 
-    @property
-    def original_size(self) -> tuple[int, int]:
-        """(H, W) of the image given to `set_image`."""
-        return self._orig_hw
-
     @torch.no_grad()
     def predict(
         self,
