@@ -118,7 +118,7 @@ class SamPredictor:
         pil = pil.convert("RGB")
         w, h = pil.size
         scale = self.image_size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))  # halves round up
         arr = np.asarray(pil.resize((nw, nh), Image.BILINEAR), dtype=np.float32) / 255.0
         x = torch.from_numpy(arr).permute(2, 0, 1)
         x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[
@@ -127,6 +127,23 @@ class SamPredictor:
         x = F.pad(x, (0, self.image_size - nw, 0, self.image_size - nh))
         self._embedding = self.model.embed_images(x[None].to(self.device))
         self._orig_hw, self._input_hw = (h, w), (nh, nw)
+
+    @property
+    def image_embedding(self) -> torch.Tensor:
+        """[1, C, h, w] embedding of the image last given to `set_image`."""
+        if self._embedding is None:
+            raise RuntimeError("call set_image(image) first")
+        return self._embedding
+
+    @property
+    def original_hw(self) -> tuple[int, int]:
+        """(H, W) of the image last given to `set_image`."""
+        return self._orig_hw
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(h, w) of that image resized inside the model's square input."""
+        return self._input_hw
 
     def _to_input(self, coords: np.ndarray) -> torch.Tensor:
         scale = self._input_hw[0] / self._orig_hw[0]
