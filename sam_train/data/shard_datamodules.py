@@ -106,6 +106,7 @@ class ShardDataModule(L.LightningDataModule):
             total=total,
             shuffle_buffer=self.shuffle_buffer if train else 0,
             shuffle_shards=train,
+            same_every_epoch=not train,
             seed=self.seed,
             rank=rank,
             world_size=world,

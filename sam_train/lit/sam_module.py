@@ -193,6 +193,7 @@ class SamModule(StageModule):
             max_clicks=self.val_max_clicks,
         )
         self.val_metrics.update(results)
+        self.on_validation_results(batch, batch_idx, targets, embeddings, results)
         if self.text is not None:
             self.val_metrics.update(self._validate_text(batch, targets, embeddings))
         categories = batch.category_ids[targets.image_index, targets.slot]
@@ -203,6 +204,17 @@ class SamModule(StageModule):
             self.coco.update(
                 targets.masks, masks, scores, categories, targets.image_index, targets.image_hw
             )
+
+    def on_validation_results(
+        self,
+        batch: SamBatch,
+        batch_idx: int,
+        targets: PromptTargets,
+        embeddings: torch.Tensor,
+        results: dict[str, torch.Tensor],
+    ) -> None:
+        """Called with each validation batch's per-mask results; `sam-eval` adds its tasks here,
+        on the same masks and embeddings."""
 
     def _validate_text(
         self, batch: SamBatch, targets: PromptTargets, embeddings: torch.Tensor
