@@ -3,6 +3,8 @@
 python -m sam_train.cli.predict sam.pth --image photo.jpg --point 320,240 --box 10,20,200,220
 python -m sam_train.cli.predict sam.pth --sample arc2017     # a held-out sample photo,
                                                             # one click at each object's centre
+python -m sam_train.cli.predict sam.pth --image photo.jpg --everything --out masks.png
+                    # every object (a 32 x 32 point grid), masks as COCO RLE in masks.json
 """
 
 from __future__ import annotations
@@ -86,9 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 box (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("prediction.png"))
+    parser.add_argument(
+        "--everything", action="store_true", help="segment everything (automatic masks)"
+    )
+    parser.add_argument(
+        "--amg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a MaskGenerator setting with --everything, e.g. points_per_side=16 (repeatable)",
+    )
     args = parser.parse_args(argv)
     if (args.image is None) == (args.sample is None):
         parser.error("give exactly one of --image or --sample")
+    if args.everything:
+        return segment_everything(args)
     try:
         predictor = SamPredictor.from_checkpoint(args.checkpoint)
     except (WeightsError, FileNotFoundError) as err:
@@ -109,6 +123,46 @@ def main(argv: list[str] | None = None) -> int:
     save_png(draw(image, results), args.out)
     print(f"predict: {len(results)} masks from {len(prompts)} prompts -> {args.out}")
     return 0
+
+
+def segment_everything(args: argparse.Namespace) -> int:
+    """--everything: automatic masks of the whole image -> a PNG and their records as JSON."""
+    import json
+
+    from sam_train.automatic import MaskGenerator
+    from sam_train.files import write_text_atomic
+
+    try:
+        settings = {k: _setting(v) for k, _, v in (s.partition("=") for s in args.amg)}
+        predictor = SamPredictor.from_checkpoint(args.checkpoint)
+        generator = MaskGenerator(predictor, output_mode="coco_rle", **settings)
+        if args.sample:
+            image = sample_prompts(args.sample)[0]
+        else:
+            image = np.asarray(Image.open(args.image).convert("RGB"))
+        records = generator.generate(image)
+    except (WeightsError, FileNotFoundError, ValueError, TypeError) as err:
+        print(f"predict: error: {err}", file=sys.stderr)
+        return 2
+    from sam_train.automatic.mask_ops import decode_rle
+
+    records.sort(key=lambda r: -r["area"])  # small masks drawn last stay visible
+    masks = [({"point_coords": r["point_coords"]}, decode_rle(r["segmentation"])) for r in records]
+    save_png(draw(image, masks), args.out)
+    json_path = args.out.with_suffix(".json")
+    write_text_atomic(json_path, json.dumps(records))
+    print(f"predict: {len(records)} masks -> {args.out}, {json_path}")
+    return 0
+
+
+def _setting(text: str) -> object:
+    """'16' -> 16, '0.9' -> 0.9, 'coco_rle' -> 'coco_rle'."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 if __name__ == "__main__":
