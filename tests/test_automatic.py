@@ -171,3 +171,19 @@ def test_an_image_too_small_for_the_crops_is_refused_with_a_layer_that_fits() ->
     gen = MaskGenerator(tiny_sam(), points_per_side=8, crop_n_layers=3)
     with pytest.raises(ValueError, match=r"too small for crop_n_layers=3.*crop_n_layers=2"):
         gen.generate(np.zeros((30, 40, 3), dtype=np.uint8))
+
+
+def test_one_embedding_shared_by_all_prompts_decodes_as_per_prompt_copies() -> None:
+    """The decoder projects a shared image embedding once (segment everything's case); the
+    masks, scores and gradients equal those of K explicit copies."""
+    sam = tiny_sam()
+    emb = torch.randn(1, 32, 8, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    k = 5
+    points = (torch.rand(k, 2, 2) * 64, torch.tensor([[1, 0]] * k))
+    shared, shared_iou = sam.decode(emb, points=points)
+    copies, copies_iou = sam.decode(emb.expand(k, -1, -1, -1).contiguous(), points=points)
+    torch.testing.assert_close(shared, copies, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_iou, copies_iou, atol=1e-5, rtol=1e-5)
+    (g_shared,) = torch.autograd.grad(shared.square().sum(), emb)
+    (g_copies,) = torch.autograd.grad(copies.square().sum(), emb)
+    torch.testing.assert_close(g_shared, g_copies, atol=1e-4, rtol=1e-4)
