@@ -20,6 +20,7 @@ from sam_train.lit.optim import OptimConfig
 from sam_train.lit.sam_module import SamModule, _all_gather_objects
 from sam_train.metrics import center_points
 from sam_train.models.sam.sam import Sam, upscale_logits
+from sam_train.predictor import SamPredictor
 from sam_train.training.prompts import PromptTargets
 from sam_train.viz.sam_masks import mask_panel
 
@@ -73,6 +74,8 @@ class EvalModule(SamModule):
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
         self.reset_collections()
+        if self.generator is not None:  # the trainer has moved the model by now
+            self.generator.predictor = SamPredictor(self.model, device=self.device)
 
     def on_validation_results(
         self,
