@@ -129,3 +129,22 @@ def test_data_without_masks_is_refused(sam_file, tmp_path, monkeypatch, capsys) 
         f"eval.out_dir={tmp_path / 'out'}",
     )  # fmt: skip
     assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.slow
+def test_an_official_sam_checkpoint_is_evaluated(sam_file, tmp_path, monkeypatch, capsys):
+    from sam_train.weights.export import export
+
+    official = export(sam_file, "sam", tmp_path / "sam_official.pth")
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["sam-eval"])
+    eval_main(
+        [str(official), "eval.tasks=[point,box]", f"eval.out_dir={out}",
+         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    )  # fmt: skip
+    report = json.loads((out / "eval.json").read_text())
+    assert report["checkpoint"]["sha256"] == file_sha256(official)
+    assert {"miou_point_confident", "miou_random_point_oracle", "miou_box"} <= set(
+        report["figures"]
+    )
+    assert not any(k.startswith(("miou_click", "ar")) for k in report["figures"])
