@@ -61,13 +61,14 @@ def evaluate(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt)
     model = load_sam(ckpt)
     datamodule = build_datamodule(cfg, model.image_encoder.img_size)
+    settings = validation_settings(cfg, ckpt)
     module = EvalModule(
         model,
         tasks=list(cfg.eval.tasks),
         everything=OmegaConf.to_container(cfg.eval.everything),
         num_worst=cfg.eval.num_worst,
         coco_eval=cfg.eval.coco_eval,
-        **validation_settings(cfg, ckpt),
+        **settings,
     )
     L.seed_everything(cfg.seed, verbose=False)
     trainer: L.Trainer = instantiate(cfg.trainer)
@@ -87,7 +88,7 @@ def evaluate(cfg: DictConfig) -> dict:
         per_mask,
         worst,
         tasks=list(cfg.eval.tasks),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config={**OmegaConf.to_container(cfg, resolve=True), "validation_settings": settings},
         checkpoint={"path": str(ckpt.resolve()), "sha256": file_sha256(ckpt)},
     )
 

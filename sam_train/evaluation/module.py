@@ -116,7 +116,8 @@ class EvalModule(SamModule):
             panel = mask_panel(
                 batch.images[index[i]], masks[i], best[i] > 0, h_w, points[i], labels[i], side=192
             )
-            self.worst.append((float(ious[order[i]]), panel))
+            iou = float(ious[order[i]])
+            self.worst.append((iou, _caption(panel, f"IoU {iou:.2f}")))
         self.worst = sorted(self.worst, key=lambda t: t[0])[: self.num_worst]
 
     def _segment_everything(self, batch: SamBatch) -> None:
@@ -150,3 +151,12 @@ class EvalModule(SamModule):
             {n: np.concatenate(v) for n, v in per_mask.items()},
             sorted(worst, key=lambda t: t[0])[: self.num_worst],
         )
+
+
+def _caption(panel: np.ndarray, text: str) -> np.ndarray:
+    """The panel with `text` written in its bottom-left corner."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(panel)
+    ImageDraw.Draw(img).text((4, img.height - 14), text, fill=(255, 255, 255))
+    return np.asarray(img)
