@@ -57,15 +57,15 @@ class _Masks:
     crop_boxes: torch.Tensor | None = None  # [N, 4] xyxy
 
     def select(self, index: torch.Tensor) -> _Masks:
-        idx = index.tolist()
+        """The masks at `index` [n] long, in that order (fields may live on other devices)."""
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t[index.to(t.device)]
+
         return _Masks(
-            self.logits[index],
-            self.iou[index],
-            self.stability[index],
-            self.boxes[index],
-            self.points[index],
-            [self.rles[i] for i in idx] if self.rles else [],
-            self.crop_boxes[index] if self.crop_boxes is not None else None,
+            *(pick(getattr(self, f)) for f in _TENSOR_FIELDS),
+            [self.rles[i] for i in index.tolist()] if self.rles else [],
+            pick(self.crop_boxes) if self.crop_boxes is not None else None,
         )
 
     @staticmethod
@@ -148,7 +148,9 @@ class MaskGenerator:
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
-        self.timings: dict[str, float] = {}  # seconds of the last generate(), by stage
+        # seconds of the last generate() by stage (on a GPU, kernels still queued when a stage
+        # ends are counted in the next one)
+        self.timings: dict[str, float] = {}
 
     @property
     def model(self) -> Sam:
