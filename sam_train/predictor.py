@@ -129,20 +129,18 @@ class SamPredictor:
         self._orig_hw, self._input_hw = (h, w), (nh, nw)
 
     @property
-    def image_embedding(self) -> torch.Tensor:
-        """[1, C, h, w] embedding of the image last given to `set_image`."""
-        if self._embedding is None:
-            raise RuntimeError("call set_image(image) first")
+    def embedding(self) -> torch.Tensor | None:
+        """The current image's embedding [1, C, h, w] (None before `set_image`)."""
         return self._embedding
 
     @property
-    def original_hw(self) -> tuple[int, int]:
-        """(H, W) of the image last given to `set_image`."""
+    def original_size(self) -> tuple[int, int]:
+        """(h, w) of the current image."""
         return self._orig_hw
 
     @property
     def input_hw(self) -> tuple[int, int]:
-        """(h, w) of that image resized inside the model's square input."""
+        """(h, w) of the current image resized inside the model's square input."""
         return self._input_hw
 
     def _to_input(self, coords: np.ndarray) -> torch.Tensor:

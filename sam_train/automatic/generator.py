@@ -243,12 +243,12 @@ class MaskGenerator:
         """Decode a batch of grid points [K, 2] (crop pixels) and keep the masks that pass the
         IoU, stability and crop-edge filters."""
         device = self.predictor.device
-        (h, w), (nh, nw) = self.predictor.original_hw, self.predictor.input_hw
+        (h, w), (nh, nw) = self.predictor.original_size, self.predictor.input_hw
         coords = torch.as_tensor(points * np.array([nw / w, nh / h]), dtype=torch.float32)
         k = coords.shape[0]
         t0 = time.perf_counter()
         logits, iou = self.model.decode(
-            self.predictor.image_embedding,
+            self.predictor.embedding,
             points=(coords[:, None].to(device), torch.ones(k, 1, dtype=torch.long, device=device)),
             multimask_output=True,
         )  # [K, 3, 4g, 4g], [K, 3]
@@ -270,7 +270,7 @@ class MaskGenerator:
         """Low-res logits [n, 4g, 4g] -> logits [n, H, W] of the image set in the predictor, as
         SAM's postprocessing: to the square input, cut the padding, resize to the original."""
         size = self.predictor.image_size
-        (h, w), (nh, nw) = self.predictor.original_hw, self.predictor.input_hw
+        (h, w), (nh, nw) = self.predictor.original_size, self.predictor.input_hw
         x = F.interpolate(logits[:, None], (size, size), mode="bilinear", align_corners=False)
         x = x[..., :nh, :nw]
         if (nh, nw) != (h, w):  # resizing to the same size is the identity
