@@ -50,7 +50,8 @@ def test_everything_writes_a_picture_and_the_masks(files, tmp_path, capsys) -> N
 def test_bad_settings_exit_2_with_one_line(files, tmp_path, capsys, setting, message) -> None:
     ckpt, image = files
     out = tmp_path / "masks.png"
-    code = predict_main([str(ckpt), "--image", str(image), "--everything", "--amg", setting])
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main([str(ckpt), "--image", str(image), "--everything", "--amg", setting])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and message in err[0]
+    assert exit_info.value.code == 2 and len(err) == 1 and message in err[0]
     assert not out.exists()
