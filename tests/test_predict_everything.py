@@ -36,7 +36,7 @@ def test_everything_writes_a_picture_and_the_masks(files, tmp_path, capsys) -> N
     args = [str(ckpt), "--image", str(image), "--everything", "--out", str(out)]
     assert predict_main(args + [a for s in settings for a in ("--amg", s)]) == 0
     records = json.loads(out.with_suffix(".json").read_text())
-    assert len(records) > 0 and f"{len(records)} masks" in capsys.readouterr().out
+    assert len(records) > 0 and f"{len(records)} mask" in capsys.readouterr().out
     for r in records:
         mask = decode_rle(r["segmentation"])
         assert mask.shape == (48, 60) and mask.sum() == r["area"]
