@@ -75,7 +75,7 @@ def run(args: list[str], folder: Path, log: Path) -> dict[str, float]:
                 [SAM_BIN, *args, *COMMON, f"hydra.run.dir={folder}"],
                 stdout=f,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
+                env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
             )
         if res.returncode != 0:
             raise SystemExit(f"run failed ({res.returncode}): {folder}; see {log}")

@@ -136,7 +136,7 @@ def test_a_missing_teacher_stops_the_run_with_the_key(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["sami", "distill"])
+@pytest.mark.parametrize("stage", ["sami"])
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, teacher, stage):
     args = [*(SAMI_TINY if stage == "sami" else DISTILL_TINY), f"model.teacher={teacher}"]
     args += [
@@ -144,8 +144,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, teacher, st
         "trainer.deterministic=true",
         "callbacks.last_checkpoint.every_n_train_steps=1",
     ]
-    # SAMI: killed mid-epoch (2 steps an epoch); distillation: between epochs (a shard stream
-    # resumes exactly only there), before its decoder phase begins
+    # SAMI: killed mid-epoch (2 steps an epoch); distillation reads shard streams, which do not
+    # resume bit-exactly: its resume is tested on fixed batches in test_teacher_student.py
     kill_at = 3 if stage == "sami" else 2
     if stage == "distill":
         args += ["stage.module.decoder_phase_start=3", "stage.module.mask_targets=teacher"]

@@ -193,3 +193,70 @@ def test_distill_decoder_trains_only_from_its_phase_and_is_in_the_optimiser_from
     module._set_decoder_trainable(module.in_decoder_phase(3))
     assert all(p.requires_grad for p in decoder)
     assert not any("teacher" in k for k in module.state_dict())
+
+
+# ----------------------------------------------------------------------------- resume
+class FixedBatches:
+    """The same two SAM batches every epoch, in order: resumed at an epoch's end, a run reads
+    what the uninterrupted one read, so any difference is the module's."""
+
+    def __init__(self, size: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.batches = [sam_batch(torch.randn(2, 3, size, size, generator=gen)) for _ in range(2)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> SamBatch:
+        return self.batches[i]
+
+
+def fit_distill(teacher_path, tmp_path, max_steps: int, ckpt_path=None) -> DistillModule:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    module = DistillModule(
+        distill_student(teacher_path, **SAM_STUDENT),
+        OptimConfig(lr=1e-2, warmup_steps=0, schedule="cosine"),
+        teacher=teacher_path,
+        decoder_phase_start=3,  # after the resume point: the phase must follow the step
+        mask_targets="teacher",
+        max_masks_per_image=2,
+    )
+    module.interactive.num_click_rounds = 1
+
+    class Data(L.LightningDataModule):
+        batch_size = 2
+
+        def train_dataloader(self):
+            return DataLoader(FixedBatches(32), batch_size=None, shuffle=False)
+
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        max_epochs=-1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)],
+    )
+    trainer.fit(module, datamodule=Data(), ckpt_path=ckpt_path)
+    return module
+
+
+@pytest.mark.slow
+def test_distillation_resumed_before_its_decoder_phase_gives_the_uninterrupted_weights(
+    teacher_path, tmp_path
+):
+    straight = fit_distill(teacher_path, tmp_path / "a", max_steps=6)
+    (ckpt,) = (tmp_path / "a").glob("*step=2.ckpt")  # the end of the first epoch
+    resumed = fit_distill(teacher_path, tmp_path / "b", max_steps=6, ckpt_path=ckpt)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    first = load_teacher(teacher_path).sam.mask_decoder.state_dict()
+    mine = straight.model.mask_decoder.state_dict()
+    assert any(not torch.equal(mine[k], first[k]) for k in first), "the decoder did not train"
