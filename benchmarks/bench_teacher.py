@@ -154,16 +154,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage2-batch", type=int, default=2)
     parser.add_argument("--masks", type=int, default=16, help="masks per image in stage 2")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--only", choices=["stage1", "stage2"], help="one comparison only")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     teacher = SamTeacher(build_sam_vit(args.teacher, image_size=256))
     results = {"machine": machine(), "teacher": f"sam_vit_{args.teacher} @ 256", "reps": args.reps}
-    steps = stage1_steps(teacher, args.stage1_batch)
-    results["stage1"] = report("stage 1", interleaved(steps, args.reps, args.warmup), "mae")
-    steps = stage2_steps(teacher, args.stage2_batch, args.masks)
-    results["stage2"] = report("stage 2", interleaved(steps, args.reps, args.warmup), "sam_stage2")
+    if args.only != "stage2":
+        steps = stage1_steps(teacher, args.stage1_batch)
+        results["stage1"] = report("stage 1", interleaved(steps, args.reps, args.warmup), "mae")
+    if args.only != "stage1":
+        steps = stage2_steps(teacher, args.stage2_batch, args.masks)
+        results["stage2"] = report(
+            "stage 2", interleaved(steps, args.reps, args.warmup), "sam_stage2"
+        )
     results["machine_after"] = machine()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
