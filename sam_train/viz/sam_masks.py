@@ -81,8 +81,8 @@ def mask_tile(
     out = rgb.astype(np.float32)
     out[pred_np] = 0.7 * out[pred_np] + 0.3 * np.array(PRED_COLOUR)
     out = out.round().astype(np.uint8)
-    draw_outline(out, gt_np, GT_COLOUR, width=2)
     draw_outline(out, pred_np, PRED_COLOUR, width=2)
+    draw_outline(out, gt_np, GT_COLOUR, width=2)  # on top: the target stays visible
     img = Image.fromarray(out)
     draw = ImageDraw.Draw(img)
     if box is not None:

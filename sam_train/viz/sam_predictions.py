@@ -72,7 +72,7 @@ def one_prompt_rows(
         box_logits, _ = sam.decode(emb, boxes=box[None], multimask_output=False)
         box_pred = upscale_logits(box_logits.float(), (size, size))[0, 0] > sam.mask_threshold
         box_pred &= region
-        name = str(batch.image_ids[i]) if batch.image_ids else ""
+        name = f"image {batch.image_ids[i]}" if batch.image_ids else ""
         points_row.append(
             mask_tile(
                 batch.images[i],
