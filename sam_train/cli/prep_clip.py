@@ -1,18 +1,40 @@
-"""`sam-prep clip-embed`: add precomputed CLIP region embeddings to stage-2 shards (issue 5).
-Registered by importing this module in `sam_train.cli.prep`; the work is in
-`data_prep.clip_embed`."""
+"""`sam-prep clip-embed`: add precomputed CLIP region embeddings to stage-2 shards. The work
+is in `data_prep.clip_embed`."""
 
 from __future__ import annotations
 
 import argparse
 
-from sam_train.cli.prep import Runner, _options, _print_report, _shard_args, subcommand
+from sam_train.cli.prep_args import add_shard_args, print_report, shard_options
 
 
-@subcommand(
-    "clip-embed", "stage-2 shards -> the same shards plus CLIP region embeddings (clip.npy)"
-)
-def _clip_embed(p: argparse.ArgumentParser) -> Runner:
+def _run(a: argparse.Namespace) -> None:
+    from data_prep.clip_embed import convert_clip_embed
+    from data_prep.common import PrepError
+    from sam_train.models.sam.text import ClipLoadError
+
+    try:
+        manifest = convert_clip_embed(
+            a.src,
+            a.out,
+            a.clip,
+            a.pretrained,
+            a.image_size,
+            a.margin,
+            a.background,
+            a.min_area,
+            a.cache_dir,
+            shard_options(a),
+        )
+    except ClipLoadError as err:
+        raise PrepError(str(err)) from err
+    print_report(manifest, a.out)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register clip-embed."""
+    text = "stage-2 shards -> the same shards plus CLIP region embeddings (clip.npy)"
+    p = subparsers.add_parser("clip-embed", help=text, description=text)
     p.add_argument("src", help="stage-2 shard folder (made by sam-prep coco|sa1b|sample)")
     p.add_argument("out", help="output shard folder (train with data.path=OUT)")
     p.add_argument("--clip", default="ViT-B-32", help="open_clip model name or model-config .json")
@@ -36,29 +58,5 @@ def _clip_embed(p: argparse.ArgumentParser) -> Runner:
         default=10000,
         help="prompt.text.min_region_area: smaller masks get no embedding (zeros)",
     )
-    _shard_args(p)
-
-    def run(a: argparse.Namespace) -> None:
-        from data_prep.clip_embed import convert_clip_embed
-        from sam_train.models.sam.text import ClipLoadError
-
-        try:
-            manifest = convert_clip_embed(
-                a.src,
-                a.out,
-                a.clip,
-                a.pretrained,
-                a.image_size,
-                a.margin,
-                a.background,
-                a.min_area,
-                a.cache_dir,
-                _options(a),
-            )
-        except ClipLoadError as err:
-            from data_prep.common import PrepError
-
-            raise PrepError(str(err)) from err
-        _print_report(manifest, a.out)
-
-    return run
+    add_shard_args(p)
+    p.set_defaults(run=_run)

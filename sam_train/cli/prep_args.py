@@ -1,0 +1,59 @@
+"""Arguments and output shared by the `sam-prep` subcommands: shard size and parallelism
+options, and the report printed when a conversion finishes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+
+def parse_bytes(text: str) -> int:
+    """'500M', '1G', '2.5GB', '1000000' -> bytes."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 1G)")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
+def add_shard_args(p: argparse.ArgumentParser) -> None:
+    """The options of every subcommand that writes shards."""
+    g = p.add_argument_group("shards")
+    g.add_argument(
+        "--maxcount", type=int, default=1000, help="samples per shard at most (default 1000)"
+    )
+    g.add_argument(
+        "--maxsize",
+        type=parse_bytes,
+        default=None,
+        help="bytes per shard at most, e.g. 1G (approximate)",
+    )
+    g.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="worker processes"
+    )
+    g.add_argument("--prefix", default="shard", help="shard file prefix (default 'shard')")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help="resize the longest side to at most this (masks too)",
+    )
+    g.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
+
+
+def shard_options(args: argparse.Namespace):
+    """The parsed shard options as the writer's `ShardOptions`."""
+    from data_prep.shard_writer import ShardOptions
+
+    return ShardOptions(
+        args.maxcount, args.maxsize, args.workers, args.prefix, not args.no_progress
+    )
+
+
+def print_report(manifest: dict, out: str) -> None:
+    """Counts by reason of what was written and skipped, and where the manifest is."""
+    from data_prep.shard_writer import report
+
+    print(report(manifest))
+    print(f"manifest: {os.path.join(out, 'manifest.json')}")

@@ -1,0 +1,77 @@
+"""`sam-prep images | coco | sa1b | sample`: the converters to shards. The work is in
+`data_prep/`; this file only declares the arguments."""
+
+from __future__ import annotations
+
+import argparse
+
+from sam_train.cli.prep_args import add_shard_args, print_report, shard_options
+
+
+def _run_images(a: argparse.Namespace) -> None:
+    from data_prep.images import convert_images
+
+    print_report(convert_images(a.src, a.out, shard_options(a), a.max_side, a.quality), a.out)
+
+
+def _run_coco(a: argparse.Namespace) -> None:
+    from data_prep.coco import convert_coco
+
+    manifest = convert_coco(a.images, a.annotations, a.out, shard_options(a), a.max_side, a.quality)
+    print_report(manifest, a.out)
+
+
+def _run_sa1b(a: argparse.Namespace) -> None:
+    from data_prep.sa1b import convert_sa1b
+
+    print_report(convert_sa1b(a.src, a.out, shard_options(a), a.max_side, a.quality), a.out)
+
+
+def _run_sample(a: argparse.Namespace) -> None:
+    from data_prep.sample import build_sample
+
+    built = build_sample(a.out, seed=a.seed, workers=a.workers, variants=a.variants)
+    for name, manifest in built.items():
+        print(f"{name}: {manifest['total']} samples in {len(manifest['shards'])} shards")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register images, coco, sa1b and sample."""
+    text = "image folder (recursive; any image suffix of data=images) -> stage-1 shards"
+    p = subparsers.add_parser("images", help=text, description=text)
+    p.add_argument("src", help="folder of images")
+    p.add_argument("out", help="output shard folder")
+    add_shard_args(p)
+    p.set_defaults(run=_run_images)
+
+    text = "COCO instances json + images -> stage-2 shards (RLE masks, category names)"
+    p = subparsers.add_parser("coco", help=text, description=text)
+    p.add_argument(
+        "--images", required=True, help="folder the json's file_name entries are relative to"
+    )
+    p.add_argument(
+        "--annotations", required=True, help="COCO instances json, e.g. instances_train2017.json"
+    )
+    p.add_argument("out", help="output shard folder")
+    add_shard_args(p)
+    p.set_defaults(run=_run_coco)
+
+    text = "SA-1B folder (sa_N.jpg + sa_N.json) -> stage-2 shards"
+    p = subparsers.add_parser("sa1b", help=text, description=text)
+    p.add_argument("src", help="folder with sa_*.jpg and sa_*.json")
+    p.add_argument("out", help="output shard folder")
+    add_shard_args(p)
+    p.set_defaults(run=_run_sa1b)
+
+    text = "the embedded sample dataset as shards (OUT/mae, OUT/sam/{train,val})"
+    p = subparsers.add_parser("sample", help=text, description=text)
+    p.add_argument("out", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the composited images")
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument(
+        "--variants",
+        type=int,
+        default=2,
+        help="composites per photo (default 2); the ones past 2 all go to train, val is unchanged",
+    )
+    p.set_defaults(run=_run_sample)
