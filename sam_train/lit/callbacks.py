@@ -22,6 +22,9 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
+BEFORE_TRAINING = "before_training"  # the picture of a validation run before training
+
+
 def picture_title(trainer: L.Trainer, name: str) -> str:
     """What a picture shows: "before training", "epoch N (step S)" or "after training"."""
     if name == BEFORE_TRAINING:
@@ -29,9 +32,6 @@ def picture_title(trainer: L.Trainer, name: str) -> str:
     if name == "final":
         return f"after training: epoch {trainer.current_epoch}, step {trainer.global_step}"
     return f"epoch {trainer.current_epoch}, step {trainer.global_step}"
-
-
-BEFORE_TRAINING = "before_training"
 
 
 class ValidationPictures(L.Callback):
