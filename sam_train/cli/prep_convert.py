@@ -5,26 +5,32 @@ from __future__ import annotations
 
 import argparse
 
-from sam_train.cli.prep_args import add_shard_args, print_report, shard_options
+from sam_train.cli.prep_args import (
+    add_pixel_args,
+    add_shard_args,
+    pixel_options,
+    print_report,
+    shard_options,
+)
 
 
 def _run_images(a: argparse.Namespace) -> None:
     from data_prep.images import convert_images
 
-    print_report(convert_images(a.src, a.out, shard_options(a), a.max_side, a.quality), a.out)
+    print_report(convert_images(a.src, a.out, shard_options(a), pixel_options(a)), a.out)
 
 
 def _run_coco(a: argparse.Namespace) -> None:
     from data_prep.coco import convert_coco
 
-    manifest = convert_coco(a.images, a.annotations, a.out, shard_options(a), a.max_side, a.quality)
+    manifest = convert_coco(a.images, a.annotations, a.out, shard_options(a), pixel_options(a))
     print_report(manifest, a.out)
 
 
 def _run_sa1b(a: argparse.Namespace) -> None:
     from data_prep.sa1b import convert_sa1b
 
-    print_report(convert_sa1b(a.src, a.out, shard_options(a), a.max_side, a.quality), a.out)
+    print_report(convert_sa1b(a.src, a.out, shard_options(a), pixel_options(a)), a.out)
 
 
 def _run_sample(a: argparse.Namespace) -> None:
@@ -42,9 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="folder of images")
     p.add_argument("out", help="output shard folder")
     add_shard_args(p)
+    add_pixel_args(p)
     p.set_defaults(run=_run_images)
 
-    text = "COCO instances json + images -> stage-2 shards (RLE masks, category names)"
+    text = "COCO or LVIS instances json + images -> stage-2 shards (RLE masks, category names)"
     p = subparsers.add_parser("coco", help=text, description=text)
     p.add_argument(
         "--images", required=True, help="folder the json's file_name entries are relative to"
@@ -54,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("out", help="output shard folder")
     add_shard_args(p)
+    add_pixel_args(p)
     p.set_defaults(run=_run_coco)
 
     text = "SA-1B folder (sa_N.jpg + sa_N.json) -> stage-2 shards"
@@ -61,6 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="folder with sa_*.jpg and sa_*.json")
     p.add_argument("out", help="output shard folder")
     add_shard_args(p)
+    add_pixel_args(p)
     p.set_defaults(run=_run_sa1b)
 
     text = "the embedded sample dataset as shards (OUT/mae, OUT/sam/{train,val})"
