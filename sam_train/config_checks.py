@@ -26,12 +26,21 @@ def check_config(cfg: DictConfig) -> None:
         )
     stage = cfg.stage.name
     target = str(cfg.model.get("_target_", ""))
-    expected = {"mae": "MaskedAutoencoder", "sam": "sam"}.get(stage)
+    expected = {
+        "mae": "MaskedAutoencoder",
+        "sam": "sam",
+        "sami": "sami_student",
+        "distill": "distill_student",
+    }.get(stage)
     if expected and expected not in target:
         problems.append(
             f"stage={stage} with model target {target!r}: pick a model of that stage "
             f"(model=mae_vit_* for stage=mae, model=sam_vit_* for stage=sam)"
         )
+    if stage in ("sami", "distill"):
+        from sam_train.lit.teacher_models import teacher_problems
+
+        problems += teacher_problems(cfg)
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():
         problems.append(f"ckpt_path={ckpt} does not exist; give a Lightning .ckpt file or 'last'")
@@ -54,11 +63,16 @@ def check_resume_checkpoint(ckpt_path: str, stage: str) -> None:
             "a run from its checkpoints/*.ckpt); to start from these weights use model.init_from"
         )
     if found != stage:
-        names = {"mae": "stage-1 (mae)", "sam": "stage-2 (sam)"}
+        names = {
+            "mae": "stage-1 (mae)",
+            "sami": "stage-1 (sami)",
+            "sam": "stage-2 (sam)",
+            "distill": "stage-2 (distill)",
+        }
         fix = (
             f"resume it with stage={found}, or start stage 2 from its encoder with "
             f"stage=sam model.init_from={ckpt_path}"
-            if found == "mae"
+            if found in ("mae", "sami")
             else f"resume it with stage={found}"
         )
         raise ConfigError(

@@ -182,7 +182,7 @@ class SamModule(StageModule):
         )
         if targets.num_masks == 0:
             return
-        embeddings = self.model.embed_images(batch.images)
+        embeddings = self.validation_embeddings(batch)
         results = evaluate_prompts(
             self.model,
             embeddings,
@@ -203,6 +203,10 @@ class SamModule(StageModule):
             self.coco.update(
                 targets.masks, masks, scores, categories, targets.image_index, targets.image_hw
             )
+
+    def validation_embeddings(self, batch: SamBatch) -> torch.Tensor:
+        """The image embeddings validation prompts run on (a subclass may log more)."""
+        return self.model.embed_images(batch.images)
 
     def _validate_text(
         self, batch: SamBatch, targets: PromptTargets, embeddings: torch.Tensor
