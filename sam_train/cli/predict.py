@@ -23,24 +23,10 @@ from sam_train.cli.arguments import OneLineParser, fail, numbers
 from sam_train.metrics import center_points
 from sam_train.predictor import SamPredictor
 from sam_train.viz.mae_grid import save_png
+from sam_train.viz.sam_predictions import draw_predictions
 from sam_train.weights.checkpoints import WeightsError
 
 PROG = "sam-predict"
-
-COLOURS = np.array(
-    [
-        [230, 25, 75],
-        [60, 180, 75],
-        [255, 225, 25],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-        [210, 245, 60],
-        [250, 190, 212],
-    ]
-)
 
 
 def sample_prompts(name: str) -> tuple[np.ndarray, list[dict]]:
@@ -51,17 +37,6 @@ def sample_prompts(name: str) -> tuple[np.ndarray, list[dict]]:
     masks = torch.as_tensor(np.asarray(data["masks"]).astype(bool))
     points = center_points(masks).numpy()
     return data["rgb"], [dict(point_coords=p[None], point_labels=np.array([1])) for p in points]
-
-
-def draw(image: np.ndarray, results: list[tuple[dict, np.ndarray]]) -> np.ndarray:
-    """The image with each predicted mask tinted in its own colour and its prompt marked."""
-    out = image.astype(np.float32).copy()
-    for i, (prompt, mask) in enumerate(results):
-        colour = COLOURS[i % len(COLOURS)]
-        out[mask] = 0.45 * out[mask] + 0.55 * colour
-        for x, y in np.asarray(prompt.get("point_coords", np.zeros((0, 2)))).astype(int):
-            out[max(0, y - 3) : y + 4, max(0, x - 3) : x + 4] = 255
-    return np.concatenate([image, out.clip(0, 255).astype(np.uint8)], axis=1)
 
 
 def parse_prompts(points: list[list[float]], boxes: list[list[float]]) -> list[dict]:
@@ -162,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         masks, scores, _ = predictor.predict(**prompt)
         results.append((prompt, masks[int(np.argmax(scores))]))
     try:
-        save_png(draw(image, results), args.out)
+        save_png(draw_predictions(image, results), args.out)
     except OSError as err:
         fail(PROG, f"cannot write --out {args.out}: {err.strerror or err}")
     print(

@@ -292,6 +292,7 @@ class SamModule(StageModule):
             layer_decay=self.optim.layer_decay,
             layer_of=layer_of,
             num_layers=depth,
+            encoder_lr_scale=self.optim.encoder_lr_scale,
         )
         if "clip" in self._modules:  # a trained CLIP, at clip_lr_scale x the lr
             for group in param_groups(self.clip, self.optim.weight_decay):
