@@ -7,7 +7,7 @@ DEMO   ?= outputs/demo
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install system-deps demo test test-fast test-long lint format bench clean
+.PHONY: install system-deps demo demo-run test test-fast test-long lint format bench clean
 
 install: $(STAMP)
 
@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,onnx,hf,app]"
 	touch $(STAMP)
 
-# Stage 1 (MAE) -> stage 2 (SAM, encoder from stage 1) -> exports -> a predicted picture.
+# Stage 1 (MAE) -> stage 2 (SAM, encoder from stage 1) -> exports -> a predicted picture,
+# then the before/after table. `make demo-run BIN=<venv>/bin` runs the steps without installing.
 demo: install
+	$(MAKE) --no-print-directory demo-run
+
+demo-run:
 	rm -rf $(DEMO)
 	$(BIN)/sam-train experiment=demo_mae hydra.run.dir=$(DEMO)/mae
 	$(BIN)/sam-train stage=sam experiment=demo_sam hydra.run.dir=$(DEMO)/sam \
@@ -30,10 +34,13 @@ demo: install
 	$(BIN)/python -m sam_train.cli.predict $(DEMO)/export/sam_vit_tiny.pth --sample arc2017 \
 		--out $(DEMO)/prediction_arc2017.png
 	@echo
+	@$(BIN)/python -m sam_train.demo_report $(DEMO)
+	@echo
 	@echo "demo results in $(DEMO)/:"
-	@echo "  mae/reconstructions/final.png   stage 1: original | masked | reconstruction | pasted"
+	@echo "  mae/reconstructions/final.png   stage 1: original | masked | reconstruction | pasted (README.txt: how to read it)"
 	@echo "  mae/csv/metrics.csv             stage 1 losses"
-	@echo "  sam/masks/final.png             stage 2: one-point (top) and one-box (bottom) masks on held-out images"
+	@echo "  sam/masks/before_training.png   stage 2 before training; final.png after: one click (top) and one box (bottom)"
+	@echo "                                  per mask, on several held-out images, IoU per tile (README.txt: the legend)"
 	@echo "  sam/masks/click_curve.png       stage 2: validation mIoU after 1..N clicks"
 	@echo "  export/                         timm ViT encoder, official-layout SAM checkpoint (+ .json metadata)"
 	@echo "  prediction_arc2017.png          the exported SAM, one click per object, on a held-out photo"

@@ -49,6 +49,7 @@ from sam_train.lit.sam_model import trainable_sam
 from sam_train.losses import masks_to_logit_size, sam_loss
 from sam_train.models.lora import LoraConfig, add_lora, count_parameters
 from sam_train.models.sam.sam import SAM_SIZES
+from sam_train.training.freezing import freeze_parts
 
 LORA = LoraConfig(targets=["attn.qkv"], rank=4, alpha=4.0)
 CONTENDERS = {
@@ -59,9 +60,13 @@ CONTENDERS = {
 FP32 = 4
 
 
-def build(model: str, size: int, **options):
+def build(model: str, size: int, freeze=(), **options):
+    """`trainable_sam`; `freeze` applied as asked (no `init_from` here, which would otherwise
+    keep every tensor trainable)."""
     torch.manual_seed(0)
-    return trainable_sam(**asdict(SAM_SIZES[model]), image_size=size, **options).train()
+    sam = trainable_sam(**asdict(SAM_SIZES[model]), image_size=size, **options)
+    freeze_parts(sam, freeze)
+    return sam.train()
 
 
 def shared_contenders(size: int) -> tuple[dict, dict, dict]:
@@ -190,11 +195,14 @@ def counts_at_depth(model: str, options: dict) -> tuple[int, int]:
     """(trainable, total) of a full-depth SAM from a two-block twin (one windowed block, one
     global): a ViT-H holds 2.6 GB of fp32 weights this machine need not allocate."""
     size = SAM_SIZES[model]
+    options = dict(options)
+    freeze = options.pop("freeze", ())
     twin = trainable_sam(
         **(asdict(size) | {"encoder_depth": 2, "encoder_global_attn_indexes": (1,)}),
         image_size=1024,
         **options,
     )
+    freeze_parts(twin, freeze)
     n_global = len(size.encoder_global_attn_indexes)
     n_windowed = size.encoder_depth - n_global
 

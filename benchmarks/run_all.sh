@@ -18,4 +18,5 @@ run attention benchmarks/bench_attention.py
 run loop      benchmarks/bench_loop.py
 run data      benchmarks/bench_data.py
 run decoder   benchmarks/bench_sam.py --decoder   # the full stage-2 steps: bench_sam.py (30+ min)
+run amg       benchmarks/bench_amg.py --points 16   # segment everything; --points 32: 20+ min
 echo "results in $OUT"

@@ -200,17 +200,18 @@ def build_sample(
     return manifests
 
 
-def ensure_sample_shards(root: str | Path, seed: int = 0) -> Path:
+def ensure_sample_shards(root: str | Path, seed: int = 0, variants: int = VARIANTS) -> Path:
     """Build the sample shards at `root` unless they exist. Built in a private temporary folder
     and renamed into place, so concurrent callers never see a half-built folder; the loser of
-    a race throws its copy away."""
+    a race throws its copy away. A folder built with another number of `variants` is refused."""
     root = Path(root).expanduser()
     if (root / "sam" / "val" / "manifest.json").is_file():
+        _check_variants(root, variants)
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        build_sample(tmp, seed=seed)
+        build_sample(tmp, seed=seed, variants=variants)
         try:
             os.rename(tmp, root)
         except OSError:
@@ -219,3 +220,16 @@ def ensure_sample_shards(root: str | Path, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _check_variants(root: Path, variants: int) -> None:
+    """The train split of a built folder holds 1 + 9 x variants - 4 images (voc, composites
+    less the validation ones)."""
+    manifest = root / "sam" / "train" / "manifest.json"
+    expected = 1 + len(COMPOSITE_PHOTOS) * variants - len(VAL_COMPOSITES)
+    total = json.loads(manifest.read_text()).get("total") if manifest.is_file() else None
+    if total is not None and total != expected:
+        raise ValueError(
+            f"{root} holds a sample built with another number of variants ({total} training "
+            f"images, {variants} variants give {expected}): give data.path another folder"
+        )

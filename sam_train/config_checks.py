@@ -27,7 +27,12 @@ def check_config(cfg: DictConfig) -> None:
     stage = cfg.stage.name
     target = str(cfg.model.get("_target_", ""))
     builder = target.rsplit(".", 1)[-1].lower()  # the class or function, not the package
-    expected = {"mae": ("maskedautoencoder", "trainable_mae"), "sam": ("sam",)}.get(stage)
+    expected = {
+        "mae": ("maskedautoencoder", "trainable_mae"),
+        "sam": ("sam",),
+        "sami": ("sami_student",),
+        "distill": ("distill_student",),
+    }.get(stage)
     if expected and not any(e in builder for e in expected):
         problems.append(
             f"stage={stage} with model target {target!r}: pick a model of that stage "
@@ -38,6 +43,10 @@ def check_config(cfg: DictConfig) -> None:
             f"peft=lora with stage={stage}: adapters are for stage=sam; drop peft=lora "
             "(stage=mae trains the whole encoder)"
         )
+    if stage in ("sami", "distill"):
+        from sam_train.lit.teacher_models import teacher_problems
+
+        problems += teacher_problems(cfg)
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():
         problems.append(f"ckpt_path={ckpt} does not exist; give a Lightning .ckpt file or 'last'")
@@ -60,11 +69,16 @@ def check_resume_checkpoint(ckpt_path: str, stage: str) -> None:
             "a run from its checkpoints/*.ckpt); to start from these weights use model.init_from"
         )
     if found != stage:
-        names = {"mae": "stage-1 (mae)", "sam": "stage-2 (sam)"}
+        names = {
+            "mae": "stage-1 (mae)",
+            "sami": "stage-1 (sami)",
+            "sam": "stage-2 (sam)",
+            "distill": "stage-2 (distill)",
+        }
         fix = (
             f"resume it with stage={found}, or start stage 2 from its encoder with "
             f"stage=sam model.init_from={ckpt_path}"
-            if found == "mae"
+            if found in ("mae", "sami")
             else f"resume it with stage={found}"
         )
         raise ConfigError(

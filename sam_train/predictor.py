@@ -166,6 +166,11 @@ class SamPredictor:
         """(h, w) of the current image."""
         return self._orig_hw
 
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(h, w) of the current image resized inside the model's square input."""
+        return self._input_hw
+
     def _to_input(self, coords: np.ndarray) -> torch.Tensor:
         """(x, y) pairs in image pixels -> pixels of the resized image, each axis scaled by its
         own (rounded) resize factor."""

@@ -137,7 +137,7 @@ def test_lightning_fit_reads_samples_and_logs_skips(sample_root, tmp_path):
 
 
 def test_ensure_is_race_safe(tmp_path, monkeypatch):
-    def fake_build(out, seed=0):
+    def fake_build(out, seed=0, variants=2):
         (Path(out) / "sam" / "val").mkdir(parents=True)
         (Path(out) / "sam" / "val" / "manifest.json").write_text("{}")
         (Path(out) / "who").write_text(str(out))
@@ -155,6 +155,16 @@ def test_ensure_is_race_safe(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         sample_mod.ensure_sample_shards(root)  # the winner's folder is incomplete: not hidden
     assert not list(tmp_path.glob(".s.building-*"))
+
+
+def test_a_folder_built_with_other_variants_is_refused(tmp_path) -> None:
+    root = tmp_path / "s"
+    for split, total in (("train", 15), ("val", 5)):
+        (root / "sam" / split).mkdir(parents=True)
+        (root / "sam" / split / "manifest.json").write_text(json.dumps({"total": total}))
+    assert sample_mod.ensure_sample_shards(root) == root  # 2 variants: 15 training images
+    with pytest.raises(ValueError, match="another number of variants"):
+        sample_mod.ensure_sample_shards(root, variants=8)
 
 
 def test_more_variants_add_train_composites_and_keep_val() -> None:

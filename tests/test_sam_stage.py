@@ -102,6 +102,8 @@ def test_console_script_trains_sam_from_stage1_and_exports(stage1_ckpt, tmp_path
         "export/sam.safetensors",
         "export/encoder.safetensors",
         "masks/final.png",
+        "masks/before_training.png",  # the validation before training, named for what it is
+        "masks/README.txt",  # how to read the pictures
         "masks/click_curve.png",
     ]:
         assert (run / rel).is_file(), rel

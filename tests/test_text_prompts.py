@@ -20,7 +20,7 @@ from sam_train.data.sam_samples import SamSamplePrep, collate_sam
 from sam_train.data.shards import ShardStream, resolve_shards
 from sam_train.lit.optim import OptimConfig
 from sam_train.lit.sam_module import SamModule
-from sam_train.lit.text_pictures import text_prompt_panels
+from sam_train.lit.text_pictures import text_prompt_rows
 from sam_train.predictor import SamPredictor
 from sam_train.training import InteractiveConfig, select_masks
 from sam_train.training.prompts import PAD, TEXT, first_prompts
@@ -142,8 +142,12 @@ def test_training_steps_move_text_proj_and_leave_clip_frozen_and_out_of_exports(
     metrics = module.last_val_metrics
     for name in ("miou_text", "miou_text_wrong", "miou_region", "miou_whole_image", "coco_mask_ap"):
         assert name in metrics, (name, sorted(metrics))
-    rows = text_prompt_panels(module, _named_shapes(), 3)
-    assert len(rows) == 2 and len(rows[0]) == len(rows[1]) == 3
+    rows = text_prompt_rows(module, _named_shapes(), 3)
+    assert [label for label, _ in rows] == [
+        "text prompt: category phrase",
+        "text prompt: region embedding",
+    ]
+    assert len(rows[0][1]) == len(rows[1][1]) == 3
 
 
 def test_text_width_mismatch_is_a_clear_error(clip_files) -> None:

@@ -3,6 +3,8 @@
 sam-predict sam.pth --image photo.jpg --point 320,240 --box 10,20,200,220
 sam-predict sam.pth --sample arc2017     # a held-out sample photo,
                                          # one click at each object's centre
+sam-predict sam.pth --image photo.jpg --everything --out masks.png
+                    # every object (a 32 x 32 point grid); the masks as COCO RLE in masks.json
 (`python -m sam_train.cli.predict` is the same command.)
 """
 
@@ -21,24 +23,10 @@ from sam_train.cli.arguments import OneLineParser, fail, numbers
 from sam_train.metrics import center_points
 from sam_train.predictor import SamPredictor
 from sam_train.viz.mae_grid import save_png
+from sam_train.viz.sam_predictions import draw_predictions
 from sam_train.weights.checkpoints import WeightsError
 
 PROG = "sam-predict"
-
-COLOURS = np.array(
-    [
-        [230, 25, 75],
-        [60, 180, 75],
-        [255, 225, 25],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-        [210, 245, 60],
-        [250, 190, 212],
-    ]
-)
 
 
 def sample_prompts(name: str) -> tuple[np.ndarray, list[dict]]:
@@ -49,17 +37,6 @@ def sample_prompts(name: str) -> tuple[np.ndarray, list[dict]]:
     masks = torch.as_tensor(np.asarray(data["masks"]).astype(bool))
     points = center_points(masks).numpy()
     return data["rgb"], [dict(point_coords=p[None], point_labels=np.array([1])) for p in points]
-
-
-def draw(image: np.ndarray, results: list[tuple[dict, np.ndarray]]) -> np.ndarray:
-    """The image with each predicted mask tinted in its own colour and its prompt marked."""
-    out = image.astype(np.float32).copy()
-    for i, (prompt, mask) in enumerate(results):
-        colour = COLOURS[i % len(COLOURS)]
-        out[mask] = 0.45 * out[mask] + 0.55 * colour
-        for x, y in np.asarray(prompt.get("point_coords", np.zeros((0, 2)))).astype(int):
-            out[max(0, y - 3) : y + 4, max(0, x - 3) : x + 4] = 255
-    return np.concatenate([image, out.clip(0, 255).astype(np.uint8)], axis=1)
 
 
 def parse_prompts(points: list[list[float]], boxes: list[list[float]]) -> list[dict]:
@@ -130,9 +107,21 @@ def main(argv: list[str] | None = None) -> int:
         help="an adapter file (sam-export --format adapter); CHECKPOINT is then its base",
     )
     parser.add_argument("--out", type=Path, default=Path("prediction.png"))
+    parser.add_argument(
+        "--everything", action="store_true", help="segment everything (automatic masks)"
+    )
+    parser.add_argument(
+        "--amg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a MaskGenerator setting with --everything, e.g. points_per_side=16 (repeatable)",
+    )
     args = parser.parse_args(argv)
     if (args.image is None) == (args.sample is None):
         parser.error("give exactly one of --image or --sample")
+    if args.everything:
+        return segment_everything(args)
     if args.image is not None and not (args.point or args.box):
         parser.error("no prompts: give --point and/or --box")
     if args.sample:
@@ -153,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         masks, scores, _ = predictor.predict(**prompt)
         results.append((prompt, masks[int(np.argmax(scores))]))
     try:
-        save_png(draw(image, results), args.out)
+        save_png(draw_predictions(image, results), args.out)
     except OSError as err:
         fail(PROG, f"cannot write --out {args.out}: {err.strerror or err}")
     print(
@@ -161,6 +150,43 @@ def main(argv: list[str] | None = None) -> int:
         f"-> {args.out}"
     )
     return 0
+
+
+def segment_everything(args: argparse.Namespace) -> int:
+    """--everything: automatic masks of the whole image -> a PNG and their records as JSON."""
+    import json
+
+    from sam_train.automatic import MaskGenerator
+    from sam_train.automatic.mask_ops import decode_rle
+    from sam_train.files import write_text_atomic
+
+    image = sample_prompts(args.sample)[0] if args.sample else read_image(args.image)
+    try:
+        settings = {k: _setting(v) for k, _, v in (s.partition("=") for s in args.amg)}
+        predictor = SamPredictor.from_checkpoint(args.checkpoint)
+        records = MaskGenerator(predictor, output_mode="coco_rle", **settings).generate(image)
+    except (WeightsError, FileNotFoundError, ValueError, TypeError) as err:
+        fail(PROG, str(err))
+    records.sort(key=lambda r: -r["area"])  # small masks drawn last stay visible
+    masks = [({"point_coords": r["point_coords"]}, decode_rle(r["segmentation"])) for r in records]
+    json_path = args.out.with_suffix(".json")
+    try:
+        save_png(draw(image, masks), args.out)
+        write_text_atomic(json_path, json.dumps(records))
+    except OSError as err:
+        fail(PROG, f"cannot write --out {args.out}: {err.strerror or err}")
+    print(f"{PROG}: {plural(len(records), 'mask')} -> {args.out}, {json_path}")
+    return 0
+
+
+def _setting(text: str) -> object:
+    """'16' -> 16, '0.9' -> 0.9, 'coco_rle' -> 'coco_rle'."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 if __name__ == "__main__":

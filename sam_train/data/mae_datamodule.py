@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from sam_train.data.image_datasets import ImageFolderDataset, PhotoCropsDataset, list_images
+from sam_train.data.machine import fit_pin_memory, fit_workers
 from sam_train.data.resumable import ResumableDataLoader, ResumableSampler
 from sam_train.data.sample_images import DEFAULT_VAL_PHOTOS, load_sample_photos
 from sam_train.data.transforms import MaeEvalTransform, MaeTrainTransform
@@ -37,8 +38,8 @@ class MaeDataModule(L.LightningDataModule):
             raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
         self.train_set, self.val_set = train_set, val_set
         self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        self.num_workers = fit_workers(num_workers)  # at most one per spare core
+        self.pin_memory = fit_pin_memory(pin_memory)  # only with CUDA
         self.seed = seed
         self._train_loader: ResumableDataLoader | None = None
         self._pending_loader_state: dict | None = None

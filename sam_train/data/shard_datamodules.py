@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
+from sam_train.data.machine import fit_pin_memory, fit_workers
 from sam_train.data.sam_samples import SamSamplePrep, collate_sam
 from sam_train.data.shards import ShardStream, SkipCounter, decode_image, resolve_shards
 from sam_train.data.transforms import MaeEvalTransform, MaeTrainTransform
@@ -53,7 +54,8 @@ class ShardDataModule(L.LightningDataModule):
     """Shared loader plumbing; subclasses say how a sample is decoded and batched.
 
     path / val_path: shard folder, manifest, brace pattern, `pipe:` URL or a list of them.
-    batch_size: per rank. num_workers, pin_memory: DataLoader settings.
+    batch_size: per rank. num_workers, pin_memory: DataLoader settings, fitted to the machine
+        (at most one worker per spare core; pinned memory only with CUDA).
     resampled: training shards drawn with replacement, `samples_per_epoch` per epoch (all ranks
         together; default the manifest total), identical batch counts on every rank.
     shuffle_buffer: samples per worker shuffle buffer (raw bytes are buffered: keep it small
@@ -77,7 +79,8 @@ class ShardDataModule(L.LightningDataModule):
         if path is None:
             raise ValueError("data.path is required: a shard folder made with `sam-prep`")
         self.path, self.val_path = path, val_path
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.batch_size = batch_size
+        self.num_workers, self.pin_memory = fit_workers(num_workers), fit_pin_memory(pin_memory)
         self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
         self.samples_per_epoch, self.seed = samples_per_epoch, seed
         self.skip_counter = SkipCounter()
@@ -106,6 +109,7 @@ class ShardDataModule(L.LightningDataModule):
             total=total,
             shuffle_buffer=self.shuffle_buffer if train else 0,
             shuffle_shards=train,
+            same_every_epoch=not train,
             seed=self.seed,
             rank=rank,
             world_size=world,
@@ -118,7 +122,7 @@ class ShardDataModule(L.LightningDataModule):
             stream,
             batch_size=None,  # the stream batches inside each worker
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,  # workers keep their epoch counter
         )
 
@@ -195,18 +199,20 @@ class ShardSamDataModule(ShardDataModule):
 
 class SampleSamDataModule(ShardSamDataModule):
     """Stage 2 on the embedded sample dataset: builds its shards under `path` on first use
-    (atomically; safe when several processes race), then reads `path/sam/{train,val}`."""
+    (atomically; safe when several processes race), then reads `path/sam/{train,val}`.
+    `variants` composites per photo: more give more training images, the same validation set
+    (give each count its own `path`)."""
 
-    def __init__(self, path: str, img_size: int, **kwargs) -> None:
+    def __init__(self, path: str, img_size: int, variants: int = 2, **kwargs) -> None:
         root = Path(path).expanduser()
         kwargs.setdefault("val_path", str(root / "sam" / "val"))
         super().__init__(str(root / "sam" / "train"), img_size, **kwargs)
-        self.root = str(root)
+        self.root, self.variants = str(root), variants
 
     def prepare_data(self) -> None:
         from data_prep.sample import ensure_sample_shards
 
-        ensure_sample_shards(self.root)
+        ensure_sample_shards(self.root, variants=self.variants)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()  # no-op once built; covers nodes without a shared filesystem

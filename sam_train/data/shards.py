@@ -178,6 +178,8 @@ class ShardStream(IterableDataset):
     total: sample count from the manifest, if known.
     shuffle_buffer: sample shuffle buffer size per worker (0 = no sample shuffling).
     shuffle_shards: shuffle the shard order each epoch (non-resampled mode).
+    same_every_epoch: every iteration decodes the same way (validation: the same mask subsets
+        and orders each epoch, and in `sam-eval`, so figures are comparable across epochs).
     rank, world_size: this process's place; default from torch.distributed or the env.
     num_workers: the DataLoader's worker count (for `len`; each worker yields its own batches).
     counter: where skipped samples are counted (a new one by default).
@@ -195,6 +197,7 @@ class ShardStream(IterableDataset):
         total: int | None = None,
         shuffle_buffer: int = 1000,
         shuffle_shards: bool = True,
+        same_every_epoch: bool = False,
         drop_last: bool = False,
         seed: int = 0,
         rank: int | None = None,
@@ -216,6 +219,7 @@ class ShardStream(IterableDataset):
                 "resampled shards need an epoch length: no manifest gives the total, set samples_per_epoch"
             )
         self.shuffle_buffer, self.shuffle_shards, self.seed = shuffle_buffer, shuffle_shards, seed
+        self.same_every_epoch = same_every_epoch
         default_rank, default_world = dist_rank_world()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
@@ -256,7 +260,7 @@ class ShardStream(IterableDataset):
         self.epoch += 1
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        key = f"{self.seed}/{self.epoch}/{self.rank}/{worker}"
+        key = f"{self.seed}/{0 if self.same_every_epoch else self.epoch}/{self.rank}/{worker}"
         if self.resumed is not None and self.resumed[0] == self.epoch:
             key += f"/resumed-after-{self.resumed[1]}"
         rng = random.Random(key)

@@ -7,7 +7,13 @@ from typing import Any
 
 import lightning as L
 
-from sam_train.lit.optim import DerivedSchedule, OptimConfig, build_optimizer, derive_schedule
+from sam_train.lit.optim import (
+    DerivedSchedule,
+    OptimConfig,
+    build_optimizer,
+    derive_schedule,
+    lr_warning,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,9 @@ class StageModule(L.LightningModule):
         batch = effective_batch_size(trainer, trainer.datamodule.batch_size)
         self.derived = derive_schedule(self.optim, batch, total, steps_per_epoch)
         log.info("%s optimiser: %s", type(self).__name__, self.derived.describe())
+        warning = lr_warning(self.optim, self.derived)
+        if warning is not None and trainer.is_global_zero:
+            log.warning(warning)
         return self.derived
 
     def optimizer_config(self, groups: list[dict]) -> dict[str, Any]:

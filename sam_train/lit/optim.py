@@ -31,6 +31,8 @@ class OptimConfig:
         gamma: factor of each step decay.
         layer_decay: layer-wise lr decay for the encoder (1.0 = off): block i of d gets
             `layer_decay ** (d - i)`, the patch embedding `layer_decay ** (d + 1)`.
+        encoder_lr_scale: a further factor on the lr of the encoder's embeddings and blocks
+            (stage 2: fine-tune a pretrained encoder gently while the new decoder learns fast).
     """
 
     base_lr: float = 1.5e-4
@@ -44,6 +46,7 @@ class OptimConfig:
     milestones: list[float] = field(default_factory=list)
     gamma: float = 0.1
     layer_decay: float = 1.0
+    encoder_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -57,6 +60,10 @@ class OptimConfig:
             problems.append(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 < self.layer_decay <= 1:
             problems.append(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if not 0 < self.encoder_lr_scale <= 1:
+            problems.append(
+                f"optim.encoder_lr_scale must be in (0, 1], got {self.encoder_lr_scale}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -97,6 +104,28 @@ def derive_schedule(
     return DerivedSchedule(effective_batch, lr, total_steps, warmup, [int(m) for m in milestones])
 
 
+# The most any weight can move under Adam is about lr per step; below this total over a run
+# (lr x steps) training leaves the weights where they started (e.g. 9.4e-6 x 160 steps).
+MIN_TOTAL_LR = 0.01
+
+
+def lr_warning(cfg: OptimConfig, derived: DerivedSchedule) -> str | None:
+    """A message when the run's lr is too small for anything to happen in its steps."""
+    total = derived.lr * derived.total_steps
+    if total >= MIN_TOTAL_LR:
+        return None
+    origin = (
+        f"optim.lr={cfg.lr:g}"
+        if cfg.lr is not None
+        else f"optim.base_lr {cfg.base_lr:g} x effective batch {derived.effective_batch} / 256"
+    )
+    return (
+        f"lr {derived.lr:.3g} ({origin}) over {derived.total_steps} steps: Adam moves a weight "
+        f"by at most ~lr per step, {total:.2g} in all, so the model will hardly change; set "
+        f"optim.lr (an absolute lr, e.g. optim.lr=1e-3), a larger batch or more steps"
+    )
+
+
 def lr_factor(step: int, derived: DerivedSchedule, cfg: OptimConfig) -> float:
     """Multiplier of the peak lr at optimiser step `step` (linear warm-up, then decay)."""
     if step < derived.warmup_steps:
@@ -126,25 +155,28 @@ def param_groups(
     layer_decay: float = 1.0,
     layer_of: Callable[[str], int] | None = None,
     num_layers: int = 0,
+    encoder_lr_scale: float = 1.0,
 ) -> list[dict]:
     """AdamW parameter groups by rule: 1-D parameters (norms, biases) and `no_decay_names`
     get no weight decay; with `layer_decay` < 1, `layer_of(name)` (0..num_layers + 1) scales
-    each group's lr by `layer_decay ** (num_layers + 1 - layer)`. Frozen parameters are left out.
+    each group's lr by `layer_decay ** (num_layers + 1 - layer)`, and layers 0..num_layers
+    (embeddings and blocks) by `encoder_lr_scale` too. Frozen parameters are left out.
     Each group carries `lr_scale`, applied by the scheduler."""
+    by_layer = layer_of is not None and (layer_decay < 1.0 or encoder_lr_scale != 1.0)
     groups: dict[tuple[bool, int], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         decay = p.ndim > 1 and name not in no_decay_names
-        layer = layer_of(name) if (layer_decay < 1.0 and layer_of is not None) else num_layers + 1
+        layer = layer_of(name) if by_layer else num_layers + 1
         key = (decay, layer)
         if key not in groups:
+            scale = layer_decay ** (num_layers + 1 - layer)
             groups[key] = {
                 "params": [],
                 "weight_decay": weight_decay if decay else 0.0,
-                "lr_scale": layer_decay ** (num_layers + 1 - layer),
-                "name": ("decay" if decay else "no_decay")
-                + (f"_layer{layer}" if layer_decay < 1.0 else ""),
+                "lr_scale": scale * (encoder_lr_scale if layer <= num_layers else 1.0),
+                "name": ("decay" if decay else "no_decay") + (f"_layer{layer}" if by_layer else ""),
             }
         groups[key]["params"].append(p)
     return list(groups.values())

@@ -43,15 +43,22 @@ def trainable_sam(
         _say(report.summary())
         sam.init_report = report
         provided = set(report.loaded)
-    parts = list(freeze) + (["image_encoder"] if freeze_encoder else [])
-    if peft is not None:
+    parts = list(dict.fromkeys(list(freeze) + (["image_encoder"] if freeze_encoder else [])))
+    if parts and provided is None:
+        _say(
+            "model.freeze without model.init_from: no tensor was loaded, so nothing is frozen "
+            f"and {', '.join(parts)} train from their random init"
+        )
+    kept = freeze_parts(sam, parts, provided if provided is not None else set())
+    if peft is not None:  # adapters over the base the user chose, loaded or not
         adapted = add_lora(sam, peft)
-        parts += sorted({name.split(".")[0] for name in adapted} - set(parts))
+        holders = sorted({name.split(".")[0] for name in adapted})
+        kept += freeze_parts(sam, holders, provided)
         _say(
             f"LoRA rank {peft.rank}, alpha {peft.alpha:g} on {len(adapted)} layers "
-            f"({', '.join(peft.targets)}); base weights of {', '.join(sorted(set(parts)))} frozen"
+            f"({', '.join(peft.targets)}); base weights of {', '.join(holders)} frozen"
         )
-    kept = freeze_parts(sam, dict.fromkeys(parts), provided)
+    kept = sorted(set(kept)) if provided is not None else []
     if kept:
         _say(
             f"{len(kept)} tensors of frozen parts stay trainable, init_from did not provide "

@@ -183,7 +183,7 @@ class SamModule(StageModule):
         )
         if targets.num_masks == 0:
             return
-        embeddings = self.model.embed_images(batch.images)
+        embeddings = self.validation_embeddings(batch)
         results = evaluate_prompts(
             self.model,
             embeddings,
@@ -194,6 +194,7 @@ class SamModule(StageModule):
             max_clicks=self.val_max_clicks,
         )
         self.val_metrics.update(results)
+        self.on_validation_results(batch, batch_idx, targets, embeddings, results)
         if self.text is not None:
             self.val_metrics.update(self._validate_text(batch, targets, embeddings))
         categories = batch.category_ids[targets.image_index, targets.slot]
@@ -204,6 +205,21 @@ class SamModule(StageModule):
             self.coco.update(
                 targets.masks, masks, scores, categories, targets.image_index, targets.image_hw
             )
+
+    def on_validation_results(
+        self,
+        batch: SamBatch,
+        batch_idx: int,
+        targets: PromptTargets,
+        embeddings: torch.Tensor,
+        results: dict[str, torch.Tensor],
+    ) -> None:
+        """Called with each validation batch's per-mask results; `sam-eval` adds its tasks here,
+        on the same masks and embeddings."""
+
+    def validation_embeddings(self, batch: SamBatch) -> torch.Tensor:
+        """The image embeddings validation prompts run on (a subclass may log more)."""
+        return self.model.embed_images(batch.images)
 
     def _validate_text(
         self, batch: SamBatch, targets: PromptTargets, embeddings: torch.Tensor
@@ -277,6 +293,7 @@ class SamModule(StageModule):
             layer_decay=self.optim.layer_decay,
             layer_of=layer_of,
             num_layers=depth,
+            encoder_lr_scale=self.optim.encoder_lr_scale,
         )
         if "clip" in self._modules:  # a trained CLIP, at clip_lr_scale x the lr
             for group in param_groups(self.clip, self.optim.weight_decay):

@@ -1,4 +1,11 @@
-"""Stage-2 pictures: prompts and masks drawn on images, and the click curve."""
+"""Stage-2 pictures: one tile per (mask, prompt), rows of tiles with labels and a legend, and
+the click curve.
+
+A tile shows the image cropped to its real (un-padded) part, the ground truth as a green
+outline, the prediction as a magenta outline over a light magenta fill, the prompt (a yellow
+point, a blue background click, a yellow box) and the IoU. Every outline and marker has a black
+rim, so it stays visible on red, green or white objects alike.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +15,43 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from sam_train.data.transforms import denormalise
+from sam_train.viz.labels import BACKGROUND, font, label_box, stack_rows, text_bar
 
-GT_COLOUR = np.array([0, 255, 0])
-PRED_COLOUR = np.array([255, 40, 40])
+GT_COLOUR = (0, 230, 0)
+PRED_COLOUR = (255, 0, 255)
+PROMPT_COLOUR = (255, 230, 0)
+NEGATIVE_COLOUR = (0, 160, 255)
+RIM = (0, 0, 0)
+GAP = 4
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, iterations=2)
+def _ring(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels within `width` of the mask's boundary, inside the mask."""
+    return mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
 
 
-def mask_panel(
+def draw_outline(rgb: np.ndarray, mask: np.ndarray, colour, width: int = 2) -> None:
+    """A `width`-pixel outline of `mask` in `colour` with a 1-pixel black rim on each side."""
+    if not mask.any():
+        return
+    outer = ndimage.binary_dilation(mask, iterations=1) & ~mask
+    inner = _ring(mask, width + 1) & ~_ring(mask, width)
+    rgb[outer | inner] = RIM
+    rgb[_ring(mask, width)] = colour
+
+
+def draw_point(draw: ImageDraw.ImageDraw, x: float, y: float, positive: bool, r: int = 5) -> None:
+    colour = PROMPT_COLOUR if positive else NEGATIVE_COLOUR
+    draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=RIM, width=2)
+
+
+def draw_box(draw: ImageDraw.ImageDraw, box: list[float], colour=PROMPT_COLOUR) -> None:
+    x0, y0, x1, y1 = box
+    draw.rectangle([x0 - 1, y0 - 1, x1 + 1, y1 + 1], outline=RIM, width=4)
+    draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
+
+
+def mask_tile(
     image: torch.Tensor,
     gt: torch.Tensor,
     pred: torch.Tensor,
@@ -25,50 +59,79 @@ def mask_panel(
     points: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     box: torch.Tensor | None = None,
-    side: int = 256,
+    iou: float | None = None,
+    name: str = "",
+    height: int = 192,
 ) -> np.ndarray:
-    """One picture: the image (cropped to its real size), the predicted mask filled in red,
-    the ground truth outlined in green, points (green = foreground, red = background), a box.
+    """One tile, the image cropped to `hw` and scaled to `height` rows.
 
-    image: [3, S, S] normalised; gt, pred: [S, S] bool; points: [N, 2] xy pixels; box: [4] xyxy.
-    Returns [side, side * w / h, 3] uint8.
+    image: [3, S, S] normalised; gt, pred: [S, S] bool; points: [N, 2] xy pixels of the S x S
+    frame with labels [N] (1 foreground, 0 background, -1 padding); box: [4] xyxy.
+    Returns [height, width, 3] uint8, width following the image's aspect ratio.
     """
     h, w = hw
-    rgb = (denormalise(image[None])[0].permute(1, 2, 0).cpu().numpy() * 255).astype(np.float32)
-    rgb, gt_np, pred_np = rgb[:h, :w], gt[:h, :w].cpu().numpy(), pred[:h, :w].cpu().numpy()
-    rgb[pred_np] = 0.5 * rgb[pred_np] + 0.5 * PRED_COLOUR
-    rgb[_outline(gt_np)] = GT_COLOUR
-    scale = side / max(h, w)
-    img = Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).resize(
-        (max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR
+    scale = height / h
+    size = (max(1, round(w * scale)), height)
+    rgb = (denormalise(image[None])[0, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255).round()
+    rgb = np.asarray(Image.fromarray(rgb.astype(np.uint8)).resize(size, Image.BILINEAR))
+    gt_np, pred_np = (
+        np.asarray(Image.fromarray(m[:h, :w].cpu().numpy()).resize(size, Image.NEAREST))
+        for m in (gt, pred)
     )
+    out = rgb.astype(np.float32)
+    out[pred_np] = 0.7 * out[pred_np] + 0.3 * np.array(PRED_COLOUR)
+    out = out.round().astype(np.uint8)
+    draw_outline(out, pred_np, PRED_COLOUR, width=2)
+    draw_outline(out, gt_np, GT_COLOUR, width=2)  # on top: the target stays visible
+    img = Image.fromarray(out)
     draw = ImageDraw.Draw(img)
     if box is not None:
-        draw.rectangle([float(v) * scale for v in box.tolist()], outline=(255, 255, 0), width=2)
+        draw_box(draw, [float(v) * scale for v in box.tolist()])
     if points is not None:
         for (x, y), lab in zip(points.tolist(), labels.tolist()):
-            if lab < 0:
-                continue
-            colour = (0, 255, 0) if lab == 1 else (255, 0, 0)
-            r = 4
-            draw.ellipse(
-                [x * scale - r, y * scale - r, x * scale + r, y * scale + r],
-                fill=colour,
-                outline=(255, 255, 255),
-            )
-    canvas = Image.new("RGB", (side, side), (32, 32, 32))
-    canvas.paste(img, (0, 0))
-    return np.asarray(canvas)
+            if lab >= 0:
+                draw_point(draw, x * scale, y * scale, positive=lab == 1)
+    if iou is not None:
+        label_box(draw, (4, 4), f"IoU {iou:.2f}")
+    if name:
+        label_box(draw, (4, height - 16), name, size=11)
+    return np.asarray(img)
 
 
-def panel_grid(panels: list[list[np.ndarray]]) -> np.ndarray:
-    """Rows of equally sized panels -> one picture, 4 px gaps."""
-    rows = [
-        np.concatenate([np.pad(p, ((2, 2), (2, 2), (0, 0))) for p in row], axis=1) for row in panels
+def tile_row(tiles: list[np.ndarray], label: str = "") -> np.ndarray:
+    """Tiles side by side with `GAP` pixels between them, `label` in a strip above."""
+    spaced = []
+    for t in tiles:
+        spaced += [t, np.full((t.shape[0], GAP, 3), BACKGROUND, np.uint8)]
+    row = np.concatenate(spaced[:-1], axis=1)
+    return stack_rows([text_bar(row.shape[1], label, height=20, size=12), row]) if label else row
+
+
+def legend(width: int) -> np.ndarray:
+    """A strip naming the colours: ground truth, prediction, prompts."""
+    height = 24
+    img = Image.fromarray(text_bar(max(width, 560), "", height=height))
+    draw, f, x, y = ImageDraw.Draw(img), font(12), 8, height // 2
+    entries = [
+        ("ground truth", lambda x: draw.line([x, y, x + 18, y], fill=GT_COLOUR, width=3)),
+        ("prediction", lambda x: draw.line([x, y, x + 18, y], fill=PRED_COLOUR, width=3)),
+        ("point prompt", lambda x: draw_point(draw, x + 9, y, True, r=5)),
+        ("background click", lambda x: draw_point(draw, x + 9, y, False, r=5)),
+        ("box prompt", lambda x: draw_box(draw, [x + 2, y - 6, x + 16, y + 6])),
     ]
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    return np.concatenate(rows, axis=0)
+    for text, mark in entries:
+        mark(x)
+        draw.text((x + 24, y - 7), text, fill=(240, 240, 240), font=f)
+        x += 24 + int(draw.textlength(text, font=f)) + 18
+    return np.asarray(img)
+
+
+def tile_grid(rows: list[tuple[str, list[np.ndarray]]], title: str = "") -> np.ndarray:
+    """Labelled rows of tiles, `title` on top, the legend at the bottom."""
+    body = [tile_row(tiles, label) for label, tiles in rows if tiles]
+    width = max(r.shape[1] for r in body)
+    top = [text_bar(width, title, height=24, size=14)] if title else []
+    return stack_rows([*top, *body, legend(width)])
 
 
 def click_curve_png(miou_by_click: list[float], path, title: str = "") -> None:

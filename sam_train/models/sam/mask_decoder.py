@@ -101,9 +101,13 @@ class MaskDecoder(nn.Module):
             [output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings], dim=1
         )  # [K, 1 + M + N, C]
 
-        src = image_embeddings + dense_prompt_embeddings  # [K, C, h, w] (broadcast if shared)
-        if src.shape[0] != k:
-            src = src.expand(k, -1, -1, -1)
+        if image_embeddings.shape[0] == 1 and dense_prompt_embeddings.stride(0) == 0:
+            # one image, no mask prompts: every prompt sees the same image tokens at first
+            src = image_embeddings + dense_prompt_embeddings[:1]  # [1, C, h, w]
+        else:
+            src = image_embeddings + dense_prompt_embeddings  # [K, C, h, w] (broadcast if shared)
+            if src.shape[0] != k:
+                src = src.expand(k, -1, -1, -1)
         _, _, h, w = src.shape
         hs, src = self.transformer(src, image_pe, tokens)  # [K, Nt, C], [K, h*w, C]
         iou_token_out = hs[:, 0]  # [K, C]

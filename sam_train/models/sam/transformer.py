@@ -39,12 +39,15 @@ class Attention(nn.Module):
         )  # (B, nh, N, hd)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: [B, Nq, C], k and v: [B, Nk, C] -> [B, Nq, C]."""
+        """q: [B, Nq, C], k and v: [B, Nk, C] -> [B, Nq, C]. An input with batch 1 is shared
+        by all B (projected once, then broadcast)."""
         q, k, v = (
             self._heads(self.q_proj(q)),
             self._heads(self.k_proj(k)),
             self._heads(self.v_proj(v)),
         )
+        b = max(q.shape[0], k.shape[0], v.shape[0])
+        q, k, v = (t.expand(b, -1, -1, -1) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)  # (B, nh, Nq, hd)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
@@ -158,9 +161,11 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding, image_pe: [B, C, h, w]; point_embedding: [B, Nt, C].
+        """image_embedding [B or 1, C, h, w], image_pe [1, C, h, w]; point_embedding [B, Nt, C].
 
-        Returns the processed tokens [B, Nt, C] and image tokens [B, h*w, C].
+        Returns the processed tokens [B, Nt, C] and image tokens [B, h*w, C]. One image
+        embedding shared by all B prompts (segment everything, a predictor) is projected once
+        in the first layer; the image tokens become per-prompt at its image->token attention.
         """
         # contiguous token layout once, so no Linear below copies a transposed view
         keys = image_embedding.flatten(2).transpose(1, 2).contiguous()  # [B, h*w, C]

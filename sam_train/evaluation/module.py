@@ -1,0 +1,162 @@
+"""The LightningModule `sam-eval` validates with: `SamModule`'s validation step unchanged (so
+point, box, click and COCO figures are validation's own, reduced over ranks the same way),
+plus, on the same masks and embeddings, a random interior point, segment-everything proposal
+recall, per-mask IoUs for the histogram and the worst cases for a picture page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from sam_train.automatic import MaskGenerator
+from sam_train.data.batch import SamBatch
+from sam_train.data.resumable import sample_seed
+from sam_train.data.transforms import denormalise
+from sam_train.evaluation.prompts import evaluate_random_point
+from sam_train.evaluation.proposals import ProposalRecall
+from sam_train.lit.optim import OptimConfig
+from sam_train.lit.sam_module import SamModule, _all_gather_objects
+from sam_train.metrics import center_points
+from sam_train.models.sam.sam import Sam, upscale_logits
+from sam_train.predictor import SamPredictor
+from sam_train.training.prompts import PromptTargets
+from sam_train.viz.sam_masks import mask_panel
+
+TASKS = ("point", "box", "clicks", "everything")
+
+
+class EvalModule(SamModule):
+    """Validation of a `Sam` with `sam-eval`'s extra tasks.
+
+    Args:
+        model: the Sam. tasks: any of point, box, clicks, everything.
+        everything: `MaskGenerator` settings for the everything task.
+        num_worst: masks on the worst-cases page (lowest one-point IoU).
+        **kwargs: `SamModule` validation settings (val_max_masks, val_max_clicks, seed, ...).
+    """
+
+    def __init__(
+        self,
+        model: Sam,
+        tasks: list[str] = TASKS,
+        everything: dict[str, Any] | None = None,
+        num_worst: int = 12,
+        **kwargs,
+    ) -> None:
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"eval.tasks has {unknown}: choose from {list(TASKS)}")
+        if "clicks" not in tasks:
+            kwargs["val_max_clicks"] = 1  # the curve's first click is the centre point
+        super().__init__(model, OptimConfig(), **kwargs)
+        self.tasks = list(tasks)
+        if "point" in tasks:  # reduced over ranks with validation's own figures
+            self.val_metrics.layout.update(iou_random_point_oracle=1, iou_random_point_confident=1)
+        self.generator = (
+            MaskGenerator(model, **{"output_mode": "coco_rle", **(everything or {})})
+            if "everything" in tasks
+            else None
+        )
+        if self.generator is not None:  # refuse crop settings too fine for any image, now
+            size = model.image_encoder.img_size
+            self.generator.check_image_size((size, size))
+        self.num_worst = num_worst
+        self.proposals = ProposalRecall()
+        self.reset_collections()
+
+    def reset_collections(self) -> None:
+        self.per_mask: dict[str, list[torch.Tensor]] = {}
+        self.worst: list[tuple[float, np.ndarray]] = []
+        self.proposals.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self.reset_collections()
+        if self.generator is not None:  # the trainer has moved the model by now
+            self.generator.predictor = SamPredictor(self.model, device=self.device)
+
+    def on_validation_results(
+        self,
+        batch: SamBatch,
+        batch_idx: int,
+        targets: PromptTargets,
+        embeddings: torch.Tensor,
+        results: dict[str, torch.Tensor],
+    ) -> None:
+        if "point" in self.tasks:
+            gen = torch.Generator().manual_seed(sample_seed(self.seed + 1, 0, batch_idx))
+            extra = evaluate_random_point(
+                self.model, embeddings, targets.masks, targets.image_index, targets.image_hw, gen
+            )
+            self.val_metrics.update(extra)
+            results = {**results, **extra}
+        for name, value in results.items():
+            self.per_mask.setdefault(name, []).append(value.detach().float().cpu())
+        self._keep_worst(batch, targets, embeddings, results["iou_point_confident"])
+        if self.generator is not None:
+            self._segment_everything(batch)
+
+    def _keep_worst(
+        self, batch: SamBatch, targets: PromptTargets, embeddings: torch.Tensor, ious: torch.Tensor
+    ) -> None:
+        """Panels of this batch's lowest one-point IoUs, merged into the running worst list."""
+        k = min(self.num_worst, ious.numel())
+        order = ious.argsort()[:k]
+        masks, index = targets.masks[order], targets.image_index[order]
+        points = center_points(masks)[:, None]  # [k, 1, 2]
+        labels = torch.ones(k, 1, dtype=torch.long, device=masks.device)
+        logits, iou_pred = self.model.decode(embeddings, points=(points, labels), image_index=index)
+        size = masks.shape[-1]
+        best = upscale_logits(logits.float(), (size, size))[torch.arange(k), iou_pred.argmax(1)]
+        hw = targets.image_hw[order] if targets.image_hw is not None else None
+        for i in range(k):
+            h_w = tuple(hw[i].tolist()) if hw is not None else (size, size)
+            panel = mask_panel(
+                batch.images[index[i]], masks[i], best[i] > 0, h_w, points[i], labels[i], side=192
+            )
+            iou = float(ious[order[i]])
+            self.worst.append((iou, _caption(panel, f"IoU {iou:.2f}")))
+        self.worst = sorted(self.worst, key=lambda t: t[0])[: self.num_worst]
+
+    def _segment_everything(self, batch: SamBatch) -> None:
+        rgb = (denormalise(batch.images).clamp(0, 1) * 255).round().byte()  # [B, 3, S, S]
+        size = batch.image_size
+        for b in range(batch.batch_size):
+            h, w = batch.image_hw[b].tolist() if batch.image_hw is not None else (size, size)
+            image = rgb[b, :, :h, :w].permute(1, 2, 0).cpu().numpy()
+            records = self.generator.generate(image)
+            gt = batch.masks[b][batch.mask_valid[b]][:, :h, :w]
+            self.proposals.update(gt, records)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self.generator is not None:
+            for name, value in self.proposals.compute(gather=_all_gather_objects).items():
+                self.log(f"val/{name}", value)
+
+    def gathered(self) -> tuple[dict[str, np.ndarray], list[tuple[float, np.ndarray]]]:
+        """Per-mask IoUs and worst-case panels of every rank (call on all ranks)."""
+        local = {n: torch.cat(v).numpy() for n, v in self.per_mask.items()}
+        parts = _all_gather_objects([(local, self.worst)])
+        per_mask: dict[str, list[np.ndarray]] = {}
+        worst: list[tuple[float, np.ndarray]] = []
+        for part in parts:
+            for values, panels in part:
+                for n, v in values.items():
+                    per_mask.setdefault(n, []).append(v)
+                worst += panels
+        return (
+            {n: np.concatenate(v) for n, v in per_mask.items()},
+            sorted(worst, key=lambda t: t[0])[: self.num_worst],
+        )
+
+
+def _caption(panel: np.ndarray, text: str) -> np.ndarray:
+    """The panel with `text` written in its bottom-left corner."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(panel)
+    ImageDraw.Draw(img).text((4, img.height - 14), text, fill=(255, 255, 255))
+    return np.asarray(img)

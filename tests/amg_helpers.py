@@ -1,0 +1,100 @@
+"""A tiny SAM briefly trained on flat-coloured shapes, and photos-like scenes of those shapes:
+random weights give masks spread over the whole image that every filter removes, a few
+dozen steps give object-like masks that "segment everything" can keep, filter and compare."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD, SamBatch
+from sam_train.models.sam import build_sam
+from sam_train.models.sam.sam import Sam
+from sam_train.training import InteractiveConfig, interactive_loss, select_masks
+
+SIZE = 64
+
+
+def shapes_scene(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB uint8 image [h, w, 3] of 5 flat-coloured disks and rectangles on noise, and their
+    masks [5, h, w] bool (later shapes cover earlier ones)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(90, 166, size=(h, w, 3)).astype(np.float64)
+    yy, xx = np.mgrid[:h, :w]
+    masks = []
+    for i in range(5):
+        cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
+        r = rng.uniform(0.09, 0.2) * min(h, w)
+        if i % 2 == 0:
+            m = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        else:
+            m = (abs(yy - cy) < r) & (abs(xx - cx) < 1.4 * r)
+        masks = [p & ~m for p in masks] + [m]
+        image[m] = rng.choice([20, 235], size=3) + rng.normal(0, 4, size=3)
+    return image.clip(0, 255).astype(np.uint8), np.stack(masks)
+
+
+def scene_batch(scenes: list[tuple[np.ndarray, np.ndarray]]) -> SamBatch:
+    """Scenes (at most SIZE a side) as the model sees them: normalised, padded to SIZE x SIZE."""
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    h, w = scenes[0][0].shape[:2]
+    pad = (0, SIZE - w, 0, SIZE - h)
+    images = torch.stack(
+        [F.pad((torch.from_numpy(im).permute(2, 0, 1) / 255 - mean) / std, pad) for im, _ in scenes]
+    )  # [B, 3, S, S]
+    masks = torch.stack([F.pad(torch.from_numpy(m), pad) for _, m in scenes])  # [B, 5, S, S]
+    boxes = torch.zeros(*masks.shape[:2], 4)
+    valid = masks.flatten(2).any(-1)
+    for b, i in valid.nonzero().tolist():
+        ys, xs = masks[b, i].nonzero(as_tuple=True)
+        boxes[b, i] = torch.stack([xs.min(), ys.min(), xs.max(), ys.max()]).float()
+    return SamBatch(images.float(), masks, valid, boxes, torch.full(masks.shape[:2], -1))
+
+
+SCENE_HW = (48, 64)
+TRAIN_SEEDS = (0, 1)
+
+
+def trained_tiny_sam(steps: int = 60, seed: int = 0) -> Sam:
+    """A 64 px SAM (8 x 8 embeddings) after `steps` steps on two 48 x 64 shapes scenes
+    (`shapes_scene(*SCENE_HW, s)` for s in TRAIN_SEEDS), overfitting them (seconds)."""
+    torch.manual_seed(seed)
+    sam = build_sam(
+        encoder_embed_dim=48,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=SIZE,
+        patch_size=8,
+        window_size=4,
+        prompt_embed_dim=48,
+        decoder_mlp_dim=96,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=48,
+    )
+    batch = scene_batch([shapes_scene(*SCENE_HW, s) for s in TRAIN_SEEDS])
+    opt = torch.optim.AdamW(sam.parameters(), lr=4e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / 10) * 0.5 * (1 + math.cos(math.pi * i / steps))
+    )
+    cfg = InteractiveConfig(
+        num_click_rounds=1,
+        num_mask_only_rounds=0,
+        point_prob=1.0,
+        box_prob=0.0,
+        loss_weights={"loss_focal": 2.0},  # 20:1 keeps a brief run at all-background
+    )
+    gen = torch.Generator().manual_seed(seed + 1)
+    for _ in range(steps):
+        targets = select_masks(batch, min_area=4, generator=gen)
+        result = interactive_loss(sam, sam.embed_images(batch.images), targets, cfg, gen)
+        opt.zero_grad(set_to_none=True)
+        result.losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return sam.eval()

@@ -1,0 +1,149 @@
+"""Defaults that fit what the README says they are (a CPU run on the sample trains in minutes,
+the paper's recipes one `experiment=` away), loaders sized to the machine, a warning for a
+learning rate too small to do anything, and freezing that never freezes random tensors."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import tiny_mae, train_stage1_checkpoint
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+
+from sam_train.data.machine import fit_pin_memory, fit_workers
+from sam_train.lit.optim import (
+    OptimConfig,
+    build_optimizer,
+    derive_schedule,
+    encoder_layer_id,
+    lr_warning,
+    param_groups,
+)
+from sam_train.lit.sam_model import trainable_sam
+
+TINY_SAM = dict(
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=64,
+    window_size=2,
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=32,
+)
+
+
+def composed(*overrides: str):
+    with initialize_config_module("sam_train.conf", version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def default_run_steps(cfg) -> tuple[int, int]:
+    """(effective batch, optimiser steps) of a composed single-device run."""
+    batch = cfg.data.batch_size
+    per_epoch = -(-cfg.data.samples_per_epoch // batch)
+    return batch, per_epoch * cfg.trainer.max_epochs
+
+
+# ----------------------------------------------------------------------------- freezing
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("stage1") / "mae.ckpt"
+    train_stage1_checkpoint(path, tiny_mae(embed_dim=32, num_heads=2, patch_size=16), steps=1)
+    return path
+
+
+def test_freezing_keeps_what_the_checkpoint_did_not_provide_trainable(stage1, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="sam_train.lit.sam_model"):
+        sam = trainable_sam(init_from=str(stage1), freeze_encoder=True, **TINY_SAM)
+    trainable = {n for n, p in sam.image_encoder.named_parameters() if p.requires_grad}
+    # stage 1 has no neck and no relative-position tables: random here, so they must train
+    assert {
+        n for n, _ in sam.image_encoder.named_parameters() if n.startswith("neck.")
+    } <= trainable
+    assert {"blocks.0.attn.rel_pos_h", "blocks.1.attn.rel_pos_w"} <= trainable
+    # what stage 1 did provide is frozen
+    assert "blocks.0.attn.qkv.weight" not in trainable
+    assert "patch_embed.proj.weight" not in trainable
+    assert all(p.requires_grad for p in sam.mask_decoder.parameters())
+    assert "stay trainable" in caplog.text and "neck" in caplog.text
+
+
+def test_freezing_without_a_checkpoint_freezes_nothing_and_says_so(caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="sam_train.lit.sam_model"):
+        sam = trainable_sam(freeze_encoder=True, **TINY_SAM)
+    assert all(p.requires_grad for p in sam.image_encoder.parameters())
+    assert "without model.init_from" in caplog.text
+
+
+# ----------------------------------------------------------------------------- lr
+def test_a_learning_rate_too_small_to_train_is_reported() -> None:
+    cfg = OptimConfig()  # base_lr 1.5e-4 per 256 images
+    message = lr_warning(cfg, derive_schedule(cfg, 16, total_steps=160, steps_per_epoch=16))
+    assert message is not None and "9.37e-06" in message and "optim.lr" in message
+    big = derive_schedule(cfg, 4096, total_steps=100_000, steps_per_epoch=300)
+    assert lr_warning(cfg, big) is None
+
+
+def test_encoder_lr_scale_slows_only_the_encoder_blocks() -> None:
+    model = tiny_mae()
+    depth = model.encoder.depth
+    groups = param_groups(
+        model.encoder,
+        0.05,
+        num_layers=depth,
+        layer_of=lambda n: encoder_layer_id(n, depth),
+        encoder_lr_scale=0.1,
+    )
+    cfg = OptimConfig(lr=1.0, encoder_lr_scale=0.1)
+    opt, _ = build_optimizer(groups, cfg, derive_schedule(cfg, 256, 10, 10))
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["decay_layer1"] == pytest.approx(0.1)  # a block
+    assert lrs[f"no_decay_layer{depth + 1}"] == pytest.approx(1.0)  # the final norm
+
+
+# ----------------------------------------------------------------------------- defaults
+@pytest.mark.parametrize("stage", ["mae", "sam"])
+def test_the_default_runs_have_an_lr_that_trains(stage: str) -> None:
+    cfg = composed(f"stage={stage}")
+    batch, steps = default_run_steps(cfg)
+    optim = instantiate(cfg.optim)
+    assert lr_warning(optim, derive_schedule(optim, batch, steps, steps / 10)) is None
+    assert 100 <= steps <= 400  # minutes on a CPU, enough to see it learn
+
+
+def test_stage_sam_defaults_are_cpu_sized_and_the_paper_is_one_experiment_away() -> None:
+    light = composed("stage=sam")
+    module, rounds = light.stage.module, light.stage.module.interactive
+    assert light.model.image_size == 256 and light.model.prompt_embed_dim == 128
+    assert (
+        module.max_masks_per_image * (1 + rounds.num_click_rounds + rounds.num_mask_only_rounds)
+        <= 40
+    )
+    assert rounds.num_click_rounds >= 2  # trained corrections, so more clicks help
+    paper = composed("stage=sam", "experiment=sam_vit_b_sa1b")
+    module, rounds = paper.stage.module, paper.stage.module.interactive
+    assert module.max_masks_per_image == 64
+    assert 1 + rounds.num_click_rounds + rounds.num_mask_only_rounds == 11
+    assert rounds.loss_weights == {"loss_focal": 20.0} and rounds.checkpoint_rounds
+    assert paper.optim.lr == 8e-4 and paper.optim.schedule == "step"
+    mae_paper = composed("stage=mae", "experiment=mae_vit_base_paper", "data.root=/x")
+    assert mae_paper.optim.lr is None and mae_paper.trainer.max_epochs == 800
+
+
+# ----------------------------------------------------------------------------- loaders
+def test_loader_workers_and_pinned_memory_follow_the_machine() -> None:
+    assert fit_workers(8, cpus=2) == 1
+    assert fit_workers(8, cpus=32) == 8
+    assert fit_workers(0, cpus=32) == 0
+    assert fit_pin_memory(True) == torch.cuda.is_available()
+    assert fit_pin_memory(False) is False
+    from sam_train.data.shard_datamodules import ShardSamDataModule
+
+    dm = ShardSamDataModule("shards", img_size=64, num_workers=512, pin_memory=True)
+    assert dm.num_workers < 512 and dm.pin_memory == torch.cuda.is_available()

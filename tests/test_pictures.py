@@ -1,0 +1,113 @@
+"""What the training pictures show: MAE reconstructions that are the model's own, SAM tiles
+that pair each prompt with its mask across several images, and the `predict` picture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_mae
+from test_sam_model import tiny_sam
+from test_sam_overfit import shapes_on_noise
+
+from sam_train.viz.mae_grid import mae_reconstruction_grid, visible_pixels
+from sam_train.viz.sam_masks import GT_COLOUR, PRED_COLOUR, mask_tile
+from sam_train.viz.sam_predictions import draw_predictions, one_prompt_rows, spread_over_images
+
+
+def zero_predicting_mae(norm_pix_loss: bool = True):
+    """A tiny MAE whose decoder predicts exactly zero for every patch."""
+    torch.manual_seed(0)
+    mae = tiny_mae(norm_pix_loss=norm_pix_loss)
+    torch.nn.init.zeros_(mae.decoder_pred.weight)
+    torch.nn.init.zeros_(mae.decoder_pred.bias)
+    return mae
+
+
+def structured_images(n: int = 2, size: int = 32) -> torch.Tensor:
+    """Images with strong structure: stripes and a bright square (normalised values)."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    img = torch.stack([torch.sin(xx / 2.0), torch.cos(yy / 3.0), (xx > yy).float() * 2 - 1])
+    img[:, 8:20, 10:22] = 2.0
+    return img[None].repeat(n, 1, 1, 1) * torch.linspace(0.5, 1.0, n)[:, None, None, None]
+
+
+def test_a_model_that_predicts_zeros_draws_no_structure_where_patches_are_hidden() -> None:
+    mae, images = zero_predicting_mae(), structured_images()
+    _, pred, mask = mae(images, noise=torch.rand(2, 16, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(pred, torch.zeros_like(pred))
+    pixels = visible_pixels(mae, images, pred, mask)  # [N, L, p*p*C]
+    # one flat colour per image: no edge, stripe or square of the hidden image shows through
+    per_image = pixels.reshape(2, 16, -1, 3)  # [N, L, p*p, C]
+    assert torch.allclose(per_image, per_image[:, :1, :1], atol=1e-6)
+    # the old rendering (each hidden patch un-normalised with its own statistics) drew it all
+    flattering = mae.pred_to_pixels(images, pred)[mask.bool()]
+    assert flattering.std() > 0.3
+
+
+def test_the_colour_comes_from_visible_patches_only() -> None:
+    mae, images = zero_predicting_mae(), structured_images(1)
+    noise = torch.rand(1, 16, generator=torch.Generator().manual_seed(1))
+    _, pred, mask = mae(images, noise=noise)
+    changed = images.clone()
+    patches = mae.patchify(changed)
+    patches[mask.bool()] = 5.0  # change only what is hidden
+    changed = mae.unpatchify(patches)
+    assert torch.equal(
+        visible_pixels(mae, images, pred, mask), visible_pixels(mae, changed, pred, mask)
+    )
+
+
+def test_without_patch_normalisation_the_prediction_is_drawn_as_is() -> None:
+    mae, images = zero_predicting_mae(norm_pix_loss=False), structured_images(1)
+    _, pred, mask = mae(images)
+    assert torch.equal(visible_pixels(mae, images, pred, mask), pred)
+
+
+def test_reconstruction_grid_has_a_title_and_labelled_columns() -> None:
+    mae, images = zero_predicting_mae(), structured_images(3)
+    plain = mae_reconstruction_grid(mae, images)
+    titled = mae_reconstruction_grid(mae, images, title="epoch 3, step 12")
+    assert plain.shape[1] == 4 * 32 and plain.shape[0] > 3 * 32  # a label strip on top
+    assert titled.shape[0] > plain.shape[0]  # and a title above it
+    body = plain[-3 * 32 :]
+    # column 3 (reconstruction) of a zero prediction: one flat colour per image row
+    recon = body[:32, 2 * 32 : 3 * 32].reshape(-1, 3)
+    assert (recon == recon[0]).all()
+
+
+def test_tiles_show_the_real_image_only_with_both_outlines_and_the_iou() -> None:
+    batch = shapes_on_noise(1)
+    gt = batch.masks[0, 0]
+    pred = batch.masks[0, 1]
+    tile = mask_tile(batch.images[0], gt, pred, (32, 64), iou=0.25, height=64)
+    assert tile.shape == (64, 128, 3)  # 32 x 64 real image, padding cut off, scaled x2
+    colours = {tuple(c) for c in tile.reshape(-1, 3)}
+    assert tuple(GT_COLOUR) in colours and tuple(PRED_COLOUR) in colours
+
+
+def test_picture_tiles_come_from_several_images() -> None:
+    batches = [shapes_on_noise(2, seed=0), shapes_on_noise(2, seed=1)]
+    picks = spread_over_images(batches, num_masks=6)
+    assert len(picks) == 6
+    assert len({(b, i) for b, i, _ in picks}) == 4  # every image of both batches
+    rows = one_prompt_rows(tiny_sam(), batches, num_masks=4)
+    assert [len(tiles) for _, tiles in rows] == [4, 4]
+    assert "point" in rows[0][0] and "box" in rows[1][0]
+
+
+@pytest.mark.parametrize("prompt", ["point", "box"])
+def test_predict_picture_draws_the_prompt(prompt: str) -> None:
+    image = np.full((60, 80, 3), 120, np.uint8)
+    mask = np.zeros((60, 80), bool)
+    mask[20:40, 30:60] = True
+    given = (
+        dict(point_coords=np.array([[45.0, 30.0]]), point_labels=np.array([1]))
+        if prompt == "point"
+        else dict(box=np.array([10.0, 5.0, 70.0, 55.0]))
+    )
+    empty = draw_predictions(image, [(given, np.zeros_like(mask))])
+    right = empty[:60, 80:]
+    assert (right != 120).any(axis=-1).sum() > 20  # the prompt is drawn even with no mask
+    if prompt == "box":
+        assert (right[5, 10:70] != 120).any(axis=-1).all()  # the box's top edge

@@ -1,0 +1,57 @@
+"""`python -m sam_train.cli.predict CKPT --image IMG --everything`: a picture and COCO RLE
+records of every mask; bad settings stop with one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_sam_model import tiny_sam
+
+from sam_train.automatic.mask_ops import decode_rle
+from sam_train.cli.predict import main as predict_main
+from sam_train.weights.safetensors_io import save_weights
+
+
+@pytest.fixture
+def files(tmp_path):
+    torch.manual_seed(0)
+    sam = tiny_sam()
+    ckpt = tmp_path / "sam.safetensors"
+    save_weights(ckpt, sam.state_dict(), {"architecture": sam.architecture})
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 60, 3), dtype=np.uint8)).save(
+        image
+    )
+    return ckpt, image
+
+
+def test_everything_writes_a_picture_and_the_masks(files, tmp_path, capsys) -> None:
+    ckpt, image = files
+    out = tmp_path / "masks.png"
+    settings = ["points_per_side=4", "pred_iou_thresh=0", "stability_score_thresh=0"]
+    args = [str(ckpt), "--image", str(image), "--everything", "--out", str(out)]
+    assert predict_main(args + [a for s in settings for a in ("--amg", s)]) == 0
+    records = json.loads(out.with_suffix(".json").read_text())
+    assert len(records) > 0 and f"{len(records)} mask" in capsys.readouterr().out
+    for r in records:
+        mask = decode_rle(r["segmentation"])
+        assert mask.shape == (48, 60) and mask.sum() == r["area"]
+    assert np.asarray(Image.open(out)).shape == (48, 120, 3)  # photo | masks
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [("points_per_side=0", "points_per_side=0"), ("crop_n_layers=4", "too small for crop")],
+)
+def test_bad_settings_exit_2_with_one_line(files, tmp_path, capsys, setting, message) -> None:
+    ckpt, image = files
+    out = tmp_path / "masks.png"
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main([str(ckpt), "--image", str(image), "--everything", "--amg", setting])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and message in err[0]
+    assert not out.exists()
