@@ -14,7 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sam_train.config_checks import check_config, resolve_ckpt_path
+import sam_train.conf  # noqa: F401  (stores the code-default nodes the configs build on)
+from sam_train.config_checks import check_config, check_stage_pairing, resolve_ckpt_path
 
 log = logging.getLogger("sam_train")
 
@@ -39,7 +40,15 @@ def apply_model_options(model: torch.nn.Module, cfg: DictConfig) -> None:
         model.compile()
 
 
+def group_choices() -> dict[str, str | None]:
+    """The option picked in each config group (`{"model": "sam_vit_b", ...}`), when Hydra runs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+
+
 def train(cfg: DictConfig) -> float | None:
+    check_stage_pairing(cfg, group_choices())
     check_config(cfg)
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir, cfg.get("auto_resume", False))

@@ -13,6 +13,10 @@ import torch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# the masks stage 2 trains and validates on: the data drops the others, the module re-checks
+MIN_MASK_AREA = 25  # pixels at the model input
+MAX_MASK_FRACTION = 0.9  # of the image; larger masks are dropped (as in SAM)
+
 
 @dataclass
 class SamBatch:

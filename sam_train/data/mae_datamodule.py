@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 from PIL import Image
@@ -22,6 +23,8 @@ class MaeDataModule(L.LightningDataModule):
     own equal share, so runs are reproducible and resume exactly mid-epoch (see
     `sam_train.data.resumable`); trainers run with `use_distributed_sampler=False`.
     """
+
+    feeds_stage: ClassVar[str] = "mae"  # the stage whose batches it makes (config_checks)
 
     def __init__(
         self,

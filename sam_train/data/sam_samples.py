@@ -20,7 +20,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import get_worker_info
 
-from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD, SamBatch
+from sam_train.data.batch import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_MASK_FRACTION,
+    MIN_MASK_AREA,
+    SamBatch,
+)
 from sam_train.data.shards import SkipSample, decode_image
 
 
@@ -88,8 +94,8 @@ class SamSamplePrep:
         self,
         img_size: int = 1024,
         max_masks: int = 64,
-        min_mask_area: int = 16,
-        max_mask_fraction: float = 0.9,
+        min_mask_area: int = MIN_MASK_AREA,
+        max_mask_fraction: float = MAX_MASK_FRACTION,
         hflip: bool = False,
     ) -> None:
         self.img_size, self.max_masks = img_size, max_masks

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
+from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA
 from sam_train.data.sam_samples import SamSamplePrep, collate_sam
 from sam_train.data.shards import ShardStream, SkipCounter, decode_image, resolve_shards
 from sam_train.data.transforms import MaeEvalTransform, MaeTrainTransform
@@ -138,6 +140,8 @@ class ShardMaeDataModule(ShardDataModule):
     img_size: S. crop_scale: RandomResizedCrop area range. hflip: random horizontal flip.
     """
 
+    feeds_stage: ClassVar[str] = "mae"  # the stage whose batches it makes (config_checks)
+
     def __init__(
         self,
         path: str | list[str],
@@ -166,13 +170,15 @@ class ShardSamDataModule(ShardDataModule):
     hflip: random horizontal flip of training images (masks and boxes follow).
     """
 
+    feeds_stage: ClassVar[str] = "sam"  # the stage whose batches it makes (config_checks)
+
     def __init__(
         self,
         path: str | list[str],
         img_size: int,
         max_masks: int = 64,
-        min_mask_area: int = 16,
-        max_mask_fraction: float = 0.9,
+        min_mask_area: int = MIN_MASK_AREA,
+        max_mask_fraction: float = MAX_MASK_FRACTION,
         hflip: bool = True,
         **kwargs,
     ) -> None:
@@ -199,7 +205,8 @@ class SampleSamDataModule(ShardSamDataModule):
 
     def __init__(self, path: str, img_size: int, **kwargs) -> None:
         root = Path(path).expanduser()
-        kwargs.setdefault("val_path", str(root / "sam" / "val"))
+        if kwargs.get("val_path") is None:  # the sample's own validation split
+            kwargs["val_path"] = str(root / "sam" / "val")
         super().__init__(str(root / "sam" / "train"), img_size, **kwargs)
         self.root = str(root)
 

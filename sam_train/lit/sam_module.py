@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from sam_train.coco_eval import CocoMaskAP, box_prompt_predictions, is_coco_like
-from sam_train.data.batch import SamBatch
+from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch
 from sam_train.data.resumable import sample_seed
 from sam_train.lit.base import StageModule
 from sam_train.lit.guards import NonFiniteLossGuard
@@ -60,8 +60,8 @@ class SamModule(StageModule):
         interactive: InteractiveConfig | None = None,
         run_config: dict | None = None,
         max_masks_per_image: int = 64,
-        min_mask_area: int = 25,
-        max_mask_fraction: float = 0.9,
+        min_mask_area: int = MIN_MASK_AREA,
+        max_mask_fraction: float = MAX_MASK_FRACTION,
         val_max_masks: int = 16,
         val_max_clicks: int = 10,
         seed: int = 0,

@@ -69,7 +69,7 @@ class InteractiveConfig:
     multimask_first_round: bool = True
     detach_mask_prompt: bool = True
     loss_weights: dict[str, float] = field(default_factory=dict)
-    checkpoint_rounds: bool = False
+    checkpoint_rounds: bool = True
 
     @property
     def num_rounds(self) -> int:
