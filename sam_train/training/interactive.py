@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from sam_train.data.batch import image_regions
 from sam_train.losses import mask_iou_of_logits, masks_to_logit_size, sam_loss
 from sam_train.models.sam.sam import Sam, upscale_logits
 from sam_train.training.prompts import (
@@ -35,10 +36,10 @@ from sam_train.training.prompts import (
     TEXT,
     PromptTargets,
     first_prompts,
-    image_regions,
     random_tensor,
     sample_error_points,
 )
+from sam_train.training.unused_params import zero_touching
 
 LOSS_NAMES = ("loss_focal", "loss_dice", "loss_iou", "loss")
 
@@ -140,8 +141,7 @@ def _zero_result(
         mask_inputs=torch.zeros(1, 1, *[4 * s for s in image_embeddings.shape[-2:]], device=dev),
         multimask_output=None,
     )
-    touch_all = sum(p.sum() for p in sam.parameters() if p.requires_grad)
-    zero = (logits.sum() + iou.sum() + touch_all) * 0.0
+    zero = (logits.sum() + iou.sum()) * 0.0 + zero_touching(sam.parameters())
     return InteractiveResult(
         losses={name: zero for name in LOSS_NAMES},
         round_iou=torch.zeros(cfg.num_rounds, device=dev),
@@ -261,7 +261,7 @@ def interactive_loss(
 
     if text_tokens is None and sam.prompt_encoder.text_proj is not None:
         # no text this step: keep text_proj in the graph (zero gradient) so DDP never waits on it
-        touch = sum(p.sum() for p in sam.prompt_encoder.text_proj.parameters()) * 0.0
+        touch = zero_touching(sam.prompt_encoder.text_proj.parameters())
         totals = {name: value + touch for name, value in totals.items()}
     return InteractiveResult(
         losses={name: value / cfg.num_rounds for name, value in totals.items()},
