@@ -17,14 +17,16 @@ from sam_train.data.shard_datamodules import (
     SampleSamDataModule,
     ShardMaeDataModule,
     ShardSamDataModule,
-    SkippedSamplesLogger,
 )
+from sam_train.lit.callbacks import SkippedSamplesLogger
 
 
 @pytest.fixture(scope="module")
 def sample_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cache") / "sample_shards"
-    dm = SampleSamDataModule(str(root), img_size=64, batch_size=2, num_workers=0)
+    dm = SampleSamDataModule(
+        str(root), img_size=64, build=sample_mod.ensure_sample_shards, batch_size=2, num_workers=0
+    )
     dm.prepare_data()
     return root
 

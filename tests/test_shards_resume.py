@@ -11,7 +11,8 @@ from test_prep_fixtures import as_list, image_folder, key_of
 
 from data_prep.images import convert_images
 from data_prep.shard_writer import ShardOptions
-from sam_train.data.shard_datamodules import ShardDataModule, resume_point
+from sam_train.data.shard_datamodules import ShardDataModule
+from sam_train.lit.progress import epoch_position
 
 BATCHES_PER_EPOCH = 6  # 12 samples per epoch, batch 2, one process
 
@@ -69,7 +70,7 @@ def fit(shard_dir, ckpt_dir, epochs: int, ckpt_path=None) -> dict[int, list[list
 
 
 def test_fresh_runs_start_at_epoch_zero() -> None:
-    assert resume_point(None) == (0, 0)
+    assert epoch_position(None) == (0, 0)
 
 
 def test_resume_mid_epoch_draws_fresh_batches_then_matches_the_uninterrupted_run(

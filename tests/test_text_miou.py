@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from text_helpers import tiny_clip_files
 
+from sam_train.data.batch import image_regions
 from sam_train.metrics import evaluate_prompts, evaluate_text_prompts, mask_iou
 from sam_train.models.sam import build_sam
 from sam_train.models.sam.text import region_crops
 from sam_train.training import InteractiveConfig, interactive_loss, select_masks
-from sam_train.training.prompts import TEXT, image_regions
+from sam_train.training.prompts import TEXT
 from sam_train.training.text_prompts import TextPromptConfig, TextPrompts, category_names
 
 SIZE, MIN_AREA = 128, 64

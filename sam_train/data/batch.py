@@ -18,6 +18,19 @@ MIN_MASK_AREA = 25  # pixels at the model input
 MAX_MASK_FRACTION = 0.9  # of the image; larger masks are dropped (as in SAM)
 
 
+def image_regions(
+    image_hw: torch.Tensor | None, k: int, size: int, device: torch.device
+) -> torch.Tensor:
+    """[K, S, S] bool, True inside the real image of each mask in the padded S x S frame
+    (`SamBatch.image_hw` of its image; all True without it): padding is never foreground."""
+    if image_hw is None:
+        return torch.ones(k, size, size, dtype=torch.bool, device=device)
+    ar = torch.arange(size, device=device)
+    return (ar[None, :, None] < image_hw[:, 0, None, None]) & (
+        ar[None, None, :] < image_hw[:, 1, None, None]
+    )
+
+
 @dataclass
 class SamBatch:
     """One stage-2 batch: B images, each with up to M instance masks (padded to the batch max).

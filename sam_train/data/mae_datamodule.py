@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from sam_train.data.image_datasets import ImageFolderDataset, PhotoCropsDataset, list_images
 from sam_train.data.resumable import ResumableDataLoader, ResumableSampler
 from sam_train.data.sample_images import DEFAULT_VAL_PHOTOS, load_sample_photos
+from sam_train.data.skipped import SkipCounter
 from sam_train.data.transforms import MaeEvalTransform, MaeTrainTransform
 
 
@@ -34,6 +35,7 @@ class MaeDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        skip_counter: SkipCounter | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -43,6 +45,8 @@ class MaeDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
+        # what the datasets skipped (unreadable files), logged as data/skipped
+        self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
         self._train_loader: ResumableDataLoader | None = None
         self._pending_loader_state: dict | None = None
 
@@ -141,11 +145,13 @@ def image_folder_datamodule(
     random.Random(seed).shuffle(shuffled)
     n_val = max(1, int(len(files) * val_fraction)) if val_fraction > 0 and len(files) > 1 else 0
     val_files, train_files = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+    skipped = SkipCounter()  # one counter for both splits and every worker
     return MaeDataModule(
-        ImageFolderDataset(train_files, MaeTrainTransform(img_size, crop_scale)),
-        ImageFolderDataset(val_files, MaeEvalTransform(img_size)) if val_files else None,
+        ImageFolderDataset(train_files, MaeTrainTransform(img_size, crop_scale), skipped),
+        ImageFolderDataset(val_files, MaeEvalTransform(img_size), skipped) if val_files else None,
         batch_size,
         num_workers,
         pin_memory,
         seed,
+        skip_counter=skipped,
     )

@@ -87,18 +87,6 @@ def select_masks(
     )
 
 
-def image_regions(
-    image_hw: torch.Tensor | None, k: int, size: int, device: torch.device
-) -> torch.Tensor:
-    """[K, S, S] bool, True inside each mask's real image (all True without `image_hw`)."""
-    if image_hw is None:
-        return torch.ones(k, size, size, dtype=torch.bool, device=device)
-    ar = torch.arange(size, device=device)
-    return (ar[None, :, None] < image_hw[:, 0, None, None]) & (
-        ar[None, None, :] < image_hw[:, 1, None, None]
-    )
-
-
 def sample_points_in(
     regions: torch.Tensor, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

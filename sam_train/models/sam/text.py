@@ -31,7 +31,7 @@ class ClipLoadError(RuntimeError):
     """The CLIP model or its weights cannot be loaded; the message names the fix."""
 
 
-def _model_name(clip: str) -> str:
+def clip_model_name(clip: str) -> str:
     """An open_clip model name; a `.json` model config is registered under its file stem."""
     import open_clip
 
@@ -62,7 +62,7 @@ def load_open_clip(
     """
     import open_clip
 
-    name = _model_name(clip)
+    name = clip_model_name(clip)
     if pretrained in (None, "", "none", "None"):
         log.warning("CLIP %s with random weights (prompt.text.pretrained not set)", name)
         model = open_clip.create_model(name, pretrained=None)
