@@ -39,8 +39,8 @@ from benchmarks.common import (
 )
 from benchmarks.flops import sam_encoder_flops
 from sam_train.losses import masks_to_logit_size, sam_loss
-from sam_train.models.sam.keymap import sam_state_to_official
 from sam_train.models.sam.sam import build_sam_vit
+from sam_train.weights.keymaps import sam_state_to_official
 from sam_train.weights.official import build_official_sam
 
 

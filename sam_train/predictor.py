@@ -23,10 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD
-from sam_train.models.sam.keymap import sam_state_from_official
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 from sam_train.models.sam.sam import Sam, build_sam
 from sam_train.weights.checkpoints import WeightsError, read_weights
+from sam_train.weights.keymaps import sam_state_from_official
 
 
 def infer_sam_architecture(sd: dict[str, torch.Tensor]) -> dict:

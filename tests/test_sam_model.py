@@ -11,9 +11,9 @@ from sam_train.models.sam import (
     ImageEncoderViT,
     build_sam,
     build_sam_vit,
-    sam_encoder_state_from_vit,
 )
 from sam_train.models.sam.transformer import TwoWayTransformer
+from sam_train.weights.keymaps import sam_encoder_state_from_vit
 
 
 def tiny_sam(**overrides):

@@ -15,6 +15,8 @@ from sam_train.models.sam import (  # noqa: E402
     PromptEncoder,
     TwoWayTransformer,
     build_sam,
+)
+from sam_train.weights.keymaps import (  # noqa: E402
     sam_encoder_state_from_official,
     sam_encoder_state_to_official,
     sam_state_from_official,

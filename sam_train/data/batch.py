@@ -1,6 +1,7 @@
 """Typed batches that training steps receive.
 
-Stage 1 (MAE) batches are plain image tensors [B, 3, H, W] (normalised with IMAGENET_MEAN/STD).
+Stage 1 (MAE) batches are plain image tensors [B, 3, H, W], normalised with IMAGENET_MEAN/STD
+(`sam_train.models.pixels`).
 Stage 2 (SAM) batches are `SamBatch`.
 """
 
@@ -9,9 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 import torch
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # the masks stage 2 trains and validates on: the data drops the others, the module re-checks
 MIN_MASK_AREA = 25  # pixels at the model input

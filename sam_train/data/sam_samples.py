@@ -20,14 +20,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import get_worker_info
 
-from sam_train.data.batch import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MAX_MASK_FRACTION,
-    MIN_MASK_AREA,
-    SamBatch,
-)
+from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch
 from sam_train.data.shards import SkipSample, decode_image
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass

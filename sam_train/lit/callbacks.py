@@ -22,10 +22,12 @@ def run_dir(trainer: L.Trainer) -> Path:
 
 class ValidationPictures(L.Callback):
     """Keeps the first validation batch and draws a picture of it every `every_n_epochs`
-    validation epochs (`<dirname>/epoch_NNN.png`) and at the end (`<dirname>/final.png`),
-    also sent to wandb when it logs. Subclasses say what to keep and how to draw."""
+    validation epochs (`<dirname>/<prefix>epoch_NNN.png`) and at the end
+    (`<dirname>/<prefix>final.png`), also sent to wandb when it logs. Subclasses say what to
+    keep and how to draw."""
 
     log_key = "val/picture"
+    prefix = ""  # of the file names, for two kinds of picture in one folder
 
     def __init__(self, every_n_epochs: int, dirname: str) -> None:
         self.every_n_epochs = every_n_epochs
@@ -52,7 +54,7 @@ class ValidationPictures(L.Callback):
         picture = self.draw(trainer, pl_module, self._batch)
         if picture is None:
             return None
-        path = run_dir(trainer) / self.dirname / f"{name}.png"
+        path = run_dir(trainer) / self.dirname / f"{self.prefix}{name}.png"
         save_png(picture, path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

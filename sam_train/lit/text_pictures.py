@@ -1,4 +1,4 @@
-"""Pictures of text-prompted masks (issue 5): `masks/text_epoch_NNN.png` and `masks/text_final.png`.
+"""Pictures of text-prompted masks: `masks/text_epoch_NNN.png` and `masks/text_final.png`.
 
 Top row: the mask predicted from the category phrase ("a photo of a {name}.") alone; bottom
 row: from the mask's region embedding. Red fill = prediction, green outline = ground truth.
@@ -7,18 +7,13 @@ Written only when the module trains text prompts and the validation data names c
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from sam_train.data.batch import SamBatch
+from sam_train.lit.callbacks import ValidationPictures
 from sam_train.models.sam.sam import upscale_logits
 from sam_train.training.prompts import select_masks
-from sam_train.viz.mae_grid import save_png
 from sam_train.viz.sam_masks import mask_panel, panel_grid
 
 
@@ -65,42 +60,26 @@ def text_prompt_panels(module, batch: SamBatch, num_masks: int) -> list[list[np.
     return rows
 
 
-class SamTextPictures(L.Callback):
-    """Writes the text-prompt pictures every `every_n_epochs` validation epochs and at the end.
+class SamTextPictures(ValidationPictures):
+    """`masks/text_epoch_NNN.png` and `masks/text_final.png` (when the module trains text
+    prompts and the validation data names categories).
 
     Args:
         every_n_epochs: picture interval. num_masks: masks per row. dirname: under the run folder.
     """
 
+    log_key = "val/text_masks"
+    prefix = "text_"
+
     def __init__(self, every_n_epochs: int = 1, num_masks: int = 6, dirname: str = "masks") -> None:
-        self.every_n_epochs, self.num_masks, self.dirname = every_n_epochs, num_masks, dirname
-        self._batch: SamBatch | None = None
+        super().__init__(every_n_epochs, dirname)
+        self.num_masks = num_masks
 
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
-        if self._batch is None and getattr(pl_module, "text", None) is not None:
-            self._batch = batch.to("cpu")
+    def keep(self, batch: SamBatch) -> SamBatch:
+        return batch.to("cpu")
 
-    def _write(self, trainer: L.Trainer, pl_module, name: str) -> Path | None:
-        if self._batch is None:
+    def draw(self, trainer, pl_module, batch: SamBatch) -> np.ndarray | None:
+        if getattr(pl_module, "text", None) is None:
             return None
-        rows = text_prompt_panels(pl_module, self._batch.to(pl_module.device), self.num_masks)
-        if not rows[0]:
-            return None
-        path = Path(trainer.default_root_dir) / self.dirname / f"{name}.png"
-        save_png(panel_grid(rows), path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("val/text_masks", [str(path)], step=trainer.global_step)
-        return path
-
-    @rank_zero_only
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        self._write(trainer, pl_module, f"text_epoch_{trainer.current_epoch:03d}")
-
-    @rank_zero_only
-    def on_fit_end(self, trainer, pl_module):
-        self._write(trainer, pl_module, "text_final")
+        rows = text_prompt_panels(pl_module, batch.to(pl_module.device), self.num_masks)
+        return panel_grid(rows) if rows[0] else None

@@ -63,8 +63,8 @@ def _export_encoder(weights: LoadedWeights, out: Path, dtype: str, fmt: str) -> 
 
 
 def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
-    from sam_train.models.sam.keymap import sam_state_to_official
     from sam_train.predictor import infer_sam_architecture
+    from sam_train.weights.keymaps import sam_state_to_official
 
     if weights.layout not in SAM_LAYOUTS:
         raise WeightsError(
@@ -72,7 +72,7 @@ def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
         )
     ours = weights.state_dict
     if weights.layout == "sam_official":
-        from sam_train.models.sam.keymap import sam_state_from_official
+        from sam_train.weights.keymaps import sam_state_from_official
 
         ours = sam_state_from_official(ours)
     meta = _metadata(weights, "sam", dtype)

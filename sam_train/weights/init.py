@@ -99,7 +99,7 @@ def load_matching(
 
 def init_sam_from(sam: nn.Module, path: str | Path) -> InitReport:
     """Load what `path` holds into `sam` (a `Sam`); returns the report. Raises WeightsError."""
-    from sam_train.models.sam.keymap import sam_state_from_official
+    from sam_train.weights.keymaps import sam_state_from_official
 
     weights = read_weights(path)
     report = InitReport(str(path), weights.layout)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
