@@ -1,4 +1,4 @@
-"""Stage-2 shards + precomputed CLIP region embeddings (`sam-prep clip-embed SRC OUT`, issue 5).
+"""Stage-2 shards + precomputed CLIP region embeddings (`sam-prep clip-embed SRC OUT`).
 
 Every sample of SRC is copied to OUT with one more member, `clip.npy`: float16 [N, E], row i
 the CLIP image embedding (L2-normalised) of annotation i's region, rendered exactly as training

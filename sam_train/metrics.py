@@ -150,7 +150,7 @@ def evaluate_text_prompts(
     text_embeds: torch.Tensor,
     image_hw: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """IoU [K] of the single-mask prediction for a text prompt alone (issue 5).
+    """IoU [K] of the single-mask prediction for a text prompt alone.
 
     Args:
         sam: a model with a text branch. image_embeddings: [B, C, h, w].

@@ -1,4 +1,4 @@
-"""SAM's text-prompt recipe end to end, at toy scale, on the sample data (issue 5).
+"""SAM's text-prompt recipe end to end, at toy scale, on the sample data.
 
 1. "Pretrain" a tiny CLIP contrastively on the *training* split: region crops <-> "a photo of a
    {category}." (a stand-in for a pretrained CLIP, which cannot be downloaded here).

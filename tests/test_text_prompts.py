@@ -1,4 +1,4 @@
-"""Text prompts (issue 5): the prompt token, the first-prompt mix, training through SamModule,
+"""Text prompts: the prompt token, the first-prompt mix, training through SamModule,
 precomputed region embeddings, the predictor's phrase convenience."""
 
 from __future__ import annotations

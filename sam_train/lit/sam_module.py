@@ -7,7 +7,7 @@ text prompts, category phrases and region embeddings (`val/miou_text`, `val/miou
 COCO-like data, mask AP of box prompts (`sam_train.coco_eval`). Metrics are sums and counts
 added over ranks before dividing.
 
-Text prompts (issue 5): the CLIP wrapper is held here, not in `Sam`; frozen, it is kept out of
+Text prompts: the CLIP wrapper is held here, not in `Sam`; frozen, it is kept out of
 this module's registry too, so neither checkpoints nor exports carry a copy of CLIP.
 """
 

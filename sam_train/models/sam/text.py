@@ -1,4 +1,4 @@
-"""CLIP for SAM's text prompts (issue 5): an open_clip model as a plain nn.Module.
+"""CLIP for SAM's text prompts: an open_clip model as a plain nn.Module.
 
 SAM (Kirillov et al., 2023, section 7.5 / appendix D.5) trains text prompts without text labels:
 for each large enough mask, the CLIP *image* embedding of the mask's region is the prompt; at
