@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from sam_train.cli.prep_args import add_shard_args, print_report, shard_options
+from sam_train.cli.prep_args import add_shard_args, add_subcommand, print_report, shard_options
 
 
 def _run(a: argparse.Namespace) -> None:
@@ -33,10 +33,14 @@ def _run(a: argparse.Namespace) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register clip-embed."""
-    text = "stage-2 shards -> the same shards plus CLIP region embeddings (clip.npy)"
-    p = subparsers.add_parser("clip-embed", help=text, description=text)
-    p.add_argument("src", help="stage-2 shard folder (made by sam-prep coco|sa1b|sample)")
-    p.add_argument("out", help="output shard folder (train with data.path=OUT)")
+    p = add_subcommand(
+        subparsers,
+        "clip-embed",
+        "stage-2 shards -> the same shards plus CLIP region embeddings (clip.npy)",
+        _run,
+        "src: stage-2 shard folder (made by sam-prep coco|sa1b|sample)",
+        "out: output shard folder (train with data.path=OUT)",
+    )
     p.add_argument("--clip", default="ViT-B-32", help="open_clip model name or model-config .json")
     p.add_argument(
         "--pretrained",
@@ -59,4 +63,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="prompt.text.min_region_area: smaller masks get no embedding (zeros)",
     )
     add_shard_args(p)
-    p.set_defaults(run=_run)
