@@ -22,7 +22,6 @@ does about 3x the attention-product work for global blocks (head dim 64 -> 64 + 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -164,10 +163,7 @@ def main() -> None:
             f"{r['fraction_of_matmul_peak']:8.1%} {common.fmt_si(r['peak_bytes'], 'B'):>10} "
             f"{r['max_abs_err_vs_official']:8.1e}"
         )
-    out = {"machine": common.machine(), "matmul": peak, "rows": rows}
-    print(json.dumps(out))
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    common.write_report({"machine": common.machine(), "matmul": peak, "rows": rows}, a.json)
 
 
 if __name__ == "__main__":

@@ -114,16 +114,16 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_step_bytes": memory,
         "memory_ratio_recomputed_over_held": memory["rounds_recomputed"] / memory["rounds_held"],
     }
-    print(
-        f"{' '.join(args.config)}: {result['masks']} masks x {result['rounds']} rounds | "
-        f"checkpoint_rounds=false {held:.3f} s/step (spread {result['spread']['rounds_held']:.0%}), "
-        f"true {recomputed:.3f} s/step (spread {result['spread']['rounds_recomputed']:.0%}) "
-        f"-> {result['time_ratio_recomputed_over_held']:.2f}x time; peak step memory "
-        f"{common.fmt_si(memory['rounds_held'], 'B')} vs "
-        f"{common.fmt_si(memory['rounds_recomputed'], 'B')} "
-        f"({result['memory_ratio_recomputed_over_held']:.2f}x)",
-        flush=True,
+    print(f"{' '.join(args.config)}: {result['masks']} masks x {result['rounds']} rounds")
+    for name, setting in (("rounds_held", "false"), ("rounds_recomputed", "true")):
+        seconds, spread, peak = result["step_s"][name], result["spread"][name], memory[name]
+        peak_text = common.fmt_si(peak, "B")
+        print(f"  checkpoint_rounds={setting}: {seconds:.3f} s/step ({spread:.0%}), {peak_text}")
+    ratios = (
+        result["time_ratio_recomputed_over_held"],
+        result["memory_ratio_recomputed_over_held"],
     )
+    print("  true / false: {:.2f}x time, {:.2f}x peak step memory".format(*ratios), flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

@@ -21,7 +21,6 @@ fraction of the measured fp32 matmul rate. The analytic count is checked against
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,10 +221,7 @@ def main() -> None:
             f"ours/transformers: images/s x{r['ratio_images_per_s']:.3f}, "
             f"peak memory x{r['ratio_peak_memory']:.3f}"
         )
-    out = {"machine": common.machine(), "matmul": peak, "results": results}
-    print(json.dumps(out))
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    common.write_report({"machine": common.machine(), "matmul": peak, "results": results}, a.json)
 
 
 if __name__ == "__main__":

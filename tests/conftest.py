@@ -52,6 +52,29 @@ def tiny_mae(**overrides) -> MaskedAutoencoder:
     return MaskedAutoencoder(**kwargs)
 
 
+def tiny_sam(width: int = 32, seed: int | None = 0, **overrides):
+    """A two-block SAM `width` channels wide (64 px input unless overridden); seeded with
+    `seed` (None: the caller's random state)."""
+    from sam_train.models.sam import build_sam
+
+    kwargs = dict(
+        encoder_embed_dim=width,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=64,
+        window_size=2,
+        prompt_embed_dim=width,
+        decoder_mlp_dim=2 * width,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=width,
+    )
+    kwargs.update(overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return build_sam(**kwargs)
+
+
 @pytest.fixture
 def mae() -> MaskedAutoencoder:
     torch.manual_seed(0)

@@ -8,9 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, tiny_mae, train_stage1_checkpoint
+from conftest import console_script, tiny_mae, tiny_sam, train_stage1_checkpoint
 from safetensors.torch import load_file
-from test_sam_model import tiny_sam
 
 from sam_train.predictor import SamPredictor, load_sam
 from sam_train.weights.checkpoints import WeightsError
