@@ -188,9 +188,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help=common.THREADS_HELP)
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    common.quiet_profiler_logs()
-    peak = common.matmul_rate()
+    peak = common.start(a.threads)
     print(
         f"machine fp32 matmul rate: {common.fmt_si(peak['flops_per_s'], 'FLOP/s')} "
         f"({peak['size']}^3, {torch.get_num_threads()} threads)"

@@ -271,6 +271,14 @@ def fmt_si(x: float, unit: str = "") -> str:
     return f"{x:.2f} {unit}"
 
 
+def start(threads: int) -> dict:
+    """Set the thread count, quiet the profiler, and measure the machine's fp32 matmul rate
+    (the ceiling FLOP/s figures are read against)."""
+    torch.set_num_threads(threads)
+    quiet_profiler_logs()
+    return matmul_rate()
+
+
 def write_report(out: dict, json_path: str | Path | None) -> None:
     """Print a benchmark's results as one JSON line, and write them to `json_path` if given."""
     print(json.dumps(out))

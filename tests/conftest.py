@@ -81,6 +81,21 @@ def mae() -> MaskedAutoencoder:
     return tiny_mae()
 
 
+def cpu_trainer(**kwargs):
+    """A Lightning Trainer on the CPU without logger, checkpoints, progress bar or summary
+    (each can be turned back on through `kwargs`)."""
+    import lightning as L
+
+    quiet = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**quiet, **kwargs})
+
+
 def train_stage1_checkpoint(path: Path, mae: MaskedAutoencoder, steps: int, run_config=None):
     """Fit `mae` for a few steps on random 32 px images and save a real Lightning checkpoint."""
     import lightning as L
@@ -96,14 +111,7 @@ def train_stage1_checkpoint(path: Path, mae: MaskedAutoencoder, steps: int, run_
             return DataLoader(torch.randn(4, 3, 32, 32), batch_size=2)
 
     module = MaeModule(mae, OptimConfig(lr=1e-3), run_config=run_config)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = cpu_trainer(max_steps=steps)
     trainer.fit(module, datamodule=Images())
     trainer.save_checkpoint(path)
     return path

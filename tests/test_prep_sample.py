@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import cpu_trainer
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
@@ -118,13 +119,8 @@ class _Consumer(L.LightningModule):
 def test_lightning_fit_reads_samples_and_logs_skips(sample_root, tmp_path):
     dm = SampleSamDataModule(str(sample_root), img_size=32, batch_size=4, num_workers=1)
     module = _Consumer()
-    trainer = L.Trainer(
+    trainer = cpu_trainer(
         max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         callbacks=[SkippedSamplesLogger(every_n_steps=1)],
         default_root_dir=tmp_path,

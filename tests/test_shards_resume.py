@@ -7,6 +7,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from conftest import cpu_trainer
 from test_prep_fixtures import as_list, image_folder, key_of
 
 from data_prep.images import convert_images
@@ -57,12 +58,9 @@ def fit(shard_dir, ckpt_dir, epochs: int, ckpt_path=None) -> dict[int, list[list
     every_3 = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=ckpt_dir, filename="{step}", every_n_train_steps=3, save_top_k=-1
     )
-    trainer = L.Trainer(
+    trainer = cpu_trainer(
         max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
         callbacks=[every_3],
     )
     trainer.fit(model, data, ckpt_path=ckpt_path)

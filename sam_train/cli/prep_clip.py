@@ -52,10 +52,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--margin", type=float, default=0.25, help="prompt.text.crop_margin")
     p.add_argument("--background", type=float, default=0.5, help="prompt.text.crop_background")
-    p.add_argument(
-        "--min-area",
-        type=int,
-        default=10000,
-        help="prompt.text.min_region_area: smaller masks get no embedding (zeros)",
-    )
+    p.add_argument("--min-area", type=int, default=10000, help="prompt.text.min_region_area")
     add_shard_args(p)

@@ -81,9 +81,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the composited images")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
-    p.add_argument(
-        "--variants",
-        type=int,
-        default=2,
-        help="composites per photo (default 2); the ones past 2 all go to train, val is unchanged",
-    )
+    p.add_argument("--variants", type=int, default=2, help="composites per photo (past 2: train)")
