@@ -7,7 +7,7 @@ DEMO   ?= outputs/demo
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-fast test-long lint format bench clean
+.PHONY: install system-deps demo test test-fast test-long lint format bench clean
 
 install: $(STAMP)
 
@@ -38,7 +38,15 @@ demo: install
 	@echo "  export/                         timm ViT encoder, official-layout SAM checkpoint (+ .json metadata)"
 	@echo "  prediction_arc2017.png          the exported SAM, one click per object, on a held-out photo"
 
-test: install
+# The browser test of sam-app drives Debian's chromium through chromedriver: installed here when
+# missing and we may (root with apt-get); otherwise that test skips and says why.
+system-deps:
+	@if [ ! -x /usr/bin/chromedriver ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+			|| echo "system-deps: chromium could not be installed; the browser test will skip"; \
+	fi
+
+test: install system-deps
 	$(BIN)/python -m pytest -q
 
 test-long: install

@@ -128,6 +128,16 @@ class SamPredictor:
         self._embedding = self.model.embed_images(x[None].to(self.device))
         self._orig_hw, self._input_hw = (h, w), (nh, nw)
 
+    @property
+    def embedding(self) -> torch.Tensor | None:
+        """The current image's embedding [1, C, h, w] (None before `set_image`)."""
+        return self._embedding
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(h, w) of the current image."""
+        return self._orig_hw
+
     def _to_input(self, coords: np.ndarray) -> torch.Tensor:
         scale = self._input_hw[0] / self._orig_hw[0]
         return torch.as_tensor(np.asarray(coords, dtype=np.float32) * scale, device=self.device)

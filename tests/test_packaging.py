@@ -32,6 +32,7 @@ def test_wheel_install_finds_configs_from_any_directory(tmp_path):
     )
     assert (target / "sam_train" / "conf" / "train.yaml").is_file()
     assert (target / "sam_train" / "conf" / "model" / "mae_vit_base.yaml").is_file()
+    assert (target / "sam_train" / "app" / "static" / "index.html").is_file()  # the sam-app page
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     script = (

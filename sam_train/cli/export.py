@@ -20,9 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", required=True, choices=sorted(EXPORTERS))
     parser.add_argument("--out", default=None, help="output file (default: next to the checkpoint)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument(
+        "--quantize", action="store_true", help="onnx: also write an int8 decoder_quantized.onnx"
+    )
     args = parser.parse_args(argv)
     try:
-        path = export(args.checkpoint, args.format, args.out, args.dtype)
+        path = export(args.checkpoint, args.format, args.out, args.dtype, quantize=args.quantize)
     except (WeightsError, ValueError, FileNotFoundError) as err:
         print(f"sam-export: error: {err}", file=sys.stderr)
         return 2

@@ -21,7 +21,8 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import get_worker_info
 
 from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch
-from sam_train.data.shards import SkipSample, decode_image
+from sam_train.data.shards import decode_image
+from sam_train.data.skipped import SkipSample
 from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 

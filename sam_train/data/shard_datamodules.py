@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA
 from sam_train.data.sam_samples import SamSamplePrep, collate_sam
-from sam_train.data.shards import ShardStream, SkipCounter, decode_image, resolve_shards
+from sam_train.data.shards import ShardStream, decode_image, resolve_shards
+from sam_train.data.skipped import SkipCounter
 from sam_train.data.transforms import MaeEvalTransform, MaeTrainTransform
 from sam_train.lit.progress import epoch_position
 

@@ -6,6 +6,7 @@ Layouts:
   sam_official    the official segment-anything checkpoint (same prefixes, official encoder names)
   mae_official    the official MAE checkpoint (`{"model": ...}`: encoder keys at the top level)
   vit             a bare ViT encoder in timm / our layout (`patch_embed.proj.*`, `blocks.N.*`)
+A Hugging Face folder (SamModel / ViTMAE) is read into our layout (`sam_train.weights.hf`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ class WeightsError(ValueError):
 
 
 def file_sha256(path: str | Path, limit: int | None = None) -> str:
+    """sha256 of a file, or of a weights folder's .safetensors files in name order."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    path = Path(path)
+    for file in sorted(path.glob("*.safetensors")) if path.is_dir() else [path]:
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()[:limit] if limit else h.hexdigest()
 
 
@@ -68,6 +72,12 @@ def _torch_load(path: Path) -> Any:
 def read_weights(path: str | Path) -> LoadedWeights:
     """Load a checkpoint or weights file (tensors only, no pickled code) and detect its layout."""
     path = Path(path)
+    if path.is_dir():  # a Hugging Face transformers folder (SamModel / ViTMAE)
+        from sam_train.weights.hf import is_hf_folder, read_hf_folder
+
+        if is_hf_folder(path):
+            return read_hf_folder(path)
+        raise WeightsError(f"{str(path)!r} is a folder without a transformers config.json")
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} does not exist")
     if path.stat().st_size == 0:

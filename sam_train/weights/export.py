@@ -8,6 +8,10 @@ Formats:
   sam          the whole SAM in the official segment-anything layout: a .pth state dict that
                `segment_anything`'s builders load as it is, metadata in a sidecar .json
   safetensors  the whole model in our layout, safetensors + metadata
+  onnx         a folder: encoder.onnx + decoder.onnx (segment-anything's decoder interface)
+               + preprocess.json (sam_train.weights.onnx_export)
+  hf           a folder Hugging Face transformers loads: SamModel (SAM) or ViTMAEForPreTraining
+               (MAE) (sam_train.weights.hf)
 """
 
 from __future__ import annotations
@@ -119,14 +123,44 @@ EXPORTERS: dict[str, Callable[[LoadedWeights, Path, str], Path]] = {
 SUFFIX = {"mae": ".pth", "sam": ".pth"}
 
 
+def _register_folder_formats() -> None:
+    """Formats whose exporters import optional packages (onnx, transformers) only when run."""
+
+    def onnx(w: LoadedWeights, o: Path, d: str, quantize: bool = False) -> Path:
+        from sam_train.weights.onnx_export import export_onnx_weights
+
+        return export_onnx_weights(w, o, d, quantize=quantize)
+
+    def hf(w: LoadedWeights, o: Path, d: str) -> Path:
+        from sam_train.weights.hf import export_hf_weights
+
+        return export_hf_weights(w, o, d)
+
+    EXPORTERS.update(onnx=onnx, hf=hf)
+    SUFFIX.update(onnx="", hf="")
+
+
+_register_folder_formats()
+
+
 def default_out(ckpt: Path, fmt: str) -> Path:
     return ckpt.with_name(f"{ckpt.stem}.{fmt}{SUFFIX.get(fmt, '.safetensors')}")
 
 
-def export(ckpt: str | Path, fmt: str, out: str | Path | None = None, dtype: str = "fp32") -> Path:
-    """Write `ckpt` in format `fmt` to `out` (atomically); returns the written path."""
+def export(
+    ckpt: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    dtype: str = "fp32",
+    quantize: bool = False,
+) -> Path:
+    """Write `ckpt` in format `fmt` to `out` (atomically); returns the written path.
+    `quantize`: also write an int8 decoder (onnx only)."""
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(EXPORTERS)}")
+    if quantize and fmt != "onnx":
+        raise ValueError(f"--quantize applies to --format onnx, not {fmt}")
     weights = read_weights(ckpt)
     out = Path(out) if out else default_out(Path(ckpt), fmt)
-    return EXPORTERS[fmt](weights, out, dtype)
+    options = {"quantize": True} if quantize else {}
+    return EXPORTERS[fmt](weights, out, dtype, **options)

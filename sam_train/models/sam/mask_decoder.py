@@ -131,7 +131,7 @@ class MaskDecoder(nn.Module):
         k = src.shape[0]
         x = F.linear(src, *_transposed_conv_as_linear(up1))  # [K, hw, (dy1, dx1, C/4)]
         x = x.reshape(k, 4 * h * w, up1.out_channels)  # pixels (i, j, dy1, dx1)
-        x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+        x = act1(F.layer_norm(x, (up1.out_channels,), norm.weight, norm.bias, norm.eps))
         x = F.linear(x, *_transposed_conv_as_linear(up2))  # [K, 4hw, (dy2, dx2, C/8)]
         x = act2(x.reshape(k, 16 * h * w, up2.out_channels))  # pixels (i, j, dy1, dx1, dy2, dx2)
         masks = x @ hyper_in.transpose(1, 2)  # [K, 16hw, M]

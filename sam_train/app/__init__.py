@@ -1,0 +1,1 @@
+"""`sam-app`: a local web page to click on images and see a trained SAM's masks."""

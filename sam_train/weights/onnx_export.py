@@ -1,0 +1,244 @@
+"""`sam-export CKPT --format onnx --out DIR`: a SAM as two ONNX graphs for ONNX runtimes.
+
+DIR/encoder.onnx      images [B, 3, S, S] (normalised, padded; see preprocess.json)
+                      -> image_embeddings [B, C, S/p, S/p]
+DIR/decoder.onnx      segment-anything's decoder interface, the one annotation tools and
+                      browser demos call:
+                        image_embeddings [1, C, h, w], point_coords [1, N, 2] (x, y in the
+                        resized S-frame), point_labels [1, N] (1 fg, 0 bg, -1 padding, 2 / 3
+                        box corners), mask_input [1, 1, 4h, 4w], has_mask_input [1],
+                        orig_im_size [2] (h, w)
+                      -> masks [1, 4, H, W] logits at orig_im_size, iou_predictions [1, 4],
+                        low_res_masks [1, 4, 4h, 4w]   (mask 0: the single-mask output)
+DIR/decoder_quantized.onnx   (--quantize) the decoder with int8 dynamically quantised weights
+DIR/preprocess.json   how to turn an RGB image into the encoder input, and points into the
+                      decoder's frame
+
+Graphs come from torch's TorchScript-based exporter (`torch.onnx.export(dynamo=False)`), the
+method of segment-anything's own export script. torch 2.14's default, the dynamo exporter,
+gives the same graphs here (outputs within 1e-7, the `orig_im_size` crop dynamic in both) but
+took 13x longer on this CPU (27 s against 2 s for a tiny SAM); the TorchScript exporter is
+deprecated upstream but present in every torch this package admits (< 2.15), and its opset 17
+loads in the older onnxruntime builds that annotation tools bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sam_train.files import atomic_dir
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
+from sam_train.models.sam.sam import Sam
+from sam_train.weights.checkpoints import LoadedWeights, WeightsError
+
+OPSET = 17
+DECODER_INPUTS = [
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+]
+DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
+
+
+class OnnxEncoder(nn.Module):
+    """The image encoder alone: normalised padded images -> embeddings."""
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.image_encoder = sam.image_encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images)  # [B, 3, S, S] -> [B, C, h, w]
+
+
+class OnnxDecoder(nn.Module):
+    """Prompt encoder + mask decoder + mask upscaling behind the official decoder interface.
+
+    Points carry every prompt (a box is two points labelled 2 and 3; a points-only prompt ends
+    in a padding point (0, 0) labelled -1); `has_mask_input` switches the mask prompt on (1)
+    or to the learned "no mask" embedding (0), so one graph serves every prompt kind.
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.sam = sam
+        self.image_size = sam.image_encoder.img_size
+
+    def _resized_hw(self, orig_im_size: torch.Tensor) -> torch.Tensor:
+        """The image's size after resizing its long side to S (before padding): int64 [2]."""
+        size = orig_im_size.to(torch.float32)
+        return torch.floor(size * (self.image_size / size.max()) + 0.5).to(torch.int64)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,  # [1, C, h, w]
+        point_coords: torch.Tensor,  # [1, N, 2]
+        point_labels: torch.Tensor,  # [1, N]
+        mask_input: torch.Tensor,  # [1, 1, 4h, 4w]
+        has_mask_input: torch.Tensor,  # [1]
+        orig_im_size: torch.Tensor,  # [2]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pe = self.sam.prompt_encoder
+        sparse = pe._embed_points(
+            point_coords, point_labels, pad=False, input_size=(self.image_size,) * 2
+        )  # [1, N, C]
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = has_mask_input * pe.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
+        low_res, iou = self.sam.mask_decoder.predict_masks(
+            image_embeddings, pe.get_dense_pe(), sparse, dense
+        )  # [1, 4, 4h, 4w], [1, 4]
+        full = F.interpolate(low_res, size=(self.image_size,) * 2, mode="bilinear")
+        resized = self._resized_hw(orig_im_size)
+        full = full[..., : resized[0], : resized[1]]
+        orig = orig_im_size.to(torch.int64)
+        masks = F.interpolate(full, size=(orig[0], orig[1]), mode="bilinear")
+        return masks, iou, low_res
+
+
+def decoder_example_inputs(sam: Sam, num_points: int = 3) -> dict[str, torch.Tensor]:
+    """Inputs of the decoder interface for a model of `sam`'s shape (the export's trace)."""
+    grid = sam.image_encoder.img_size // sam.image_encoder.patch_size
+    dim = sam.prompt_encoder.embed_dim
+    g = torch.Generator().manual_seed(0)
+    return {
+        "image_embeddings": torch.randn(1, dim, grid, grid, generator=g),
+        "point_coords": torch.randint(
+            0, sam.image_encoder.img_size, (1, num_points, 2), generator=g
+        ).float(),
+        "point_labels": torch.randint(0, 4, (1, num_points), generator=g).float(),
+        "mask_input": torch.randn(1, 1, 4 * grid, 4 * grid, generator=g),
+        "has_mask_input": torch.tensor([1.0]),
+        "orig_im_size": torch.tensor(
+            [0.75 * sam.image_encoder.img_size, sam.image_encoder.img_size]
+        ),
+    }
+
+
+def preprocessing(sam: Sam) -> dict:
+    """What a runtime does to an RGB image and to prompts before calling the two graphs."""
+    return {
+        "image_size": sam.image_encoder.img_size,
+        "resize": "scale the longer side to image_size (bilinear), keep the aspect ratio; "
+        "new side = floor(side * image_size / longer_side + 0.5)",
+        "pixel_scale": 1 / 255,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "normalize": "(pixel * pixel_scale - mean) / std per RGB channel",
+        "padding": {"side": "bottom-right", "value": 0.0, "after": "normalize"},
+        "layout": "NCHW float32",
+        "point_coords": "multiply (x, y) pixels of the original image by the resize scale; "
+        "add a padding point (0, 0) with label -1 when no box is given; a box is two points "
+        "(x0, y0) label 2 and (x1, y1) label 3",
+        "mask_threshold": sam.mask_threshold,
+        "embedding_shape": [
+            sam.prompt_encoder.embed_dim,
+            *sam.prompt_encoder.image_embedding_size,
+        ],
+    }
+
+
+def _export_graph(module: nn.Module, args: tuple, path: Path, **kwargs) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings, none actionable here
+        torch.onnx.export(module, args, str(path), opset_version=OPSET, dynamo=False, **kwargs)
+
+
+def export_encoder(sam: Sam, path: Path) -> Path:
+    """encoder.onnx: images [B, 3, S, S] -> image_embeddings [B, C, h, w]."""
+    size = sam.image_encoder.img_size
+    _export_graph(
+        OnnxEncoder(sam).eval(),
+        (torch.zeros(1, 3, size, size),),
+        path,
+        input_names=["images"],
+        output_names=["image_embeddings"],
+        dynamic_axes={"images": {0: "batch"}, "image_embeddings": {0: "batch"}},
+    )
+    return path
+
+
+def export_decoder(sam: Sam, path: Path) -> Path:
+    """decoder.onnx with the official interface; the number of points is dynamic."""
+    inputs = decoder_example_inputs(sam)
+    _export_graph(
+        OnnxDecoder(sam).eval(),
+        tuple(inputs.values()),
+        path,
+        input_names=DECODER_INPUTS,
+        output_names=DECODER_OUTPUTS,
+        dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+    )
+    return path
+
+
+def quantize_decoder(src: Path, dst: Path) -> Path:
+    """Weights of the matrix multiplications as int8, activations quantised on the fly."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic's "consider pre-processing" hint
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
+    finally:
+        root.setLevel(level)
+    return dst
+
+
+def export_onnx(sam: Sam, out: Path, quantize: bool = False, metadata: dict | None = None) -> Path:
+    """Write encoder.onnx, decoder.onnx (+ decoder_quantized.onnx) and preprocess.json."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as err:
+        raise WeightsError(
+            "--format onnx needs the onnx extra: pip install 'sam_train[onnx]'"
+        ) from err
+    check_output_folder(out, "encoder.onnx", "onnx")
+    sam = sam.eval()
+    with atomic_dir(out) as tmp, torch.no_grad():
+        export_encoder(sam, tmp / "encoder.onnx")
+        export_decoder(sam, tmp / "decoder.onnx")
+        if quantize:
+            quantize_decoder(tmp / "decoder.onnx", tmp / "decoder_quantized.onnx")
+        info = {**preprocessing(sam), "source": metadata or {}}
+        (tmp / "preprocess.json").write_text(json.dumps(info, indent=2, default=str))
+    return out
+
+
+def check_output_folder(out: Path, marker: str, fmt: str) -> None:
+    """Folder exports replace `out` whole: only a new or empty folder, or a previous export of
+    the same format (it holds `marker`), may be replaced."""
+    if out.exists() and not out.is_dir():
+        raise WeightsError(f"--format {fmt} writes a folder; {out} is a file (pick --out DIR/)")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
+        raise WeightsError(
+            f"--out {out} is a folder with other files in it; --format {fmt} replaces its "
+            "folder whole, so pick a new folder name"
+        )
+
+
+def export_onnx_weights(
+    weights: LoadedWeights, out: Path, dtype: str, quantize: bool = False
+) -> Path:
+    """EXPORTERS entry: a SAM checkpoint -> the ONNX folder (fp32 graphs only)."""
+    from sam_train.predictor import load_sam
+
+    if dtype != "fp32":
+        raise WeightsError("--format onnx writes fp32 graphs (use --quantize for int8 weights)")
+    sam = load_sam(weights.path)
+    meta = {
+        "source": str(weights.path),
+        "source_layout": weights.layout,
+        "architecture": sam.architecture,
+    }
+    return export_onnx(sam, out, quantize=quantize, metadata=meta)
