@@ -11,11 +11,11 @@ import torch
 from conftest import console_script, tiny_mae
 from test_export_onnx import random_sam
 
-from sam_train.predictor import load_sam
 from sam_train.weights.checkpoints import read_weights
 from sam_train.weights.export import export
 from sam_train.weights.init import init_sam_from
 from sam_train.weights.safetensors_io import save_weights
+from sam_train.weights.sam_loading import load_sam
 
 transformers = pytest.importorskip("transformers")
 

@@ -16,8 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sam_train.models.pos_embed import resize_grid_embed
-from sam_train.weights.checkpoints import WeightsError, read_weights
-from sam_train.weights.keymaps import encoder_state
+from sam_train.weights.checkpoints import WeightsError, encoder_state, read_weights
 
 
 @dataclass

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 import torch
 
 from sam_train.models.pos_embed import resize_grid_embed
-from sam_train.weights.checkpoints import LoadedWeights, WeightsError
 
 MAE_DECODER_PREFIXES = ("decoder_", "mask_token")
 
@@ -30,25 +29,6 @@ def mae_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def mae_from_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The official MAE layout -> our MaskedAutoencoder state."""
     return {(k if k.startswith(MAE_DECODER_PREFIXES) else f"encoder.{k}"): v for k, v in sd.items()}
-
-
-def encoder_state(weights: LoadedWeights) -> dict[str, torch.Tensor]:
-    """The ViT encoder of any supported layout, in our (= timm) ViT layout."""
-    sd, layout = weights.state_dict, weights.layout
-    if layout == "sam_train_mae":
-        return {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
-    if layout == "mae_official":
-        return {k: v for k, v in sd.items() if not k.startswith(MAE_DECODER_PREFIXES)}
-    if layout == "vit":
-        return {k: v for k, v in sd.items() if not k.startswith(("head.", "fc_norm."))}
-    if layout in ("sam_train_sam", "sam_official"):
-        enc = {
-            k.removeprefix("image_encoder."): v
-            for k, v in sd.items()
-            if k.startswith("image_encoder.")
-        }
-        return enc if layout == "sam_train_sam" else sam_encoder_state_from_official(enc)
-    raise WeightsError(f"no encoder in a {layout} checkpoint")
 
 
 # ---------------------------------------------------------------- SAM (segment-anything)
