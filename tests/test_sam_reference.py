@@ -161,6 +161,7 @@ def test_full_sam_state_dict_round_trip() -> None:
         encoder_num_heads=4,
         encoder_global_attn_indexes=(1, 3),
         image_size=IMG,
+        window_size=4,
         prompt_embed_dim=DIM,
         decoder_mlp_dim=64,
         decoder_num_heads=4,
