@@ -37,6 +37,61 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
+def check_resume_checkpoint(ckpt_path: str, stage: str) -> None:
+    """The checkpoint a run resumes from must be a readable sam-train Lightning checkpoint of
+    the run's own stage (read safely here, before Lightning unpickles it)."""
+    from sam_train.weights.checkpoints import WeightsError, lightning_checkpoint_stage
+
+    try:
+        found = lightning_checkpoint_stage(ckpt_path)
+    except WeightsError as err:
+        raise ConfigError(f"ckpt_path: {err}") from err
+    if found is None:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is not a sam-train Lightning checkpoint (ckpt_path resumes "
+            "a run from its checkpoints/*.ckpt); to start from these weights use model.init_from"
+        )
+    if found != stage:
+        names = {"mae": "stage-1 (mae)", "sam": "stage-2 (sam)"}
+        fix = (
+            f"resume it with stage={found}, or start stage 2 from its encoder with "
+            f"stage=sam model.init_from={ckpt_path}"
+            if found == "mae"
+            else f"resume it with stage={found}"
+        )
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is a {names[found]} checkpoint and this run is "
+            f"stage={stage}: {fix}"
+        )
+
+
+def check_resume_fits(ckpt_path: str, model) -> None:
+    """The model a run resumes must have the checkpoint's tensors (names and shapes): a run
+    resumed with other model options would fail inside Lightning with every key listed."""
+    from sam_train.weights.checkpoints import read_checkpoint_object
+
+    saved = {
+        k.removeprefix("model."): tuple(v.shape)
+        for k, v in read_checkpoint_object(ckpt_path)["state_dict"].items()
+        if k.startswith("model.")
+    }
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    differ = sorted(k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k])
+    missing, extra = sorted(wanted.keys() - saved.keys()), sorted(saved.keys() - wanted.keys())
+    if differ or missing or extra:
+        example = (
+            f"{differ[0]} is {saved[differ[0]]} there, {wanted[differ[0]]} here"
+            if differ
+            else f"{(missing or extra)[0]} is {'missing' if missing else 'extra'} there"
+        )
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} was written by a model with other options "
+            f"({len(differ)} shapes differ, {len(missing)} tensors missing, {len(extra)} extra; "
+            f"e.g. {example}): resume with the model options of the run that wrote it "
+            "(its .hydra/config.yaml)"
+        )
+
+
 def resolve_ckpt_path(
     ckpt_path: str | None, run_dir: Path, auto_resume: bool = False
 ) -> str | None:

@@ -27,6 +27,13 @@ from sam_train.models.sam.sam import Sam
 from sam_train.weights.sam_loading import load_sam
 
 
+def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """(h, w) scaled so that the long side is `long_side`, each rounded half up (as
+    segment-anything's ResizeLongestSide does; Python's round() would round half to even)."""
+    scale = long_side / max(h, w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
 class SamPredictor:
     """Prompted masks for one image at a time; the image embedding is computed once per image."""
 
@@ -60,18 +67,21 @@ class SamPredictor:
 
     @torch.no_grad()
     def set_image(self, image: np.ndarray | Image.Image) -> None:
-        """RGB image (HxWx3 uint8 array or PIL): resize the long side, normalise, pad, embed."""
+        """RGB image (HxWx3 uint8 array or PIL): resize the long side, normalise, pad, embed.
+
+        Exactly segment-anything's preprocessing, so that masks agree with its `SamPredictor`:
+        the short side is rounded half up, the image resized with PIL's bilinear filter, and
+        normalised in 0-255 units.
+        """
         pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
         pil = pil.convert("RGB")
         w, h = pil.size
-        scale = self.image_size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        arr = np.asarray(pil.resize((nw, nh), Image.BILINEAR), dtype=np.float32) / 255.0
-        x = torch.from_numpy(arr).permute(2, 0, 1)
-        x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[
-            :, None, None
-        ]
-        x = F.pad(x, (0, self.image_size - nw, 0, self.image_size - nh))
+        nh, nw = resized_shape(h, w, self.image_size)
+        resized = torch.from_numpy(np.asarray(pil.resize((nw, nh), Image.BILINEAR)).copy())
+        x = resized.permute(2, 0, 1).float()  # [3, nh, nw], 0-255
+        mean = (torch.tensor(IMAGENET_MEAN, dtype=torch.float64) * 255).float()[:, None, None]
+        std = (torch.tensor(IMAGENET_STD, dtype=torch.float64) * 255).float()[:, None, None]
+        x = F.pad((x - mean) / std, (0, self.image_size - nw, 0, self.image_size - nh))
         self._embedding = self.model.embed_images(x[None].to(self.device))
         self._orig_hw, self._input_hw = (h, w), (nh, nw)
 
@@ -86,8 +96,13 @@ class SamPredictor:
         return self._orig_hw
 
     def _to_input(self, coords: np.ndarray) -> torch.Tensor:
-        scale = self._input_hw[0] / self._orig_hw[0]
-        return torch.as_tensor(np.asarray(coords, dtype=np.float32) * scale, device=self.device)
+        """(x, y) pairs in image pixels -> pixels of the resized image, each axis scaled by its
+        own (rounded) resize factor."""
+        xy = np.asarray(coords, dtype=np.float64).reshape(-1, 2).copy()
+        xy[:, 0] *= self._input_hw[1] / self._orig_hw[1]
+        xy[:, 1] *= self._input_hw[0] / self._orig_hw[0]
+        shape = np.asarray(coords).shape
+        return torch.as_tensor(xy.reshape(shape), dtype=torch.float32, device=self.device)
 
     @torch.no_grad()
     def predict(

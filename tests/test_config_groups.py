@@ -208,7 +208,7 @@ def test_train_refuses_a_wrong_pairing_before_building_anything(tmp_path, monkey
     import sam_train.cli.train as cli
 
     built = []
-    monkeypatch.setattr(cli, "instantiate", lambda *a, **k: built.append(a))
+    monkeypatch.setattr("hydra.utils.instantiate", lambda *a, **k: built.append(a))
     cfg = without_hydra(compose_run(["stage=sam", "model=mae_vit_tiny"], tmp_path))
     with pytest.raises(ConfigError, match="MaskedAutoencoder"):
         cli.train(cfg)

@@ -68,7 +68,10 @@ def test_bad_files_give_errors_naming_the_file(tmp_path):
         read_weights(empty)
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(WeightsError, match="corrupt.pth.*not a loadable"):
+    with pytest.raises(WeightsError, match="corrupt.pth.*is a text file, not a checkpoint"):
+        read_weights(corrupt)
+    corrupt.write_bytes(bytes(range(256)))
+    with pytest.raises(WeightsError, match="corrupt.pth.*is not a PyTorch checkpoint"):
         read_weights(corrupt)
     other = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, other)

@@ -10,8 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, cpu_trainer
-from test_sam_model import tiny_sam
+from conftest import console_script, cpu_trainer, tiny_sam
 from test_sam_overfit import shapes_on_noise
 from text_helpers import tiny_clip_files
 from torch.utils.data import DataLoader

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sam_train.predictor import resized_shape
 from sam_train.weights.onnx_export import export_decoder, quantize_decoder
 
 
@@ -42,7 +43,9 @@ class OnnxClickDecoder:
         box: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The 3 multimask outputs: masks [3, H, W] bool and scores [3]."""
-        scale = self.image_size / max(orig_hw)
+        # per axis, by the rounded resized size, as SamPredictor (and segment-anything) do
+        nh, nw = resized_shape(*orig_hw, self.image_size)
+        scale = np.array([nw / orig_hw[1], nh / orig_hw[0]], np.float32)
         coords = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32)
         labs = np.zeros(0, np.float32) if labels is None else np.asarray(labels, np.float32)
         if box is not None:  # a box is two corner points labelled 2 and 3

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from sam_train.cli.arguments import OneLineParser
 from sam_train.weights.checkpoints import WeightsError
 from sam_train.weights.export import EXPORTERS, export
 from sam_train.weights.safetensors_io import DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sam-export",
         description="Export weights from a sam-train checkpoint (or an official MAE/SAM/timm file).",
     )
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         path = export(args.checkpoint, args.format, args.out, args.dtype, quantize=args.quantize)
     except (WeightsError, ValueError, FileNotFoundError) as err:
         print(f"sam-export: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the output cannot be written (permissions, a folder, a full disk)
+        print(f"sam-export: error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
     print(f"sam-export: wrote {args.format} weights to {path}")
     return 0

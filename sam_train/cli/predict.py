@@ -1,13 +1,15 @@
-"""`python -m sam_train.cli.predict CKPT`: masks for point / box prompts on one image, as a PNG.
+"""`sam-predict CKPT`: masks for point / box prompts on one image, as a PNG.
 
-python -m sam_train.cli.predict sam.pth --image photo.jpg --point 320,240 --box 10,20,200,220
-python -m sam_train.cli.predict sam.pth --sample arc2017     # a held-out sample photo,
-                                                            # one click at each object's centre
+sam-predict sam.pth --image photo.jpg --point 320,240 --box 10,20,200,220
+sam-predict sam.pth --sample arc2017     # a held-out sample photo,
+                                         # one click at each object's centre
+(`python -m sam_train.cli.predict` is the same command.)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -15,10 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sam_train.cli.arguments import OneLineParser, fail, numbers
 from sam_train.metrics import center_points
 from sam_train.predictor import SamPredictor
 from sam_train.viz.mae_grid import save_png
 from sam_train.weights.checkpoints import WeightsError
+
+PROG = "sam-predict"
 
 COLOURS = np.array(
     [
@@ -57,20 +62,48 @@ def draw(image: np.ndarray, results: list[tuple[dict, np.ndarray]]) -> np.ndarra
     return np.concatenate([image, out.clip(0, 255).astype(np.uint8)], axis=1)
 
 
-def parse_prompts(points: list[str], boxes: list[str]) -> list[dict]:
-    prompts = [
-        dict(point_coords=np.array([[float(v) for v in p.split(",")]]), point_labels=np.array([1]))
-        for p in points
-    ]
-    prompts += [
-        dict(box=np.array([float(v) for v in b.split(",")]), multimask_output=False) for b in boxes
-    ]
+def parse_prompts(points: list[list[float]], boxes: list[list[float]]) -> list[dict]:
+    prompts = [dict(point_coords=np.array([p]), point_labels=np.array([1])) for p in points]
+    prompts += [dict(box=np.array(b), multimask_output=False) for b in boxes]
     return prompts
 
 
+def prompt_problem(points: list[list[float]], boxes: list[list[float]], h: int, w: int) -> str:
+    """Why a prompt cannot be used on an HxW image ('' when all can): a click outside the image
+    or an empty or outside box would give a meaningless mask, not an error."""
+    for x, y in points:
+        if not (0 <= x < w and 0 <= y < h):
+            return (
+                f"--point {x:g},{y:g} is outside the {w}x{h} image "
+                f"(x must lie in 0..{w - 1}, y in 0..{h - 1})"
+            )
+    for x0, y0, x1, y1 in boxes:
+        box = f"--box {x0:g},{y0:g},{x1:g},{y1:g}"
+        if not (x0 < x1 and y0 < y1):
+            return f"{box} is empty: give x0,y0,x1,y1 with x0 < x1 and y0 < y1"
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+            return f"{box} reaches outside the {w}x{h} image (0 <= x <= {w}, 0 <= y <= {h})"
+    return ""
+
+
+def read_image(path: Path) -> np.ndarray:
+    """HxWx3 uint8 RGB, or a one-line error naming the file."""
+    if not path.is_file():
+        fail(PROG, f"--image {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        fail(PROG, f"--image {path} is not an image that can be read ({err})")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sam_train.cli.predict",
+    parser = OneLineParser(
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -81,33 +114,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sample", choices=["arc2017", "voc"], help="a sample photo with real objects"
     )
-    parser.add_argument(
-        "--point", action="append", default=[], help="x,y foreground click (repeatable)"
+    point = functools.partial(numbers, count=2, what="point", example="x,y (e.g. 320,240)")
+    box = functools.partial(
+        numbers, count=4, what="box", example="x0,y0,x1,y1 (e.g. 10,20,200,220)"
     )
-    parser.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 box (repeatable)")
+    parser.add_argument(
+        "--point", action="append", default=[], type=point, help="x,y foreground click (repeatable)"
+    )
+    parser.add_argument(
+        "--box", action="append", default=[], type=box, help="x0,y0,x1,y1 box (repeatable)"
+    )
     parser.add_argument("--out", type=Path, default=Path("prediction.png"))
     args = parser.parse_args(argv)
     if (args.image is None) == (args.sample is None):
         parser.error("give exactly one of --image or --sample")
-    try:
-        predictor = SamPredictor.from_checkpoint(args.checkpoint)
-    except (WeightsError, FileNotFoundError) as err:
-        print(f"predict: error: {err}", file=sys.stderr)
-        return 2
+    if args.image is not None and not (args.point or args.box):
+        parser.error("no prompts: give --point and/or --box")
     if args.sample:
         image, prompts = sample_prompts(args.sample)
     else:
-        image, prompts = np.asarray(Image.open(args.image).convert("RGB")), []
+        image, prompts = read_image(args.image), []
+    problem = prompt_problem(args.point, args.box, *image.shape[:2])
+    if problem:
+        fail(PROG, problem)
     prompts += parse_prompts(args.point, args.box)
-    if not prompts:
-        parser.error("no prompts: give --point and/or --box")
+    try:
+        predictor = SamPredictor.from_checkpoint(args.checkpoint)
+    except (WeightsError, FileNotFoundError) as err:
+        fail(PROG, str(err))
     predictor.set_image(image)  # the embedding is computed once for every prompt below
     results = []
     for prompt in prompts:
         masks, scores, _ = predictor.predict(**prompt)
         results.append((prompt, masks[int(np.argmax(scores))]))
-    save_png(draw(image, results), args.out)
-    print(f"predict: {len(results)} masks from {len(prompts)} prompts -> {args.out}")
+    try:
+        save_png(draw(image, results), args.out)
+    except OSError as err:
+        fail(PROG, f"cannot write --out {args.out}: {err.strerror or err}")
+    print(
+        f"{PROG}: {plural(len(results), 'mask')} from {plural(len(prompts), 'prompt')} "
+        f"-> {args.out}"
+    )
     return 0
 
 

@@ -1,30 +1,49 @@
 """`sam-train`: compose the config, build data, model and trainer, fit, report where results are.
 
-Returns the optimised metric so Hydra sweepers (basic, Optuna) can use it.
+Returns the optimised metric so Hydra sweepers (basic, Optuna) can use it. Lightning and torch
+are imported only once a run starts, so `sam-train --help` and config errors answer at once.
+A mistake of the user's (a bad option, a wrong or damaged checkpoint, a missing file) ends in
+one `sam-train: error: ...` line and exit code 2; SAM_TRAIN_TRACEBACK=1 shows the traceback.
 """
 
 from __future__ import annotations
 
-import logging
+import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning as L
-import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 import sam_train.conf  # noqa: F401  (stores the code-default nodes the configs build on)
-from sam_train.config_checks import check_config, check_stage_pairing, resolve_ckpt_path
+from sam_train.cli.run_folder import remove_if_unused, resume_overrides
+from sam_train.config_checks import (
+    ConfigError,
+    check_config,
+    check_resume_checkpoint,
+    check_resume_fits,
+    check_stage_pairing,
+    resolve_ckpt_path,
+)
 
-log = logging.getLogger("sam_train")
+if TYPE_CHECKING:
+    import lightning as L
+    import torch
+
+PROG = "sam-train"
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    from hydra.utils import instantiate
+
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
 
 
 def build_loggers(cfg: DictConfig) -> list:
+    from hydra.utils import instantiate
+
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
@@ -47,27 +66,51 @@ def group_choices() -> dict[str, str | None]:
     return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
 
 
+def instantiate_checked(node: Any, key: str, **kwargs: Any) -> Any:
+    """`instantiate`, with a constructor's refusal of its arguments (ValueError, TypeError, a
+    missing or unusable file) reported as the config error it is."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = root_cause(err)
+        if isinstance(cause, ValueError | TypeError | FileNotFoundError):
+            raise ConfigError(f"{key}: {cause}") from err
+        raise
+
+
 def train(cfg: DictConfig) -> float | None:
     check_stage_pairing(cfg, group_choices())
     check_config(cfg)
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir, cfg.get("auto_resume", False))
+    if ckpt_path:
+        check_resume_checkpoint(ckpt_path, cfg.stage.name)
     print(f"[sam-train] stage {cfg.stage.name} | run folder: {run_dir.resolve()}", flush=True)
     if ckpt_path:
         print(f"[sam-train] resuming from {ckpt_path}", flush=True)
-    L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    from sam_train.cli import quiet
+
+    quiet.configure_lightning_output()
+    import lightning as L
+    import torch
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate_checked(cfg.data, "data")
+    model = instantiate_checked(cfg.model, "model")
+    if ckpt_path:
+        check_resume_fits(ckpt_path, model)
     apply_model_options(model, cfg)
-    optim = instantiate(cfg.optim)
+    optim = instantiate_checked(cfg.optim, "optim")
     # a partial, so the run config (full of _target_ keys) is passed as plain data
-    make_module = instantiate(cfg.stage.module, _partial_=True)
+    make_module = instantiate_checked(cfg.stage.module, "stage.module", _partial_=True)
     module = make_module(
         model=model, optim=optim, run_config=OmegaConf.to_container(cfg, resolve=True)
     )
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False
+    trainer: L.Trainer = instantiate_checked(
+        cfg.trainer, "trainer", callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False
     )
     if trainer.accelerator is not None and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
@@ -75,7 +118,8 @@ def train(cfg: DictConfig) -> float | None:
     before = None
     if cfg.get("validate_before_training") and not ckpt_path:
         before = trainer.validate(module, datamodule=datamodule, verbose=False)[0].get(metric_name)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # weights_only: check_resume_checkpoint has loaded the file the same way
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     if module.derived is not None:
         print(f"[sam-train] {module.derived.describe()}", flush=True)
@@ -91,13 +135,25 @@ def train(cfg: DictConfig) -> float | None:
     return float(metric) if metric is not None else None
 
 
+def describe_checkpoints(folder: Path, metric_name: str | None) -> str:
+    """What the checkpoints folder really holds: last.ckpt, and the best one if there is one."""
+    best = sorted(p.name for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
+    parts = ["last.ckpt"] if (folder / "last.ckpt").is_file() else []
+    if best:
+        parts.append(f"best by {metric_name}: {', '.join(best)}")
+    else:
+        parts.append(f"no best: {metric_name} was never computed")
+    return "Lightning checkpoints (" + "; ".join(parts) + ")"
+
+
 def report_results(run_dir: Path, metric_name: str | None, metric) -> None:
     """Print where the run left its files."""
     lines = [f"[sam-train] done. Results in {run_dir.resolve()}:"]
     for rel, what in [
-        ("checkpoints", "Lightning checkpoints (last.ckpt + best)"),
+        ("checkpoints", describe_checkpoints(run_dir / "checkpoints", metric_name)),
         ("export", "exported weights (safetensors + metadata)"),
         ("csv/metrics.csv", "metrics"),
+        ("tensorboard", "TensorBoard events (tensorboard --logdir <this folder>)"),
         ("reconstructions/final.png", "original | masked | reconstruction | pasted"),
         ("masks", "predicted masks"),
         (".hydra/config.yaml", "the composed config"),
@@ -109,9 +165,80 @@ def report_results(run_dir: Path, metric_name: str | None, metric) -> None:
     print("\n".join(lines), flush=True)
 
 
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a chain (Hydra's instantiate wraps the constructor's)."""
+    seen = set()
+    while err.__cause__ is not None and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__
+    return err
+
+
+def user_error_lines(err: BaseException) -> list[str] | None:
+    """The message lines of an error the user caused (a config, file or checkpoint problem),
+    or None for anything else (a bug: shown with its traceback)."""
+    user_errors: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+    for module, name in [
+        ("sam_train.weights.checkpoints", "WeightsError"),
+        ("sam_train.models.sam.text", "ClipLoadError"),
+    ]:  # looked up, not imported: an error raised before torch was imported is not of these
+        if module in sys.modules:
+            user_errors += (getattr(sys.modules[module], name),)
+    chain, current = [], err
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    found = next((e for e in chain if isinstance(e, user_errors)), None)
+    if found is None:
+        return None
+    lines = [line.strip().removeprefix("- ") for line in str(found).splitlines()]
+    lines = [line for line in lines if line and line != "invalid configuration:"]
+    return lines or [type(found).__name__]
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+def run(cfg: DictConfig) -> float | None:
+    try:
+        return train(cfg)
+    except Exception as err:
+        lines = user_error_lines(err)
+        if lines is None or os.environ.get("SAM_TRAIN_TRACEBACK") == "1":
+            raise
+        removed = remove_if_unused(Path(cfg.paths.run_dir), Path(cfg.paths.output_dir))
+        for line in lines:
+            print(f"{PROG}: error: {line}", file=sys.stderr, flush=True)
+        if not removed:
+            print(f"{PROG}: (run folder: {Path(cfg.paths.run_dir).resolve()})", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point: a checkpoint given to resume sends the run to that run's folder."""
+    from sam_train.cli import help as cli_help
+
+    if cli_help.wants_help(sys.argv[1:]):
+        try:
+            print(cli_help.help_text([a for a in sys.argv[1:] if not a.startswith("-")]))
+        except Exception as err:  # a bad override (Hydra's exceptions: one per kind)
+            from sam_train.cli.overrides import one_line
+
+            print(f"{PROG}: error: {one_line(str(err))}", file=sys.stderr)
+            sys.exit(2)
+        return
+    args = sys.argv[1:]
+    if not any(a.startswith("-") for a in args):  # a plain run (not multirun, --cfg, ...)
+        from sam_train.cli.overrides import composition_error
+
+        problem = composition_error(args)
+        if problem:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+            sys.exit(2)
+    try:
+        sys.argv[1:] = resume_overrides(args)
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    run()
 
 
 if __name__ == "__main__":

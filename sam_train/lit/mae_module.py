@@ -30,6 +30,9 @@ class MaeModule(StageModule):
         seed: training masks are drawn from (seed, batches so far, rank), not the global RNG,
             so a resumed run draws the masks the interrupted one would have.
         max_nonfinite: consecutive non-finite losses that stop the run (each one is skipped).
+        val_mask_ratio: the mask ratio of validation, whatever `model.mask_ratio` trains with:
+            val/loss of runs with different training ratios stays comparable (a search over
+            the ratio would otherwise favour the ratios that are easy to reconstruct).
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class MaeModule(StageModule):
         val_seed: int = 1234,
         seed: int = 0,
         max_nonfinite: int = 20,
+        val_mask_ratio: float = 0.75,
     ) -> None:
         super().__init__()
         self.model = model
@@ -48,6 +52,7 @@ class MaeModule(StageModule):
         self.val_seed = val_seed
         self.seed = seed
         self.guard = NonFiniteLossGuard(max_nonfinite)
+        self.val_mask_ratio = val_mask_ratio
         self.derived: DerivedSchedule | None = None
         # read by Lightning's ThroughputMonitor; unknown here (benchmarks/ count FLOPs)
         self.flops_per_batch: int | None = None
@@ -62,7 +67,8 @@ class MaeModule(StageModule):
         return loss
 
     def validation_step(self, images: torch.Tensor, batch_idx: int) -> None:
-        loss, _, _ = self.model(images, noise=self.validation_noise(images, batch_idx))
+        noise = self.validation_noise(images, batch_idx)
+        loss, _, _ = self.model(images, mask_ratio=self.val_mask_ratio, noise=noise)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
 
     def masking_noise(self, images: torch.Tensor, seed: int) -> torch.Tensor:

@@ -12,6 +12,8 @@ A Hugging Face folder (SamModel / ViTMAE) is read into our layout (`sam_train.we
 from __future__ import annotations
 
 import hashlib
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +49,57 @@ def detect_layout(sd: dict[str, torch.Tensor]) -> str:
     return "unknown"
 
 
-def _torch_load(path: Path) -> Any:
+STAGE_OF_LAYOUT = {"sam_train_mae": "mae", "sam_train_sam": "sam"}
+PICKLE_PROTOCOL_BYTE = 0x80  # the first byte of a pickle written with protocol 2 or later
+
+
+def _format_problem(path: Path) -> str | None:
+    """Why `path` cannot be a torch.save file, judged from its bytes, or None if it may be one.
+
+    torch.save writes a zip archive (or, before torch 1.6, a bare pickle); anything else fails
+    deep inside the unpickler with messages such as `KeyError: 101` or `pop from empty list`.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if not any(n.endswith("data.pkl") for n in archive.namelist()):
+                    return "is a zip archive but not a PyTorch checkpoint (no data.pkl inside)"
+        except (zipfile.BadZipFile, OSError):
+            return "is truncated or corrupt (its zip archive is incomplete: an interrupted save or copy?)"
+        return None
+    if head[:1] == bytes([PICKLE_PROTOCOL_BYTE]):
+        return None
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "is a text file, not a checkpoint"
+    return "is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)"
+
+
+def read_checkpoint_object(path: str | Path) -> Any:
+    """The object a torch.save file holds, loaded with tensors only (no pickled code), with one
+    readable `WeightsError` for a missing, empty, truncated, foreign or unsafe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"weights file {str(path)!r} is empty (an interrupted copy?)")
+    problem = _format_problem(path)
+    if problem:
+        raise WeightsError(f"{str(path)!r} {problem}")
+    zipped = zipfile.is_zipfile(path)  # mmap (tensors read when used) needs the zip format
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or unsafe files
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError as err:
+        # torch's own message advises weights_only=False, i.e. running code from the file
         raise WeightsError(
-            f"{str(path)!r} is not a loadable PyTorch checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}); expected a Lightning .ckpt, a .pth state dict "
-            "or a .safetensors file"
+            f"{str(path)!r} holds Python objects besides tensors, which sam_train does not "
+            "unpickle (they can run code); save its state_dict (tensors only) and use that"
+        ) from err
+    except Exception as err:  # torch raises many types for damaged archives
+        first = (str(err).splitlines() or [""])[0][:160]
+        raise WeightsError(
+            f"{str(path)!r} is a damaged PyTorch checkpoint ({type(err).__name__}: {first})"
         ) from err
 
 
@@ -72,13 +117,13 @@ def read_weights(path: str | Path) -> LoadedWeights:
     if path.stat().st_size == 0:
         raise WeightsError(f"weights file {str(path)!r} is empty (an interrupted copy?)")
     metadata: dict[str, Any] = {}
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         try:
             sd, metadata = load_weights(path)
         except ValueError as err:
             raise WeightsError(str(err)) from err
     else:
-        obj = _torch_load(path)
+        obj = read_checkpoint_object(path)
         if not isinstance(obj, dict):
             raise WeightsError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict")
         if "state_dict" in obj and isinstance(obj["state_dict"], dict):  # Lightning
@@ -95,7 +140,7 @@ def read_weights(path: str | Path) -> LoadedWeights:
     layout = detect_layout(sd)
     if layout == "unknown":
         raise WeightsError(
-            f"{str(path)!r} is not a ViT, MAE or SAM checkpoint (first keys: {list(sd)[:5]})"
+            f"{str(path)!r} is not a ViT, MAE or SAM checkpoint (first keys: {list(sd)[:3]})"
         )
     return LoadedWeights(sd, layout, metadata, path)
 
@@ -117,3 +162,23 @@ def encoder_state(weights: LoadedWeights) -> dict[str, torch.Tensor]:
         }
         return enc if layout == "sam_train_sam" else sam_encoder_state_from_official(enc)
     raise WeightsError(f"no encoder in a {layout} checkpoint")
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte header length and then a JSON '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")
+
+
+def lightning_checkpoint_stage(path: str | Path) -> str | None:
+    """'mae' or 'sam' for a sam-train Lightning checkpoint (from what it says, else from its
+    keys), None for one of another kind; `WeightsError` for an unreadable file."""
+    obj = read_checkpoint_object(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        return None
+    stage = (obj.get("sam_train") or {}).get("stage")
+    if stage in ("mae", "sam"):
+        return stage
+    sd = {k.removeprefix("model."): v for k, v in obj["state_dict"].items()}
+    return STAGE_OF_LAYOUT.get(detect_layout(sd))

@@ -56,9 +56,15 @@ def load_sam(path: str | Path) -> Sam:
     sd = weights.state_dict
     if weights.layout == "sam_official":
         sd = sam_state_from_official(sd)
-    arch = weights.metadata.get("architecture") or infer_sam_architecture(sd)
-    sam = build_sam(**arch)
-    missing, unexpected = sam.load_state_dict(sd, strict=False)
+    try:
+        arch = weights.metadata.get("architecture") or infer_sam_architecture(sd)
+        sam = build_sam(**arch)
+        missing, unexpected = sam.load_state_dict(sd, strict=False)
+    except (KeyError, ValueError, RuntimeError) as err:  # a damaged or edited SAM state
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise WeightsError(
+            f"{path}: its SAM tensors do not form a SAM ({type(err).__name__}: {first})"
+        ) from err
     if missing or unexpected:
         raise WeightsError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     return sam.eval()

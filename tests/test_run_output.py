@@ -1,0 +1,87 @@
+"""What a run prints and where it writes: no third-party noise, no best checkpoint claimed when
+there is none, TensorBoard events when asked, and a resumed run continuing in its own folder."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, console_script
+from test_cli_mae import TINY
+
+SHORT = [*TINY, "data.samples_per_epoch=8", "trainer.log_every_n_steps=1"]
+
+
+def sam_train(args: list[str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [console_script("sam-train"), "stage=mae", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "SAM_TRAIN_OUTPUT": str(cwd / "outputs")},
+    )
+
+
+def test_the_command_line_imports_no_torch_until_a_run_starts():
+    """`sam-train --help` and config errors answer in a second or two: Lightning and torch
+    (~10 s to import on a loaded machine) are imported only once a run starts."""
+    code = (
+        "import sys, sam_train.cli.train, sam_train.config_checks; "
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_short_run_then_resume_in_its_own_folder(tmp_path):
+    first = tmp_path / "outputs" / "mae" / "first"
+    # one step of a two-step epoch, checkpointed mid-epoch, and no validation at all (the
+    # monitored val/loss never exists)
+    res = sam_train(
+        [
+            *SHORT,
+            "trainer.max_steps=1",
+            "callbacks.last_checkpoint.every_n_train_steps=1",
+            "trainer.limit_val_batches=0",
+            "logger=[csv,tensorboard]",
+            f"hydra.run.dir={first}",
+        ],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    printed = res.stdout + res.stderr
+    assert "could not find the monitored key" not in printed
+    assert "last.ckpt + best" not in printed and "no best: val/loss was never computed" in printed
+    for noise in ("FLOPs", "LeafSpec", "litlogger", "weights_only"):
+        assert noise not in printed, noise
+    assert list((first / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (first / "checkpoints").iterdir()) == ["last.ckpt"]
+
+    # resumed from its last.ckpt without naming a folder: it continues in `first`
+    res = sam_train(
+        [
+            *SHORT,
+            "trainer.max_epochs=2",
+            "callbacks.progress_bar.refresh_rate=1",
+            f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
+        ],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"run folder: {first}" in res.stdout
+    assert [p.name for p in (tmp_path / "outputs" / "mae").iterdir()] == ["first"]
+    assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert not list((first / "checkpoints").glob("last-v*.ckpt"))
+    with open(first / "csv" / "metrics.csv") as f:
+        steps = {int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")}
+    assert steps == {0, 1, 2, 3}, "the first part's metrics were lost on resume"
+    # the progress bar of the resumed (mid-epoch) run names the epoch it continues
+    bar = (res.stdout + res.stderr).replace("\r", "\n")
+    assert "Epoch 0: " in bar and "Epoch 1: " in bar
