@@ -19,6 +19,8 @@ from data_prep.rle import resize_rle, rle_to_json, to_rle
 
 # Extra SA-1B fields worth keeping for training (quality scores of the automatic masks).
 KEEP_EXTRA = ("predicted_iou", "stability_score")
+# LVIS image fields: categories checked absent / not exhaustively annotated (negatives for text)
+KEEP_IMAGE_EXTRA = ("neg_category_ids", "not_exhaustive_category_ids")
 
 
 def convert_annotation(
@@ -60,11 +62,13 @@ def build_record(
     src_hw: tuple[int, int],
     dst_hw: tuple[int, int],
     categories: dict[int, str],
+    allow_empty: bool = False,
 ) -> tuple[dict, Counter]:
     """The stored record of one image and the counts of its dropped annotations.
 
     image: {"id", "file_name"}; width/height are taken from dst_hw (the stored image).
-    Raises SkipSample("no_valid_annotations") when nothing is left (useless for stage 2).
+    Raises SkipSample("no_valid_annotations") when nothing is left (useless for stage 2),
+    unless `allow_empty`.
     """
     kept, skipped = [], Counter()
     for ann in anns:
@@ -72,12 +76,13 @@ def build_record(
             kept.append(convert_annotation(ann, src_hw, dst_hw, categories))
         except SkipSample as skip:
             skipped[skip.reason] += 1
-    if not kept:
+    if not kept and not allow_empty:
         raise SkipSample("no_valid_annotations", str(image.get("file_name")), also=skipped)
     meta = {
         "width": dst_hw[1],
         "height": dst_hw[0],
         "id": image.get("id"),
         "file_name": image.get("file_name"),
+        **{k: image[k] for k in KEEP_IMAGE_EXTRA if k in image},
     }
     return {"image": meta, "annotations": kept}, skipped

@@ -31,7 +31,7 @@ DECODE_CHUNK = 32  # masks decoded at full resolution at a time
 
 
 @functools.lru_cache(maxsize=2)
-def _read_shard(url: str) -> dict[str, dict[str, bytes]]:
+def read_shard(url: str) -> dict[str, dict[str, bytes]]:
     """Members of a tar shard grouped by sample key: {key: {ext: bytes}} (two shards cached:
     a planned output shard may span two input shards)."""
     samples: dict[str, dict[str, bytes]] = {}
@@ -115,7 +115,7 @@ def encode_clip_sample(
 ) -> tuple[dict[str, bytes], Counter]:
     """(shard url, key) -> the sample's members plus `clip.npy`."""
     url, key = payload
-    files = dict(_read_shard(url)[key])
+    files = dict(read_shard(url)[key])
     encoder = _encoder(clip, pretrained, cache_dir, margin, background, threads)
     try:
         image, masks, _ = model_input(files, image_size)

@@ -1,7 +1,13 @@
 """COCO instances (polygons, uncompressed and compressed RLE) -> stage-2 shards with one
-compressed-RLE mask per annotation and its category name.
+compressed-RLE mask per annotation and its category name. LVIS json files are read the same way.
 
 Images without a usable annotation are skipped (`no_valid_annotations`): stage 2 needs masks.
+
+LVIS (v0.5 / v1) differs from COCO in three ways this reader handles: images carry `coco_url`
+instead of `file_name` (the file is looked up as `<split>/<name>` under --images, e.g.
+`train2017/000000391895.jpg`, then as `<name>`); categories carry `synonyms`, `def`,
+`frequency` (the stored `category` is the `name`, e.g. `aerosol_can`); images carry
+`neg_category_ids` and `not_exhaustive_category_ids`, kept in the stored image record.
 """
 
 from __future__ import annotations
@@ -11,8 +17,14 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from data_prep.annotations import build_record
-from data_prep.common import PrepError, SkipSample, encode_image, unique_keys
+from data_prep.common import PrepError, SkipSample, unique_keys
+from data_prep.records import (
+    PixelOptions,
+    Samples,
+    load_source,
+    planned_samples,
+    stage2_samples,
+)
 from data_prep.shard_writer import Item, ShardOptions, options_dict, write_shards
 
 
@@ -33,23 +45,41 @@ def load_coco(annotations: str | Path) -> dict:
     return coco
 
 
+def image_file(images: Path, image: dict) -> tuple[str, Path | None]:
+    """(file name relative to `images`, its path when it exists) of one image entry:
+    `file_name` (COCO) or the last parts of `coco_url` (LVIS)."""
+    if image.get("file_name"):
+        names = [str(image["file_name"])]
+    elif image.get("coco_url"):
+        parts = str(image["coco_url"]).rstrip("/").split("/")
+        names = ["/".join(parts[-2:]), parts[-1]]
+    else:
+        return str(image.get("id")), None
+    for name in names:
+        if (images / name).is_file():
+            return name, images / name
+    return names[0], None
+
+
+def _hw(image: dict) -> tuple[int, int] | None:
+    h, w = image.get("height"), image.get("width")
+    return (int(h), int(w)) if h and w else None
+
+
 def encode_coco_sample(
-    payload: tuple[str, dict, list[dict]],
-    categories: dict[int, str],
-    max_side: int | None,
-    quality: int,
-) -> tuple[dict[str, bytes], Counter]:
-    """(image path, COCO image entry, its annotations) -> {"jpg"|"png": bytes, "json": bytes}."""
+    payload: tuple[str, dict, list[dict]], categories: dict[int, str], pixels: PixelOptions
+) -> tuple[Samples, Counter]:
+    """(image path, COCO image entry, its annotations) -> [("", {"jpg"|"png", "json"})], or one
+    sample per tile."""
     path, image, anns = payload
-    img = encode_image(Path(path), max_side, quality)
-    (w0, h0), (w, h) = img.source_size, img.size
+    src = load_source(Path(path), pixels)
+    h0, w0 = src.hw
     if (image.get("width", w0), image.get("height", h0)) != (w0, h0):
         raise SkipSample(
             "image_size_mismatch",
             f"{path}: {w0}x{h0} on disk, {image.get('width')}x{image.get('height')} in json",
         )
-    record, skipped = build_record(image, anns, (h0, w0), (h, w), categories)
-    return {img.ext: img.data, "json": json.dumps(record).encode()}, skipped
+    return stage2_samples(src, image, pixels, anns=anns, categories=categories)
 
 
 def convert_coco(
@@ -57,14 +87,12 @@ def convert_coco(
     annotations: str | Path,
     out: str | Path,
     options: ShardOptions | None = None,
-    max_side: int | None = None,
-    quality: int = 95,
+    pixels: PixelOptions | None = None,
 ) -> dict:
-    """Write the COCO dataset (`annotations` json, image files under `images`) as shards in `out`.
-
-    Images listed in the json but missing on disk are skipped and counted (`image_missing`).
-    """
-    options = options or ShardOptions()
+    """Write the COCO (or LVIS) dataset (`annotations` json, image files under `images`) as
+    shards in `out`. Images listed in the json but missing on disk are skipped and counted
+    (`image_missing`)."""
+    options, pixels = options or ShardOptions(), pixels or PixelOptions()
     images = Path(images).expanduser()
     coco = load_coco(annotations)
     if not images.is_dir():
@@ -75,27 +103,29 @@ def convert_coco(
     by_image = defaultdict(list)
     for ann in coco.get("annotations", []):
         by_image[ann.get("image_id")].append(ann)
-    entries = sorted(coco["images"], key=lambda im: str(im.get("file_name")))
     pre, found = Counter(), []
-    for im in entries:
-        path = images / str(im.get("file_name"))
-        if path.is_file():
-            found.append((path, im))
-        else:
+    for im in coco["images"]:
+        name, path = image_file(images, im)
+        if path is None:
             pre["image_missing"] += 1
-    keys = unique_keys([str(im.get("file_name")) for _, im in found])
+        else:
+            found.append((name, path, {**im, "file_name": name}))
+    found.sort(key=lambda f: f[0])
+    keys = unique_keys([name for name, _, _ in found])
     items = [
-        Item(k, p.stat().st_size, (str(p), im, by_image.get(im.get("id"), [])))
-        for k, (p, im) in zip(keys, found)
+        Item(
+            k,
+            p.stat().st_size,
+            (str(p), im, by_image.get(im.get("id"), [])),
+            planned_samples(pixels, p, _hw(im)),
+        )
+        for k, (_, p, im) in zip(keys, found)
     ]
-    encode = functools.partial(
-        encode_coco_sample, categories=categories, max_side=max_side, quality=quality
-    )
+    encode = functools.partial(encode_coco_sample, categories=categories, pixels=pixels)
     args = {
         "kind": "coco",
         "annotations": str(Path(annotations).resolve()),
-        "max_side": max_side,
-        "quality": quality,
+        **pixels.content_args(),
         **options_dict(options),
     }
     return write_shards(items, encode, out, options, str(images.resolve()), args, pre_skipped=pre)

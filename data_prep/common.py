@@ -21,12 +21,24 @@ class PrepError(RuntimeError):
     """A conversion cannot start or go on; the message names the path and the fix."""
 
 
-def list_files(root: str | Path, suffixes: tuple[str, ...], what: str) -> list[Path]:
-    """Files under `root` (recursive) with one of `suffixes`, sorted; a PrepError when none."""
+def list_files(
+    root: str | Path, suffixes: tuple[str, ...], what: str, exclude: str | Path | None = None
+) -> list[Path]:
+    """Files under `root` (recursive) with one of `suffixes`, sorted; a PrepError when none.
+    exclude: a folder left out (the output, when it lies inside the input); shard folders
+    written by sam-prep are always left out."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise PrepError(f"{what} folder {str(root)!r} does not exist; pass an existing folder")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    # shard folders (ours: manifest.json + .parts/) inside the input are outputs, not inputs
+    skip = {
+        m.parent.resolve() for m in root.rglob("manifest.json") if (m.parent / ".parts").is_dir()
+    }
+    if exclude is not None:
+        skip.add(Path(exclude).expanduser().resolve())
+    if skip:
+        files = [p for p in files if not any(p.resolve().is_relative_to(d) for d in skip)]
     if not files:
         raise PrepError(
             f"no {what} files ({', '.join(suffixes)}) found under {str(root)!r}; "
@@ -73,11 +85,14 @@ def resized_shape(w: int, h: int, max_side: int | None) -> tuple[int, int]:
     return max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))
 
 
-def encode_image(path: Path, max_side: int | None = None, quality: int = 95) -> EncodedImage:
+def encode_image(
+    path: Path, max_side: int | None = None, quality: int = 95, raw: bytes | None = None
+) -> EncodedImage:
     """Read and fully decode an image (so a truncated file is caught here, not in training),
-    then keep its bytes as they are when possible, else re-encode (resized) as jpg or png."""
+    then keep its bytes as they are when possible, else re-encode (resized) as jpg or png.
+    raw: the file's bytes when they are already in memory (labelme's embedded imageData)."""
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes() if raw is None else raw
     except OSError as err:
         raise SkipSample("image_missing", str(path)) from err
     try:

@@ -13,8 +13,14 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from data_prep.annotations import build_record
-from data_prep.common import SkipSample, encode_image, list_files, unique_keys
+from data_prep.common import SkipSample, list_files, unique_keys
+from data_prep.records import (
+    PixelOptions,
+    Samples,
+    load_source,
+    planned_samples,
+    stage2_samples,
+)
 from data_prep.shard_writer import Item, ShardOptions, options_dict, write_shards
 
 
@@ -23,18 +29,16 @@ def _natural(path: Path) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path)))
 
 
-def encode_sa1b_sample(
-    paths: tuple[str, str], max_side: int | None, quality: int
-) -> tuple[dict[str, bytes], Counter]:
-    """(jpg, json) paths -> {"jpg": bytes, "json": bytes}."""
+def encode_sa1b_sample(paths: tuple[str, str], pixels: PixelOptions) -> tuple[Samples, Counter]:
+    """(jpg, json) paths -> [("", {"jpg": bytes, "json": bytes})], or one sample per tile."""
     img_path, ann_path = Path(paths[0]), Path(paths[1])
     try:
         raw = json.loads(ann_path.read_text())
         anns, meta = raw["annotations"], raw.get("image", {})
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SkipSample("annotation_unreadable", f"{ann_path}: {err}") from err
-    img = encode_image(img_path, max_side, quality)
-    (w0, h0), (w, h) = img.source_size, img.size
+    src = load_source(img_path, pixels)
+    h0, w0 = src.hw
     if (meta.get("width"), meta.get("height")) not in ((w0, h0), (None, None)):
         raise SkipSample(
             "image_size_mismatch", f"{img_path}: json says {meta.get('width')}x{meta.get('height')}"
@@ -43,24 +47,22 @@ def encode_sa1b_sample(
         "id": meta.get("image_id", meta.get("id", img_path.stem)),
         "file_name": meta.get("file_name", img_path.name),
     }
-    record, skipped = build_record(image, anns, (h0, w0), (h, w), categories={})
-    return {img.ext: img.data, "json": json.dumps(record).encode()}, skipped
+    return stage2_samples(src, image, pixels, anns=anns)
 
 
 def convert_sa1b(
     src: str | Path,
     out: str | Path,
     options: ShardOptions | None = None,
-    max_side: int | None = None,
-    quality: int = 95,
+    pixels: PixelOptions | None = None,
 ) -> dict:
     """Write the SA-1B images under `src` as shards in `out`; returns the manifest.
 
     An image without its json is skipped and counted as `annotation_missing`.
     """
-    options = options or ShardOptions()
+    options, pixels = options or ShardOptions(), pixels or PixelOptions()
     src = Path(src).expanduser()
-    images = sorted(list_files(src, (".jpg", ".jpeg"), "SA-1B image"), key=_natural)
+    images = sorted(list_files(src, (".jpg", ".jpeg"), "SA-1B image", out), key=_natural)
     pre, pairs = Counter(), []
     for img in images:
         ann = img.with_suffix(".json")
@@ -70,9 +72,14 @@ def convert_sa1b(
             pre["annotation_missing"] += 1
     keys = unique_keys([str(p[0].relative_to(src)) for p in pairs])
     items = [
-        Item(k, img.stat().st_size + ann.stat().st_size, (str(img), str(ann)))
+        Item(
+            k,
+            img.stat().st_size + ann.stat().st_size,
+            (str(img), str(ann)),
+            planned_samples(pixels, img),
+        )
         for k, (img, ann) in zip(keys, pairs)
     ]
-    encode = functools.partial(encode_sa1b_sample, max_side=max_side, quality=quality)
-    args = {"kind": "sa1b", "max_side": max_side, "quality": quality, **options_dict(options)}
+    encode = functools.partial(encode_sa1b_sample, pixels=pixels)
+    args = {"kind": "sa1b", **pixels.content_args(), **options_dict(options)}
     return write_shards(items, encode, out, options, str(src.resolve()), args, pre_skipped=pre)

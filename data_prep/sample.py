@@ -41,6 +41,7 @@ from pycocotools import mask as mask_utils
 from data_prep.coco import convert_coco
 from data_prep.composite import Cutout, composite, cutouts_from
 from data_prep.images import convert_images
+from data_prep.records import PixelOptions
 from data_prep.rle import encode_masks, rle_to_json
 from data_prep.shard_writer import ShardOptions
 
@@ -187,7 +188,9 @@ def build_sample(
 
     for name in SAMPLE_PHOTOS:
         load_sample_photo(name).save(photos_dir / f"{name}.png")
-    manifests = {"mae": convert_images(photos_dir, out / "mae", opts, max_side=MAX_SIDE)}
+    manifests = {
+        "mae": convert_images(photos_dir, out / "mae", opts, PixelOptions(max_side=MAX_SIDE))
+    }
     shutil.rmtree(photos_dir)
     jsons = write_coco(out / "sam", seed, variants)
     for split, path in jsons.items():

@@ -33,24 +33,30 @@ MANIFEST = "manifest.json"
 FORMAT = "sam_train.shards/v1"
 PARTS = ".parts"
 
-# encode(payload) -> ({ext: bytes}, per-annotation skip counts); raises SkipSample
-Encoder = Callable[[Any], tuple[dict[str, bytes], Counter]]
+# encode(payload) -> (files, per-annotation skip counts); raises SkipSample. files is one
+# sample's {ext: bytes}, or a list of (key suffix, {ext: bytes}) when one input makes several
+# samples (tiles of a large image)
+Encoder = Callable[[Any], tuple[dict[str, bytes] | list[tuple[str, dict[str, bytes]]], Counter]]
 
 
 @dataclass
 class Item:
-    """One input sample: its key in the shards, an estimate of its bytes, what `encode` needs."""
+    """One input sample: its key in the shards, an estimate of its bytes, what `encode` needs,
+    and how many samples it is planned to make (tiles of a large image; 1 otherwise)."""
 
     key: str
     size: int
     payload: Any
+    count: int = 1
 
 
 @dataclass
 class ShardOptions:
     """How samples are grouped and written.
 
-    maxcount: samples per shard at most.
+    maxcount: samples per shard at most (with tiles: as planned from the image sizes; an
+        image's tiles stay in one shard, and tiles without masks that are left out make
+        shards smaller).
     maxsize: bytes per shard at most (approximate: estimated from the input file sizes, so the
         plan is known before any image is decoded; resized shards come out smaller).
     workers: worker processes (one shard at a time each); 1 runs in this process.
@@ -74,19 +80,27 @@ class _Task:
     encode: Encoder = field(repr=False)
 
 
-def plan_groups(sizes: Sequence[int], maxcount: int, maxsize: int | None) -> list[range]:
-    """Consecutive index ranges: a new shard starts when either limit would be exceeded."""
+def plan_groups(
+    sizes: Sequence[int],
+    maxcount: int,
+    maxsize: int | None,
+    counts: Sequence[int] | None = None,
+) -> list[range]:
+    """Consecutive index ranges: a new shard starts when either limit would be exceeded.
+    counts: samples each input makes (default 1 each); `maxcount` limits their sum."""
     if maxcount < 1:
         raise ValueError(f"maxcount must be at least 1, got {maxcount}")
-    groups, start, total = [], 0, 0
-    for i, size in enumerate(sizes):
-        full = i - start >= maxcount or (
-            maxsize is not None and i > start and total + size > maxsize
+    counts = counts or [1] * len(sizes)
+    groups, start, total, n = [], 0, 0, 0
+    for i, (size, count) in enumerate(zip(sizes, counts)):
+        full = i > start and (
+            n + count > maxcount or (maxsize is not None and total + size > maxsize)
         )
         if full:
             groups.append(range(start, i))
-            start, total = i, 0
+            start, total, n = i, 0, 0
         total += size
+        n += count
     if start < len(sizes):
         groups.append(range(start, len(sizes)))
     return groups
@@ -123,7 +137,10 @@ def _write_shard(task: _Task) -> dict:
             skipped.update(skip.also)
             continue
         skipped.update(ann_skips)
-        samples.append((item.key, files))
+        if isinstance(files, list):
+            samples += [(item.key + suffix, f) for suffix, f in files]
+        else:
+            samples.append((item.key, files))
     stats = {
         "name": task.name,
         "digest": task.digest,
@@ -221,7 +238,9 @@ def write_shards(
     out = Path(out)
     (out / PARTS).mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
-    groups = plan_groups([it.size for it in items], options.maxcount, options.maxsize)
+    groups = plan_groups(
+        [it.size for it in items], options.maxcount, options.maxsize, [it.count for it in items]
+    )
     tasks = []
     for i, group in enumerate(groups):
         group_items = [items[j] for j in group]
@@ -271,11 +290,28 @@ def options_dict(options: ShardOptions) -> dict:
     return {k: d[k] for k in ("maxcount", "maxsize", "prefix")}
 
 
+_STAGE1 = "stage 2 needs masks; `sam-prep images` on the same folder keeps them for stage 1"
+# what a skip means and what to do about it, printed beside the count
+REASON_HINTS = {
+    "no_valid_annotations": _STAGE1,
+    "image_without_masks": "stage 2 needs masks; --keep-empty writes them for stage 1",
+    "image_not_8bit": "pass --normalize percentile:1,99.8 (or minmax, range:LO,HI)",
+    "class_not_in_table": "objects of a pixel value missing from --classes (ignored)",
+    "tile_fragment_too_small": "pieces cut by a tile border, below --tile-min-area",
+    "tile_without_masks": "tiles with no object left out (not an error)",
+    "kept_without_masks": "written with no masks (--keep-empty): stage 1 reads them, "
+    "stage 2 skips them as no_masks",
+    "shape_point_ignored": "labelme points have no area",
+    "shape_line_ignored": "labelme lines have no area",
+}
+
+
 def report(manifest: dict) -> str:
     """A short human summary of a finished conversion."""
     lines = [f"wrote {manifest['total']} samples in {len(manifest['shards'])} shards"]
     if manifest.get("seconds"):
         lines[0] += f" ({manifest['seconds']:.1f} s)"
     for reason, n in manifest["skipped"].items():
-        lines.append(f"  skipped {n:>7}  {reason}")
+        hint = REASON_HINTS.get(reason)
+        lines.append(f"  skipped {n:>7}  {reason}" + (f"  ({hint})" if hint else ""))
     return "\n".join(lines)

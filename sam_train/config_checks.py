@@ -30,6 +30,23 @@ def check_config(cfg: DictConfig) -> None:
             f"trainer.precision={precision} on a CPU: half-precision matmuls run ~100x slower "
             "on CPUs without bf16 hardware; use trainer.precision=32-true, or trainer=gpu"
         )
+    stage = cfg.stage.name
+    target = str(cfg.model.get("_target_", ""))
+    expected = {
+        "mae": "MaskedAutoencoder",
+        "sam": "sam",
+        "sami": "sami_student",
+        "distill": "distill_student",
+    }.get(stage)
+    if expected and expected not in target:
+        problems.append(
+            f"stage={stage} with model target {target!r}: pick a model of that stage "
+            f"(model=mae_vit_* for stage=mae, model=sam_vit_* for stage=sam)"
+        )
+    if stage in ("sami", "distill"):
+        from sam_train.lit.teacher_models import teacher_problems
+
+        problems += teacher_problems(cfg)
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():
         problems.append(f"ckpt_path={ckpt} does not exist; give a Lightning .ckpt file or 'last'")
@@ -52,11 +69,16 @@ def check_resume_checkpoint(ckpt_path: str, stage: str) -> None:
             "a run from its checkpoints/*.ckpt); to start from these weights use model.init_from"
         )
     if found != stage:
-        names = {"mae": "stage-1 (mae)", "sam": "stage-2 (sam)"}
+        names = {
+            "mae": "stage-1 (mae)",
+            "sami": "stage-1 (sami)",
+            "sam": "stage-2 (sam)",
+            "distill": "stage-2 (distill)",
+        }
         fix = (
             f"resume it with stage={found}, or start stage 2 from its encoder with "
             f"stage=sam model.init_from={ckpt_path}"
-            if found == "mae"
+            if found in ("mae", "sami")
             else f"resume it with stage={found}"
         )
         raise ConfigError(
@@ -170,7 +192,8 @@ def check_stage_pairing(cfg: DictConfig, choices: Mapping[str, str | None] | Non
         )
     data = built_type(str(cfg.data.get("_target_", "")))
     feeds = getattr(data, "feeds_stage", None)
-    if feeds is not None and feeds != stage:
+    takes = getattr(module, "batch_stage", stage)  # stages built on mae / sam take their batches
+    if feeds is not None and feeds != takes:
         problems.append(
             f"stage={stage} with {named('data')}: that data feeds stage={feeds}; pick a data "
             f"config of stage {stage}, or stage={feeds}"

@@ -11,6 +11,7 @@ from test_prep_fixtures import identity_prep, make_coco
 
 from data_prep.coco import convert_coco
 from data_prep.common import PrepError
+from data_prep.records import PixelOptions
 from data_prep.rle import resize_masks
 from data_prep.shard_writer import ShardOptions
 from sam_train.data.sam_samples import masks_to_boxes
@@ -83,7 +84,9 @@ def test_stored_json_keeps_boxes_and_names(coco_shards):
 
 def test_resized_masks_follow_the_image(tmp_path):
     images, ann = make_coco(tmp_path)
-    convert_coco(images, ann, tmp_path / "small", ShardOptions(progress=False), max_side=24)
+    convert_coco(
+        images, ann, tmp_path / "small", ShardOptions(progress=False), PixelOptions(max_side=24)
+    )
     coco = COCO(str(ann))
     items = _read_items(tmp_path / "small", identity_prep(24))
     for it in items:

@@ -35,6 +35,8 @@ def test_plan_is_deterministic():
     assert plan_groups([1] * 5, 2, None) == [range(0, 2), range(2, 4), range(4, 5)]
     assert plan_groups([5, 5, 5, 1], 10, 10) == [range(0, 2), range(2, 4)]
     assert plan_groups([50, 1], 10, 10) == [range(0, 1), range(1, 2)]  # oversize sample alone
+    # inputs making several samples (tiles): maxcount limits the samples, an input stays whole
+    assert plan_groups([1] * 4, 5, None, [2, 2, 9, 1]) == [range(0, 2), range(2, 3), range(3, 4)]
 
 
 def test_interrupted_then_rerun_equals_one_run(reference, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from test_prep_fixtures import identity_prep, image_folder, make_sa1b
 
 from data_prep.common import PrepError
 from data_prep.images import convert_images
+from data_prep.records import PixelOptions
 from data_prep.sa1b import convert_sa1b
 from data_prep.shard_writer import ShardOptions
 from sam_train.data.shards import ShardStream, resolve_shards
@@ -66,7 +67,7 @@ def test_images_converter_keeps_bytes_and_resizes(tmp_path):
         first = tar.getmembers()[0]
         assert first.name == "d0_img_000.png" and first.mtime == 0 and first.uname == ""
         assert tar.extractfile(first).read() == (src / "d0" / "img_000.png").read_bytes()
-    m = convert_images(src, tmp_path / "b", ShardOptions(progress=False), max_side=10)
+    m = convert_images(src, tmp_path / "b", ShardOptions(progress=False), PixelOptions(max_side=10))
     urls, _ = resolve_shards(tmp_path / "b")
     import io
 

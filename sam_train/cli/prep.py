@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sam_train.cli import prep_clip, prep_convert
+from sam_train.cli import prep_clip, prep_convert, prep_formats, prep_teacher
 
 # in the order `sam-prep --help` lists them
 SUBCOMMAND_MODULES = (
     prep_convert,  # images, coco, sa1b, sample
     prep_clip,  # clip-embed
+    prep_formats,  # masks, labelme, inspect
+    prep_teacher,  # teacher-embed
 )
 
 

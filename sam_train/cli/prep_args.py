@@ -55,6 +55,41 @@ def add_shard_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
 
 
+def add_pixel_args(p: argparse.ArgumentParser) -> None:
+    """The options of every converter for 16-bit and large images."""
+    g = p.add_argument_group("pixels (16-bit, float, single-channel and large images)")
+    g.add_argument(
+        "--normalize",
+        default=None,
+        help="map non-8-bit images to 0..255: percentile:1,99.8 | minmax | range:LO,HI "
+        "(without it such images are skipped and counted)",
+    )
+    g.add_argument("--tile", type=int, default=None, help="cut images into SIZE x SIZE tiles")
+    g.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tiles")
+    g.add_argument(
+        "--tile-min-area",
+        type=int,
+        default=16,
+        help="drop mask pieces cut by a tile border with fewer pixels (default 16)",
+    )
+
+
+def pixel_options(args: argparse.Namespace):
+    """The parsed pixel options (and --max-side, --quality) as `PixelOptions`; a PrepError
+    for an impossible combination."""
+    from data_prep.pixels import Normalize
+    from data_prep.records import PixelOptions
+
+    return PixelOptions(
+        args.max_side,
+        args.quality,
+        Normalize.parse(args.normalize) if args.normalize else None,
+        args.tile,
+        args.overlap,
+        args.tile_min_area,
+    )
+
+
 def shard_options(args: argparse.Namespace):
     """The parsed shard options as the writer's `ShardOptions`."""
     from data_prep.shard_writer import ShardOptions

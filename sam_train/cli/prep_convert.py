@@ -5,26 +5,32 @@ from __future__ import annotations
 
 import argparse
 
-from sam_train.cli.prep_args import add_shard_args, add_subcommand, print_report, shard_options
+from sam_train.cli.prep_args import (
+    add_pixel_args,
+    add_shard_args,
+    pixel_options,
+    print_report,
+    shard_options,
+)
 
 
 def _run_images(a: argparse.Namespace) -> None:
     from data_prep.images import convert_images
 
-    print_report(convert_images(a.src, a.out, shard_options(a), a.max_side, a.quality), a.out)
+    print_report(convert_images(a.src, a.out, shard_options(a), pixel_options(a)), a.out)
 
 
 def _run_coco(a: argparse.Namespace) -> None:
     from data_prep.coco import convert_coco
 
-    manifest = convert_coco(a.images, a.annotations, a.out, shard_options(a), a.max_side, a.quality)
+    manifest = convert_coco(a.images, a.annotations, a.out, shard_options(a), pixel_options(a))
     print_report(manifest, a.out)
 
 
 def _run_sa1b(a: argparse.Namespace) -> None:
     from data_prep.sa1b import convert_sa1b
 
-    print_report(convert_sa1b(a.src, a.out, shard_options(a), a.max_side, a.quality), a.out)
+    print_report(convert_sa1b(a.src, a.out, shard_options(a), pixel_options(a)), a.out)
 
 
 def _run_sample(a: argparse.Namespace) -> None:
@@ -37,48 +43,44 @@ def _run_sample(a: argparse.Namespace) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register images, coco, sa1b and sample."""
-    p = add_subcommand(
-        subparsers,
-        "images",
-        "image folder (recursive; jpg png webp bmp tif) -> stage-1 shards",
-        _run_images,
-        "src: folder of images",
-        "out: output shard folder",
-    )
+    text = "image folder (recursive; any image suffix of data=images) -> stage-1 shards"
+    p = subparsers.add_parser("images", help=text, description=text)
+    p.add_argument("src", help="folder of images")
+    p.add_argument("out", help="output shard folder")
     add_shard_args(p)
+    add_pixel_args(p)
+    p.set_defaults(run=_run_images)
 
-    p = add_subcommand(
-        subparsers,
-        "coco",
-        "COCO instances json + images -> stage-2 shards (RLE masks, category names)",
-        _run_coco,
-        "out: output shard folder",
-    )
+    text = "COCO or LVIS instances json + images -> stage-2 shards (RLE masks, category names)"
+    p = subparsers.add_parser("coco", help=text, description=text)
     p.add_argument(
         "--images", required=True, help="folder the json's file_name entries are relative to"
     )
     p.add_argument(
         "--annotations", required=True, help="COCO instances json, e.g. instances_train2017.json"
     )
+    p.add_argument("out", help="output shard folder")
     add_shard_args(p)
+    add_pixel_args(p)
+    p.set_defaults(run=_run_coco)
 
-    p = add_subcommand(
-        subparsers,
-        "sa1b",
-        "SA-1B folder (sa_N.jpg + sa_N.json) -> stage-2 shards",
-        _run_sa1b,
-        "src: folder with sa_*.jpg and sa_*.json",
-        "out: output shard folder",
-    )
+    text = "SA-1B folder (sa_N.jpg + sa_N.json) -> stage-2 shards"
+    p = subparsers.add_parser("sa1b", help=text, description=text)
+    p.add_argument("src", help="folder with sa_*.jpg and sa_*.json")
+    p.add_argument("out", help="output shard folder")
     add_shard_args(p)
+    add_pixel_args(p)
+    p.set_defaults(run=_run_sa1b)
 
-    p = add_subcommand(
-        subparsers,
-        "sample",
-        "the embedded sample dataset as shards (OUT/mae, OUT/sam/{train,val})",
-        _run_sample,
-        "out: output folder",
-    )
+    text = "the embedded sample dataset as shards (OUT/mae, OUT/sam/{train,val})"
+    p = subparsers.add_parser("sample", help=text, description=text)
+    p.add_argument("out", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the composited images")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
-    p.add_argument("--variants", type=int, default=2, help="composites per photo (past 2: train)")
+    p.add_argument(
+        "--variants",
+        type=int,
+        default=2,
+        help="composites per photo (default 2); the ones past 2 all go to train, val is unchanged",
+    )
+    p.set_defaults(run=_run_sample)

@@ -43,6 +43,7 @@ class SamBatch:
     image_hw:    [B, 2] long, (h, w) of the resized image inside the padded square.
     image_ids:   B identifiers (the shard sample key or the COCO image id).
     region_embeds: optional [B, M, E] precomputed CLIP image embeddings of each mask's region.
+    teacher_embeds: optional [B, C, h, w] a teacher SAM's precomputed image embeddings.
     """
 
     images: torch.Tensor
@@ -54,6 +55,7 @@ class SamBatch:
     image_hw: torch.Tensor | None = None
     image_ids: list = field(default_factory=list)
     region_embeds: torch.Tensor | None = None
+    teacher_embeds: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SamBatch:
         """Move every tensor field (Lightning calls this through `transfer_batch_to_device`)."""

@@ -39,6 +39,7 @@ class SamItem:
     image_hw: tuple[int, int]  # (h, w) of the resized image inside the square
     image_id: object
     region_embeds: torch.Tensor | None = None  # [M, E] CLIP region embeddings (`clip.npy`)
+    teacher_embeds: torch.Tensor | None = None  # [C, h, w] a teacher's embeddings (`teacher.npy`)
 
 
 def resized_hw(h: int, w: int, size: int) -> tuple[int, int]:
@@ -115,7 +116,9 @@ class SamSamplePrep:
         if not kept:
             raise SkipSample("no_masks", f"none of {len(record['annotations'])} masks usable")
         img = img.resize((w, h), Image.Resampling.BILINEAR)
-        if self.hflip and rng.random() < 0.5:
+        teacher = teacher_embeds_of(sample)
+        # precomputed teacher embeddings are those of the unflipped image: no flip then
+        if self.hflip and teacher is None and rng.random() < 0.5:
             img, masks = (
                 img.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
                 np.ascontiguousarray(masks[:, :, ::-1]),
@@ -132,6 +135,7 @@ class SamSamplePrep:
             image_hw=(h, w),
             image_id=image_id if image_id is not None else sample.get("__key__"),
             region_embeds=region_embeds_of(sample, kept),
+            teacher_embeds=teacher,
         )
 
     def _candidates(self, anns: list[dict], H: int, W: int, area_scale: float) -> list[dict]:
@@ -180,6 +184,14 @@ def region_embeds_of(sample: dict, kept: list[dict]) -> torch.Tensor | None:
     )
 
 
+def teacher_embeds_of(sample: dict) -> torch.Tensor | None:
+    """The sample's `teacher.npy` (from `sam-prep teacher-embed`) as float [C, h, w], or None."""
+    raw = sample.get("teacher.npy")
+    if raw is None:
+        return None
+    return torch.from_numpy(np.load(io.BytesIO(raw), allow_pickle=False).astype(np.float32))
+
+
 def resize_decoded(full: np.ndarray, h: int, w: int) -> np.ndarray:
     """pycocotools' decode output [H, W, n] (Fortran order) -> [n, h, w] uint8, C order,
     nearest-neighbour. The one layout transpose is done at the smaller of the two sizes."""
@@ -225,6 +237,9 @@ def collate_sam(items: list[SamItem]) -> SamBatch:
         region = torch.zeros(B, M, items[0].region_embeds.shape[-1])
         for b, it in enumerate(items):
             region[b, : len(it.region_embeds)] = it.region_embeds
+    teacher = None  # [B, C, h, w] only when every item has precomputed teacher embeddings
+    if all(it.teacher_embeds is not None for it in items):
+        teacher = torch.stack([it.teacher_embeds for it in items])
     for b, it in enumerate(items):
         m, (h, w) = len(it.masks), it.masks.shape[1:]
         images[b] = it.image
@@ -241,4 +256,5 @@ def collate_sam(items: list[SamItem]) -> SamBatch:
         image_hw=torch.tensor([it.image_hw for it in items], dtype=torch.long),
         image_ids=[it.image_id for it in items],
         region_embeds=region,
+        teacher_embeds=teacher,
     )

@@ -35,6 +35,8 @@ class MaeModule(StageModule):
             the ratio would otherwise favour the ratios that are easy to reconstruct).
     """
 
+    batch_stage = "mae"  # takes the batches of the data that feeds stage=mae (images)
+
     def __init__(
         self,
         model: MaskedAutoencoder,

@@ -55,6 +55,8 @@ class SamModule(StageModule):
         coco_eval: log `val/coco_mask_ap(50)` of box prompts when every mask has a category.
     """
 
+    batch_stage = "sam"  # takes the batches of the data that feeds stage=sam (SamBatch)
+
     def __init__(
         self,
         model: Sam,
@@ -183,7 +185,7 @@ class SamModule(StageModule):
         )
         if targets.num_masks == 0:
             return
-        embeddings = self.model.embed_images(batch.images)
+        embeddings = self.validation_embeddings(batch)
         results = evaluate_prompts(
             self.model,
             embeddings,
@@ -204,6 +206,10 @@ class SamModule(StageModule):
             self.coco.update(
                 targets.masks, masks, scores, categories, targets.image_index, targets.image_hw
             )
+
+    def validation_embeddings(self, batch: SamBatch) -> torch.Tensor:
+        """The image embeddings validation prompts run on (a subclass may log more)."""
+        return self.model.embed_images(batch.images)
 
     def _validate_text(
         self, batch: SamBatch, targets: PromptTargets, embeddings: torch.Tensor

@@ -172,13 +172,14 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def lightning_checkpoint_stage(path: str | Path) -> str | None:
-    """'mae' or 'sam' for a sam-train Lightning checkpoint (from what it says, else from its
-    keys), None for one of another kind; `WeightsError` for an unreadable file."""
+    """The stage of a sam-train Lightning checkpoint ('mae', 'sam', 'sami', 'distill': from what
+    it says, else 'mae' or 'sam' from its keys), None for one of another kind; `WeightsError`
+    for an unreadable file."""
     obj = read_checkpoint_object(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         return None
     stage = (obj.get("sam_train") or {}).get("stage")
-    if stage in ("mae", "sam"):
+    if stage in ("mae", "sam", "sami", "distill"):
         return stage
     sd = {k.removeprefix("model."): v for k, v in obj["state_dict"].items()}
     return STAGE_OF_LAYOUT.get(detect_layout(sd))

@@ -1,0 +1,113 @@
+"""`sam-prep masks | labelme | inspect`: the data people bring (mask files, label images,
+labelme) and a look at the result. The work is in `data_prep.masks`, `data_prep.labelme` and
+`data_prep.inspect_shards`; this file only declares the arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sam_train.cli.prep_args import (
+    add_pixel_args,
+    add_shard_args,
+    pixel_options,
+    print_report,
+    shard_options,
+)
+
+
+def _run_masks(a: argparse.Namespace) -> None:
+    from data_prep.masks import convert_masks
+
+    manifest = convert_masks(
+        a.images,
+        a.masks,
+        a.out,
+        shard_options(a),
+        pixel_options(a),
+        a.classes,
+        a.instances,
+        a.keep_empty,
+    )
+    print_report(manifest, a.out)
+
+
+def _run_labelme(a: argparse.Namespace) -> None:
+    from data_prep.labelme import convert_labelme
+
+    manifest = convert_labelme(a.src, a.out, shard_options(a), pixel_options(a), a.keep_empty)
+    print_report(manifest, a.out)
+
+
+def _run_inspect(a: argparse.Namespace) -> None:
+    from data_prep.inspect_shards import format_stats, shard_stats, write_overlay
+
+    stats = shard_stats(a.shards)
+    print(json.dumps(stats, indent=1) if a.json else format_stats(stats))
+    if a.samples > 0 and stats["samples"]:
+        path = write_overlay(a.shards, a.overlay or Path(a.shards) / "inspect.png", a.samples)
+        print(f"overlay: {path}")
+
+
+def _keep_empty_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-empty",
+        action="store_true",
+        help="also write images without masks (no annotations): stage 1 trains on them, the "
+        "stage-2 reader skips them (default: left out and counted)",
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register masks, labelme and inspect."""
+    text = (
+        "images + mask files (instance label images, per-object masks, semantic label images "
+        "with --classes) -> stage-2 shards"
+    )
+    p = subparsers.add_parser("masks", help=text, description=text)
+    p.add_argument("--images", required=True, help="folder of images (recursive)")
+    p.add_argument(
+        "--masks",
+        required=True,
+        help="folder of masks mirroring --images: <stem>.png|tif (label image), "
+        "<stem>/<k>.png or <stem>_<k>.png (one binary mask per object)",
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help='class table (json {"1": "name"} or txt, one name per line from value 0): '
+        "the label images are then semantic (values = class ids)",
+    )
+    p.add_argument(
+        "--instances",
+        choices=("connected", "class"),
+        default="connected",
+        help="with --classes: one object per connected component (default) or per class",
+    )
+    p.add_argument("out", help="output shard folder")
+    _keep_empty_arg(p)
+    add_shard_args(p)
+    add_pixel_args(p)
+    p.set_defaults(run=_run_masks)
+
+    text = "labelme json files (+ their images) -> stage-2 shards"
+    p = subparsers.add_parser("labelme", help=text, description=text)
+    p.add_argument("src", help="folder of labelme .json files (recursive)")
+    p.add_argument("out", help="output shard folder")
+    _keep_empty_arg(p)
+    add_shard_args(p)
+    add_pixel_args(p)
+    p.set_defaults(run=_run_labelme)
+
+    text = "shard folder -> counts, mask statistics, skips, and an overlay PNG"
+    p = subparsers.add_parser("inspect", help=text, description=text)
+    p.add_argument("shards", help="shard folder (with manifest.json)")
+    p.add_argument(
+        "--overlay",
+        default=None,
+        help="PNG of the first samples with their masks (default SHARDS/inspect.png)",
+    )
+    p.add_argument("--samples", type=int, default=4, help="samples drawn (default 4)")
+    p.add_argument("--json", action="store_true", help="print the statistics as json")
+    p.set_defaults(run=_run_inspect)

@@ -1,0 +1,104 @@
+"""The students of the teacher-student stages as training builds them (Hydra `_target_`s).
+
+`sami_student` sizes the SAMI head to the teacher's width; `distill_student` builds a SAM whose
+prompt encoder and mask decoder are copies of the teacher's, so the student is a complete SAM
+from the first step. The teacher itself is loaded once per process (`load_teacher`) and never
+becomes part of the student.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sam_train.lit.sam_model import trainable_sam
+from sam_train.models.sam.sam import Sam
+from sam_train.models.sami import SamiModel
+from sam_train.models.teacher import SamTeacher, load_teacher
+
+log = logging.getLogger(__name__)
+
+# build_sam arguments of the parts copied from the teacher (they must be the teacher's)
+DECODER_ARGS = (
+    "prompt_embed_dim",
+    "mask_in_chans",
+    "text_embed_dim",
+    "decoder_depth",
+    "decoder_num_heads",
+    "decoder_mlp_dim",
+    "iou_head_hidden_dim",
+)
+
+
+def sami_student(teacher: str, **mae_args) -> SamiModel:
+    """A `SamiModel` whose decoder predicts `teacher`'s pre-neck features (its width)."""
+    return SamiModel(target_dim=load_teacher(str(teacher)).feature_dim, **mae_args)
+
+
+def embedding_grid_problem(
+    student_image_size: int, student_patch: int, teacher: SamTeacher
+) -> str | None:
+    """Why a student cannot regress the teacher's embeddings, or None: the grids must match."""
+    grid = student_image_size // student_patch
+    if grid == teacher.grid:
+        return None
+    return (
+        f"distillation needs the student's embedding grid to match the teacher's: the student "
+        f"gives {grid} x {grid} (model.image_size={student_image_size} / "
+        f"model.patch_size={student_patch}), the teacher {teacher.grid} x {teacher.grid} "
+        f"({teacher.input_size} px / patch {teacher.patch_size}); set "
+        f"model.image_size={teacher.grid * student_patch} or "
+        f"model.patch_size={student_image_size // teacher.grid}"
+    )
+
+
+def distill_student(teacher: str, init_from: str | None = None, **architecture) -> Sam:
+    """A SAM student: its image encoder as configured (optionally `init_from` a stage-1
+    checkpoint), its prompt encoder and mask decoder copied from `teacher` (and built with the
+    teacher's decoder sizes, whatever the config says)."""
+    architecture.pop("freeze_encoder", None)  # the distillation stage decides what trains
+    t = load_teacher(str(teacher))
+    problem = embedding_grid_problem(
+        architecture.get("image_size", 1024), architecture.get("patch_size", 16), t
+    )
+    if problem:
+        raise ValueError(problem)
+    teacher_arch = t.sam.architecture
+    changed = {
+        k: (architecture.get(k), teacher_arch[k])
+        for k in DECODER_ARGS
+        if k in teacher_arch and architecture.get(k, teacher_arch[k]) != teacher_arch[k]
+    }
+    if changed:
+        log.info("decoder sizes taken from the teacher: %s", changed)
+    architecture.update({k: teacher_arch[k] for k in DECODER_ARGS if k in teacher_arch})
+    sam = trainable_sam(init_from=init_from, **architecture)
+    sam.prompt_encoder.load_state_dict(t.sam.prompt_encoder.state_dict())
+    sam.mask_decoder.load_state_dict(t.sam.mask_decoder.state_dict())
+    return sam
+
+
+def teacher_problems(cfg) -> list[str]:
+    """Checks of a `stage=sami|distill` run config before anything is built: the student is a
+    model of the stage, the teacher file loads as a SAM, and (distillation) the grids match."""
+    from pathlib import Path
+
+    from sam_train.weights.checkpoints import WeightsError
+
+    stage, model = cfg.stage.name, cfg.model
+    kind = "mae_vit_*" if stage == "sami" else "sam_vit_*"
+    if ("mask_ratio" in model) != (stage == "sami"):
+        return [f"stage={stage} trains a model={kind} student; pick one of those"]
+    path = model.get("teacher")
+    if not path or not Path(str(path)).is_file():
+        return [
+            f"model.teacher={path} is not a file: give a SAM checkpoint (ours, an export, or "
+            "the official sam_vit_*.pth)"
+        ]
+    try:
+        teacher = load_teacher(str(path))
+    except WeightsError as err:
+        return [f"model.teacher: {err}"]
+    if stage == "distill":
+        problem = embedding_grid_problem(model.image_size, model.patch_size, teacher)
+        return [problem] if problem else []
+    return []

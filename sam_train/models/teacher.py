@@ -1,0 +1,111 @@
+"""A SAM used as a teacher: frozen, in eval mode, run without autograd.
+
+Any SAM `load_sam` reads is a teacher (our checkpoints and exports, the official
+segment-anything files). It gives two targets:
+
+- `features`: the image encoder's output before the neck, [B, D_t, h, w] (what EfficientSAM's
+  SAMI reconstructs);
+- `embeddings`: the image embeddings after the neck, [B, C, h, w] (what MobileSAM distils).
+
+Images arrive normalised at the student's input size; the teacher sees them resized to its own.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sam_train.models.sam.sam import Sam
+
+
+class SamTeacher(nn.Module):
+    """A frozen SAM whose image encoder supplies training targets.
+
+    Args:
+        sam: the teacher model; its parameters are frozen here and it stays in eval mode
+            whatever `train()` is called with.
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.sam = sam.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> SamTeacher:
+        return super().train(False)  # dropout / drop path never switch on
+
+    @property
+    def input_size(self) -> int:
+        return self.sam.image_encoder.img_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.sam.image_encoder.patch_size
+
+    @property
+    def grid(self) -> int:
+        """Side of the embedding grid at the teacher's input size."""
+        return self.input_size // self.patch_size
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pre-neck features (the ViT width)."""
+        return self.sam.image_encoder.embed_dim
+
+    @property
+    def embedding_dim(self) -> int:
+        """Channels of the image embeddings (the prompt width)."""
+        return self.sam.image_encoder.out_chans
+
+    def teacher_input(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] at the student's size -> [B, 3, T, T] at the teacher's."""
+        if images.shape[-1] == self.input_size and images.shape[-2] == self.input_size:
+            return images
+        size = (self.input_size, self.input_size)
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+    @torch.inference_mode()
+    def _run(self, images: torch.Tensor, before_neck: bool) -> torch.Tensor:
+        x = self.teacher_input(images)
+        encoder = self.sam.image_encoder
+        return encoder.forward_grid(x) if before_neck else encoder(x)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pre-neck encoder output [B, D_t, h, w]; a normal tensor, usable in a loss."""
+        return self._run(images, before_neck=True).clone()
+
+    def embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Image embeddings [B, C, h, w] after the neck; a normal tensor, usable in a loss."""
+        return self._run(images, before_neck=False).clone()
+
+
+@functools.lru_cache(maxsize=2)
+def load_teacher(path: str) -> SamTeacher:
+    """The teacher in `path`, loaded once per process: the model builder (which needs its
+    width or its decoder) and the training module share one copy."""
+    from sam_train.weights.sam_loading import load_sam
+
+    return SamTeacher(load_sam(Path(path)))
+
+
+class HoldsFrozen:
+    """Mixin for modules that keep frozen helpers (a teacher) out of their registry, so the
+    helpers are in no `state_dict`, checkpoint or optimiser, yet move with `.to(device)`.
+
+    `self.hold_frozen("teacher", module)` stores it; `self.frozen("teacher")` reads it."""
+
+    def hold_frozen(self, name: str, module: nn.Module) -> None:
+        held = self.__dict__.setdefault("_held_frozen", {})
+        held[name] = module.requires_grad_(False).eval()
+
+    def frozen(self, name: str) -> nn.Module:
+        return self.__dict__["_held_frozen"][name]
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        for module in self.__dict__.get("_held_frozen", {}).values():
+            module._apply(fn, *args, **kwargs)
+        return out

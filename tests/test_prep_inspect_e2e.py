@@ -1,0 +1,94 @@
+"""`sam-prep inspect` counts what the shards hold; `sam-prep masks` -> `sam-train stage=sam`
+runs end to end on a label-image folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import console_script
+from formats_helpers import save_label
+from PIL import Image
+from test_prep_fixtures import write_image
+from test_sam_stage import SAM_TINY
+
+
+@pytest.fixture(scope="module")
+def label_folder(tmp_path_factory):
+    """6 photos-like images, 64 x 48, with 1..3 rectangular objects each, and one without."""
+    root = tmp_path_factory.mktemp("labels")
+    for i in range(6):
+        write_image(root / "imgs" / f"im{i}.png", 64, 48, seed=i)
+        label = np.zeros((48, 64), dtype=np.uint16)
+        for k in range(1 + i % 3):
+            label[4 + 14 * k : 14 + 14 * k, 5 + 9 * k : 25 + 9 * k] = k + 1
+        save_label(root / "labels" / f"im{i}.png", label)
+    write_image(root / "imgs" / "empty.png", 64, 48, seed=9)
+    return root
+
+
+def _prep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [console_script("sam-prep"), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_inspect_prints_counts_and_writes_an_overlay(label_folder, tmp_path):
+    out = tmp_path / "shards"
+    res = _prep(
+        "masks", "--images", str(label_folder / "imgs"), "--masks", str(label_folder / "labels"),
+        str(out), "--workers", "1", "--no-progress", "--maxcount", "4",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    res = _prep("inspect", str(out), "--json", "--samples", "3")
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(res.stdout[: res.stdout.rindex("}") + 1])
+    assert stats["samples"] == 6 and stats["masks"] == 12
+    assert stats["masks_per_image"] == {"min": 1, "median": 2.0, "max": 3}
+    assert stats["mask_area_px"]["min"] == stats["mask_area_px"]["max"] == 200
+    assert stats["skipped"] == {"image_without_masks": 1}
+    assert stats["categories"] == {"(none)": 12}
+    overlay = Image.open(out / "inspect.png")
+    assert overlay.size == (3 * 256, 256)
+    text = _prep("inspect", str(out)).stdout
+    assert "masks per image  min 1  median 2  max 3" in text
+    assert "image_without_masks" in text
+    res = _prep("inspect", str(tmp_path / "nowhere"))
+    assert res.returncode == 2 and "manifest.json" in res.stderr
+
+
+@pytest.mark.slow
+def test_label_images_to_sam_training_end_to_end(label_folder, tmp_path):
+    out = tmp_path / "shards"
+    res = _prep(
+        "masks", "--images", str(label_folder / "imgs"), "--masks", str(label_folder / "labels"),
+        str(out), "--workers", "1", "--no-progress",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "run"
+    res = subprocess.run(
+        [
+            console_script("sam-train"),
+            "stage=sam",
+            "data=coco",
+            f"data.path={out}",
+            f"data.val_path={out}",
+            "data.num_workers=0",
+            "data.pin_memory=false",
+            "data.batch_size=2",
+            "data.shuffle_buffer=8",
+            *SAM_TINY,
+            f"hydra.run.dir={run}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    metrics = (run / "csv" / "metrics.csv").read_text()
+    assert "train/loss_dice" in metrics.splitlines()[0] and "val/miou_box" in metrics
