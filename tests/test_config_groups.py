@@ -41,6 +41,7 @@ STAGE_OF = {
     "experiment": {
         "demo_mae": "mae",
         "demo_sam": "sam",
+        "mae_vit_base_paper": "mae",
         "sam_vit_b_sa1b": "sam",
         "sam_vit_h_sa1b": "sam",
     },
@@ -177,10 +178,10 @@ def test_code_defaults_are_the_config_defaults(tmp_path):
     """A default written once in the code is what a run gets, and can be overridden."""
     from sam_train.training.interactive import InteractiveConfig
 
-    cfg = compose_run(["stage=sam", "stage.module.interactive.num_click_rounds=3"], tmp_path)
+    cfg = compose_run(["stage=sam", "stage.module.interactive.num_click_rounds=6"], tmp_path)
     interactive = instantiate(cfg.stage.module.interactive)
-    assert interactive.checkpoint_rounds is InteractiveConfig.checkpoint_rounds is True
-    assert interactive.num_click_rounds == 3
+    assert interactive.box_noise_frac == InteractiveConfig.box_noise_frac == 0.1
+    assert interactive.num_click_rounds == 6
     cfg = compose_run(["stage=sam", "data=coco", "data.path=x", "data.hflip=false"], tmp_path)
     assert cfg.data.min_mask_area == cfg.stage.module.min_mask_area  # one mask filter
     assert cfg.data.hflip is False
