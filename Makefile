@@ -31,7 +31,7 @@ demo-run:
 		model.init_from=$(DEMO)/mae/checkpoints/last.ckpt
 	$(BIN)/sam-export $(DEMO)/mae/checkpoints/last.ckpt --format timm --out $(DEMO)/export/vit_tiny_mae.safetensors
 	$(BIN)/sam-export $(DEMO)/sam/checkpoints/last.ckpt --format sam --out $(DEMO)/export/sam_vit_tiny.pth
-	$(BIN)/python -m sam_train.cli.predict $(DEMO)/export/sam_vit_tiny.pth --sample arc2017 \
+	$(BIN)/sam-predict $(DEMO)/export/sam_vit_tiny.pth --sample arc2017 \
 		--out $(DEMO)/prediction_arc2017.png
 	@echo
 	@$(BIN)/python -m sam_train.demo_report $(DEMO)

@@ -22,7 +22,6 @@ does about 3x the attention-product work for global blocks (head dim 64 -> 64 + 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,18 +31,7 @@ if __package__ in (None, ""):
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (
-    THREADS_HELP,
-    MatmulProbe,
-    fmt_si,
-    interleaved,
-    machine,
-    matmul_rate,
-    median,
-    peak_cpu_bytes,
-    quiet_profiler_logs,
-    spread,
-)
+from benchmarks import common
 from benchmarks.flops import attention_flops, linear_flops, rel_pos_flops
 from sam_train.models.vit import Attention, decomposed_rel_pos_bias
 
@@ -120,22 +108,22 @@ def bench_case(
     rows = []
     for mode, make, flops in (("forward", forward, fwd_flops), ("train", train, 3 * fwd_flops)):
         fns = {k: make(k, m) for k, m in modules.items()}
-        probe = MatmulProbe()
-        times = interleaved({**fns, "matmul": probe}, reps=reps, warmup=warmup)
+        probe = common.MatmulProbe()
+        times = common.interleaved({**fns, "matmul": probe}, reps=reps, warmup=warmup)
         ceiling = max(peak, probe.rate(times.pop("matmul")))
         for k, f in fns.items():
-            t = median(times[k])
+            t = common.median(times[k])
             rows.append(
                 {
                     "case": name,
                     "mode": mode,
                     "impl": k,
                     "s": t,
-                    "spread": spread(times[k]),
+                    "spread": common.spread(times[k]),
                     "flops_per_s": flops / t,
                     "matmul_flops_per_s": ceiling,
                     "fraction_of_matmul_peak": flops / t / ceiling,
-                    "peak_bytes": peak_cpu_bytes(f),
+                    "peak_bytes": common.peak_cpu_bytes(f),
                     "max_abs_err_vs_official": err[k],
                 }
             )
@@ -146,13 +134,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    p.add_argument("--threads", type=int, default=1, help=common.THREADS_HELP)
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    quiet_profiler_logs()
-    peak = matmul_rate()
-    print(f"machine fp32 matmul rate: {fmt_si(peak['flops_per_s'], 'FLOP/s')}")
+    peak = common.start(a.threads)
+    print(f"machine fp32 matmul rate: {common.fmt_si(peak['flops_per_s'], 'FLOP/s')}")
     dim, heads = 768, 12
     rows = bench_case("global 64x64", 1, 64, dim, heads, a.reps, a.warmup, peak["flops_per_s"])
     # 64 x 64 padded to 70 x 70 = 25 windows of 14 x 14
@@ -171,14 +157,11 @@ def main() -> None:
         )
         print(
             f"{r['case']:18} {r['mode']:8} {r['impl']:11} {r['s']:8.3f} {r['spread']:7.1%} "
-            f"{r['s'] / folded['s']:8.2f}x {fmt_si(r['flops_per_s'], 'FLOP/s'):>13} "
-            f"{r['fraction_of_matmul_peak']:8.1%} {fmt_si(r['peak_bytes'], 'B'):>10} "
+            f"{r['s'] / folded['s']:8.2f}x {common.fmt_si(r['flops_per_s'], 'FLOP/s'):>13} "
+            f"{r['fraction_of_matmul_peak']:8.1%} {common.fmt_si(r['peak_bytes'], 'B'):>10} "
             f"{r['max_abs_err_vs_official']:8.1e}"
         )
-    out = {"machine": machine(), "matmul": peak, "rows": rows}
-    print(json.dumps(out))
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    common.write_report({"machine": common.machine(), "matmul": peak, "rows": rows}, a.json)
 
 
 if __name__ == "__main__":

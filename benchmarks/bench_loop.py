@@ -66,8 +66,8 @@ def bare_step(cfg):
     """The model step alone, as `MaeModule` runs it, on one batch kept in memory."""
     from hydra.utils import instantiate
 
-    from sam_train.data.resumable import sample_seed
     from sam_train.lit.optim import build_optimizer, derive_schedule, param_groups
+    from sam_train.seeding import sample_seed
 
     torch.manual_seed(0)
     model = instantiate(cfg.model).train()

@@ -21,7 +21,6 @@ fraction of the measured fp32 matmul rate. The analytic count is checked against
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,19 +30,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from benchmarks.common import (
-    THREADS_HELP,
-    MatmulProbe,
-    fmt_si,
-    hf_vitmae,
-    interleaved,
-    machine,
-    matmul_rate,
-    median,
-    peak_cpu_bytes,
-    quiet_profiler_logs,
-    spread,
-)
+from benchmarks import common
 from benchmarks.flops import attention_flops, mae_train_flops
 from sam_train.models.mae import MaskedAutoencoder
 
@@ -91,7 +78,7 @@ SIZES = {
 def build_pair(size: MaeSize, seed: int = 0):
     torch.manual_seed(seed)
     ours = MaskedAutoencoder(**size.model_kwargs(), norm_pix_loss=True).train()
-    theirs = hf_vitmae(ours).train()
+    theirs = common.hf_vitmae(ours).train()
     return ours, theirs
 
 
@@ -158,21 +145,21 @@ def bench_size(size: MaeSize, reps: int, warmup: int, peak: float) -> dict:
         "ours": make_step(ours, lambda: ours(imgs, noise=noise)[0]),
         "transformers": make_step(theirs, lambda: theirs(pixel_values=imgs, noise=noise).loss),
     }
-    probe = MatmulProbe()
-    times = interleaved({**steps, "matmul": probe}, reps=reps, warmup=warmup)
+    probe = common.MatmulProbe()
+    times = common.interleaved({**steps, "matmul": probe}, reps=reps, warmup=warmup)
     # the ceiling: the best of the start-up measurement and the probe run among the steps
     peak = max(peak, probe.rate(times.pop("matmul")))
     # peak memory after warm-up: optimiser state exists, gradients start as None
-    memory = {name: peak_cpu_bytes(step) for name, step in steps.items()}
+    memory = {name: common.peak_cpu_bytes(step) for name, step in steps.items()}
     flops = size.flops()
     counted = counted_flops(ours, imgs, noise, size)
 
     rows = {}
     for name in steps:
-        t = median(times[name])
+        t = common.median(times[name])
         rows[name] = {
             "s_per_step": t,
-            "spread": spread(times[name]),
+            "spread": common.spread(times[name]),
             "images_per_s": size.batch / t,
             "flops_per_s": flops.train / t,
             "fraction_of_matmul_peak": flops.train / t / peak,
@@ -198,14 +185,12 @@ def main() -> None:
     p.add_argument("--sizes", default="tiny,base")
     p.add_argument("--reps", type=int, default=8, help="timed steps per contender")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    p.add_argument("--threads", type=int, default=1, help=common.THREADS_HELP)
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    quiet_profiler_logs()
-    peak = matmul_rate()
+    peak = common.start(a.threads)
     print(
-        f"machine fp32 matmul rate: {fmt_si(peak['flops_per_s'], 'FLOP/s')} "
+        f"machine fp32 matmul rate: {common.fmt_si(peak['flops_per_s'], 'FLOP/s')} "
         f"({peak['size']}^3, {torch.get_num_threads()} threads)"
     )
     results = []
@@ -215,9 +200,9 @@ def main() -> None:
         results.append(r)
         print(
             f"\n== {name}: batch {size.batch}, |loss ours - loss transformers| = "
-            f"{r['loss_abs_diff']:.1e}, train FLOPs/step {fmt_si(r['train_flops_per_step'])} "
-            f"(FlopCounterMode + SDPA: {fmt_si(r['flop_counter_check'])}), matmul ceiling "
-            f"{fmt_si(r['matmul_flops_per_s'], 'FLOP/s')}"
+            f"{r['loss_abs_diff']:.1e}, train FLOPs/step {common.fmt_si(r['train_flops_per_step'])} "
+            f"(FlopCounterMode + SDPA: {common.fmt_si(r['flop_counter_check'])}), matmul ceiling "
+            f"{common.fmt_si(r['matmul_flops_per_s'], 'FLOP/s')}"
         )
         print(
             f"{'':14} {'images/s':>9} {'s/step':>8} {'spread':>7} {'FLOP/s':>12} "
@@ -227,17 +212,14 @@ def main() -> None:
             row = r[who]
             print(
                 f"{who:14} {row['images_per_s']:9.2f} {row['s_per_step']:8.3f} "
-                f"{row['spread']:7.1%} {fmt_si(row['flops_per_s'], 'FLOP/s'):>12} "
-                f"{row['fraction_of_matmul_peak']:8.1%} {fmt_si(row['peak_step_bytes'], 'B'):>10}"
+                f"{row['spread']:7.1%} {common.fmt_si(row['flops_per_s'], 'FLOP/s'):>12} "
+                f"{row['fraction_of_matmul_peak']:8.1%} {common.fmt_si(row['peak_step_bytes'], 'B'):>10}"
             )
         print(
             f"ours/transformers: images/s x{r['ratio_images_per_s']:.3f}, "
             f"peak memory x{r['ratio_peak_memory']:.3f}"
         )
-    out = {"machine": machine(), "matmul": peak, "results": results}
-    print(json.dumps(out))
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    common.write_report({"machine": common.machine(), "matmul": peak, "results": results}, a.json)
 
 
 if __name__ == "__main__":

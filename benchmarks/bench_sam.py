@@ -27,20 +27,11 @@ if __package__ in (None, ""):
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from benchmarks.common import (
-    THREADS_HELP,
-    fmt_si,
-    interleaved,
-    machine,
-    matmul_rate,
-    median,
-    peak_cpu_bytes,
-    quiet_profiler_logs,
-)
+from benchmarks import common
 from benchmarks.flops import sam_encoder_flops
 from sam_train.losses import masks_to_logit_size, sam_loss
-from sam_train.models.sam.keymap import sam_state_to_official
 from sam_train.models.sam.sam import build_sam_vit
+from sam_train.weights.keymaps import sam_state_to_official
 from sam_train.weights.official import build_official_sam
 
 
@@ -144,10 +135,10 @@ def bench_size(size: int, masks: int, rounds: int, reps: int, model: str = "b") 
             theirs, lambda s, x: s.image_encoder(x), decode_official, images, gt, rounds
         ),
     }
-    times = interleaved(steps, reps=reps, warmup=1)
-    memory = {name: peak_cpu_bytes(fn) for name, fn in steps.items()}
+    times = common.interleaved(steps, reps=reps, warmup=1)
+    memory = {name: common.peak_cpu_bytes(fn) for name, fn in steps.items()}
     enc = encoder_flops(ours, size)
-    t_ours, t_theirs = median(times["ours"]), median(times["segment_anything"])
+    t_ours, t_theirs = common.median(times["ours"]), common.median(times["segment_anything"])
     return {
         "model": f"sam_vit_{model}",
         "image_size": size,
@@ -170,13 +161,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scaling", action="store_true", help="1x1 vs 64x11 at 1024 (ours only)")
     parser.add_argument("--decoder", action="store_true", help="decoder step only, per mask")
     parser.add_argument("--masks", type=int, default=16, help="prompts per --decoder step")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--threads", type=int, default=1, help=common.THREADS_HELP)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    quiet_profiler_logs()
-    rate = matmul_rate()
-    results = {"machine": machine(), "matmul_fp32_flops_per_s": rate["flops_per_s"], "runs": []}
+    common.quiet_profiler_logs()
+    rate = common.matmul_rate()
+    results = {
+        "machine": common.machine(),
+        "matmul_fp32_flops_per_s": rate["flops_per_s"],
+        "runs": [],
+    }
     if args.scaling:
         results["runs"].append(scaling(args.reps, args.threads))
     elif args.decoder:
@@ -191,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"sam_vit_b @ {size}: ours {r['step_s']['ours']:.2f} s/step, segment-anything "
                 f"{r['step_s']['segment_anything']:.2f} s/step -> {r['speed_ratio_ours_over_theirs']:.2f}x; "
-                f"peak memory {fmt_si(r['peak_step_bytes']['ours'], 'B')} vs "
-                f"{fmt_si(r['peak_step_bytes']['segment_anything'], 'B')} "
+                f"peak memory {common.fmt_si(r['peak_step_bytes']['ours'], 'B')} vs "
+                f"{common.fmt_si(r['peak_step_bytes']['segment_anything'], 'B')} "
                 f"({r['memory_ratio_ours_over_theirs']:.2f}x); encoder at "
                 f"{r['encoder_flops_fraction_of_matmul_rate']:.0%} of the matmul rate",
                 flush=True,
@@ -215,7 +210,9 @@ def scaling(reps: int, threads: int) -> dict:
             ours, lambda s, x: s.embed_images(x), decode_ours, images, gt, rounds, True
         )
         key = f"{masks}x{rounds}"
-        out[key] = median(interleaved({"s": step}, reps=n, warmup=1 if n > 1 else 0)["s"])
+        out[key] = common.median(
+            common.interleaved({"s": step}, reps=n, warmup=1 if n > 1 else 0)["s"]
+        )
         print(f"{masks} masks x {rounds} rounds: {out[key]:.2f} s/step", flush=True)
     out["ratio_64x11_over_1x1"] = out["64x11"] / out["1x1"]
     out["decoder_s_per_mask_round"] = (out["64x11"] - out["1x1"]) / (64 * 11 - 1)
@@ -264,9 +261,9 @@ def decoder(masks: int, reps: int) -> dict:
     """The decoder step (`decoder_steps`) on the CPU: the part of a step that grows with
     masks x rounds."""
     steps, diff = decoder_steps(masks)
-    times = interleaved(steps, reps=reps, warmup=1)
-    memory = {name: peak_cpu_bytes(fn) for name, fn in steps.items()}
-    t_ours, t_theirs = median(times["ours"]), median(times["segment_anything"])
+    times = common.interleaved(steps, reps=reps, warmup=1)
+    memory = {name: common.peak_cpu_bytes(fn) for name, fn in steps.items()}
+    t_ours, t_theirs = common.median(times["ours"]), common.median(times["segment_anything"])
     out = {
         "masks": masks,
         "max_abs_logit_diff": diff,
@@ -279,7 +276,7 @@ def decoder(masks: int, reps: int) -> dict:
         f"decoder, {masks} masks: ours {out['ms_per_mask']['ours']:.0f} ms/mask, "
         f"segment-anything {out['ms_per_mask']['segment_anything']:.0f} ms/mask -> "
         f"{out['speed_ratio_ours_over_theirs']:.2f}x; peak memory "
-        f"{fmt_si(memory['ours'], 'B')} vs {fmt_si(memory['segment_anything'], 'B')} "
+        f"{common.fmt_si(memory['ours'], 'B')} vs {common.fmt_si(memory['segment_anything'], 'B')} "
         f"({out['memory_ratio_ours_over_theirs']:.2f}x); max |logit diff| {diff:.1e}",
         flush=True,
     )

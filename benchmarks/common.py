@@ -7,11 +7,13 @@ alternating (A B, then B A, ...) after warm-up, and each reports the median of i
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -267,3 +269,18 @@ def fmt_si(x: float, unit: str = "") -> str:
         if abs(x) >= div:
             return f"{x / div:.2f} {prefix}{unit}"
     return f"{x:.2f} {unit}"
+
+
+def start(threads: int) -> dict:
+    """Set the thread count, quiet the profiler, and measure the machine's fp32 matmul rate
+    (the ceiling FLOP/s figures are read against)."""
+    torch.set_num_threads(threads)
+    quiet_profiler_logs()
+    return matmul_rate()
+
+
+def write_report(out: dict, json_path: str | Path | None) -> None:
+    """Print a benchmark's results as one JSON line, and write them to `json_path` if given."""
+    print(json.dumps(out))
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=1))

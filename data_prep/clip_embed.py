@@ -1,4 +1,4 @@
-"""Stage-2 shards + precomputed CLIP region embeddings (`sam-prep clip-embed SRC OUT`, issue 5).
+"""Stage-2 shards + precomputed CLIP region embeddings (`sam-prep clip-embed SRC OUT`).
 
 Every sample of SRC is copied to OUT with one more member, `clip.npy`: float16 [N, E], row i
 the CLIP image embedding (L2-normalised) of annotation i's region, rendered exactly as training
@@ -31,7 +31,7 @@ DECODE_CHUNK = 32  # masks decoded at full resolution at a time
 
 
 @functools.lru_cache(maxsize=2)
-def _read_shard(url: str) -> dict[str, dict[str, bytes]]:
+def read_shard(url: str) -> dict[str, dict[str, bytes]]:
     """Members of a tar shard grouped by sample key: {key: {ext: bytes}} (two shards cached:
     a planned output shard may span two input shards)."""
     samples: dict[str, dict[str, bytes]] = {}
@@ -63,7 +63,12 @@ def model_input(sample: dict, image_size: int) -> tuple[torch.Tensor, torch.Tens
     """The sample as training prepares it, without filtering, shuffling or flipping: image
     [3, S, S] (normalised, padded), masks [N, S, S] bool of every annotation in order, and the
     annotations."""
-    from sam_train.data.sam_samples import _rle, normalise_image, resize_decoded, resized_hw
+    from sam_train.data.sam_samples import (
+        compressed_rle,
+        normalise_image,
+        resize_decoded,
+        resized_hw,
+    )
     from sam_train.data.shards import decode_image
 
     img = decode_image(sample)
@@ -73,7 +78,9 @@ def model_input(sample: dict, image_size: int) -> tuple[torch.Tensor, torch.Tens
     masks = torch.zeros(len(anns), image_size, image_size, dtype=torch.bool)
     for start in range(0, len(anns), DECODE_CHUNK):
         chunk = anns[start : start + DECODE_CHUNK]
-        small = resize_decoded(mask_utils.decode([_rle(a["segmentation"]) for a in chunk]), h, w)
+        small = resize_decoded(
+            mask_utils.decode([compressed_rle(a["segmentation"]) for a in chunk]), h, w
+        )
         masks[start : start + len(chunk), :h, :w] = torch.from_numpy(small.view(bool))
     image = normalise_image(img.resize((w, h), Image.Resampling.BILINEAR), image_size)
     return image, masks, anns
@@ -108,7 +115,7 @@ def encode_clip_sample(
 ) -> tuple[dict[str, bytes], Counter]:
     """(shard url, key) -> the sample's members plus `clip.npy`."""
     url, key = payload
-    files = dict(_read_shard(url)[key])
+    files = dict(read_shard(url)[key])
     encoder = _encoder(clip, pretrained, cache_dir, margin, background, threads)
     try:
         image, masks, _ = model_input(files, image_size)
@@ -140,10 +147,10 @@ def convert_clip_embed(
     `prompt.text.{crop_margin, crop_background, min_region_area}` (the manifest records them).
     """
     from sam_train.data.shards import resolve_shards
-    from sam_train.models.sam.text import _model_name
+    from sam_train.models.sam.text import clip_model_name
 
     options = options or ShardOptions()
-    _model_name(clip)  # an unknown model name fails here, before any worker starts
+    clip_model_name(clip)  # an unknown model name fails here, before any worker starts
     try:
         urls, _ = resolve_shards(str(src))
     except FileNotFoundError as err:

@@ -13,20 +13,12 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+from sam_train.data.image_files import IMAGE_SUFFIXES  # noqa: F401  (what `images` converts)
+from sam_train.data.skipped import SkipSample  # noqa: F401  (counted by reason in manifests)
 
 
 class PrepError(RuntimeError):
     """A conversion cannot start or go on; the message names the path and the fix."""
-
-
-class SkipSample(Exception):
-    """One sample is unusable; `reason` is the key it is counted under in the manifest."""
-
-    def __init__(self, reason: str, detail: str = "", also: dict | None = None) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.also = dict(also or {})  # finer counts gathered before giving up (e.g. per annotation)
 
 
 def list_files(

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from data_prep.rle import encode_masks, nearest_index, rle_to_json
+from data_prep.rle import encode_masks, rle_to_json
+from sam_train.data.sam_samples import nearest_index
 
 SHAPES = ("circle", "rectangle", "triangle", "star")
 

@@ -8,6 +8,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from data_prep.common import SkipSample
+from sam_train.data.sam_samples import nearest_index
 
 
 def to_rle(segmentation: object, h: int, w: int) -> dict:
@@ -75,12 +76,6 @@ def decode_masks(rles: list[dict]) -> np.ndarray:
     if not rles:
         return np.zeros((0, 0, 0), dtype=bool)
     return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
-
-
-def nearest_index(src: int, dst: int) -> np.ndarray:
-    """Source row (or column) sampled by each of `dst` output pixels: nearest pixel centre, so a
-    mask resized with it stays aligned with an image resized by PIL."""
-    return np.minimum(((np.arange(dst) + 0.5) * (src / dst)).astype(np.int64), src - 1)
 
 
 def resize_masks(masks: np.ndarray, h: int, w: int) -> np.ndarray:

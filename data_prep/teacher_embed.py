@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.clip_embed import _read_shard, model_input
+from data_prep.clip_embed import model_input, read_shard
 from data_prep.common import PrepError, SkipSample
 from data_prep.shard_writer import Item, ShardOptions, options_dict, write_shards
 
@@ -39,7 +39,7 @@ def encode_teacher_sample(
 ) -> tuple[dict[str, bytes], Counter]:
     """(shard url, key) -> the sample's members plus `teacher.npy`."""
     url, key = payload
-    files = dict(_read_shard(url)[key])
+    files = dict(read_shard(url)[key])
     try:
         image, _, _ = model_input(files, image_size)
     except (KeyError, ValueError, OSError) as err:

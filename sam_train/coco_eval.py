@@ -1,4 +1,4 @@
-"""COCO mask AP of box-prompted masks (issue 4), through pycocotools' COCOeval.
+"""COCO mask AP of box-prompted masks, through pycocotools' COCOeval.
 
 Protocol: every evaluated ground-truth mask is prompted with its tight ground-truth box; the
 single-mask output is the detection, its predicted IoU the score, its category the ground

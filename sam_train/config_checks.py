@@ -6,8 +6,14 @@ that names the key and the fix, not after data loading or model construction.
 
 from __future__ import annotations
 
+import re
+import sys
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+from hydra.utils import get_object
 from omegaconf import DictConfig
 
 
@@ -130,3 +136,101 @@ def resolve_ckpt_path(
             "(hydra.run.dir=<old run folder>) or an explicit ckpt_path=<file>"
         )
     return str(last)
+
+
+# ------------------------------------------------------------------ stage pairings
+CONF_DIR = Path(__file__).parent / "conf"
+_STAGE_OVERRIDE = re.compile(r"^\s*-\s*override\s+/stage:\s*(\w+)", re.MULTILINE)
+_SAME_GROUP_BASE = re.compile(r"^\s*-\s*(\w+)\s*$", re.MULTILINE)
+
+
+def built_type(target: str) -> type | None:
+    """The class a `_target_` builds: the class itself, or a function's return annotation."""
+    try:
+        obj = get_object(target)
+    except Exception:  # an unknown target is instantiate's error to report
+        return None
+    if isinstance(obj, type):
+        return obj
+    made = typing.get_type_hints(obj).get("return") if callable(obj) else None
+    return made if isinstance(made, type) else None
+
+
+def stage_of_option(group: str, option: str) -> str | None:
+    """The stage an experiment or search is written for: the `override /stage:` it makes, or
+    that of the option of its own group it builds on (`- sam_vit_b_sa1b`)."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    text = path.read_text() if path.is_file() else ""
+    found = _STAGE_OVERRIDE.findall(text)
+    if found:
+        return found[0]
+    for base in _SAME_GROUP_BASE.findall(text):
+        if base != option and (stage := stage_of_option(group, base)):
+            return stage
+    return None
+
+
+def check_stage_pairing(cfg: DictConfig, choices: Mapping[str, str | None] | None = None) -> None:
+    """Refuse a model, data, experiment or search of the other stage before anything is built.
+
+    choices: the option picked in each config group (Hydra's runtime choices); the message
+    names them (`stage=sam model=mae_vit_tiny`), or the `_target_`s when they are not known.
+    A model fits when it builds what the stage module's `model` argument is annotated with; a
+    data module when its `feeds_stage` is the stage; an experiment or search when the stage
+    it selects (`override /stage: ...`) is the stage.
+    """
+    choices = dict(choices or {})
+    stage = str(choices.get("stage") or cfg.stage.name)
+    problems = []
+
+    def named(group: str) -> str:
+        option = choices.get(group)
+        return f"{group}={option}" if option else f"{group}._target_={cfg[group]._target_}"
+
+    module = built_type(str(cfg.stage.module._target_))
+    wanted = typing.get_type_hints(module.__init__).get("model") if module else None
+    model = built_type(str(cfg.model.get("_target_", "")))
+    if isinstance(wanted, type) and model is not None and not issubclass(model, wanted):
+        problems.append(
+            f"stage={stage} with {named('model')}: that model builds a {model.__name__}, "
+            f"stage={stage} trains a {wanted.__name__}; pick a model of stage {stage} "
+            f"(model={stage}_vit_*) or the stage of that model"
+        )
+    data = built_type(str(cfg.data.get("_target_", "")))
+    feeds = getattr(data, "feeds_stage", None)
+    takes = getattr(module, "batch_stage", stage)  # stages built on mae / sam take their batches
+    if feeds is not None and feeds != takes:
+        problems.append(
+            f"stage={stage} with {named('data')}: that data feeds stage={feeds}; pick a data "
+            f"config of stage {stage}, or stage={feeds}"
+        )
+    for group in ("experiment", "hparams_search"):
+        option = choices.get(group)
+        needs = stage_of_option(group, option) if option else None
+        if needs is not None and needs != stage:
+            problems.append(
+                f"stage={stage} with {group}={option}: that {group} is written for "
+                f"stage={needs}; drop stage={stage} (it selects stage={needs} itself)"
+            )
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+class StagePairingCheck(Callback):
+    """Hydra callback (conf/hydra/default.yaml): the pairing check on the composed config
+    before a run or a sweep starts, so a search of the other stage is refused before its
+    first trial is composed. Hydra turns a callback's exceptions into warnings, so a refusal
+    is printed and exits with status 2."""
+
+    def _check(self, config: DictConfig) -> None:
+        try:
+            check_stage_pairing(config, config.hydra.runtime.choices)
+        except ConfigError as err:
+            print(f"sam-train: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
 
+from sam_train.data.batch import image_regions
 from sam_train.models.sam.sam import Sam, upscale_logits
 
 
@@ -70,16 +71,6 @@ def number_of_clicks(ious: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(reached.any(dim=1), first, torch.full_like(first, ious.shape[1])).float()
 
 
-def _region(image_hw: torch.Tensor | None, k: int, size: int, device) -> torch.Tensor | None:
-    """[K, S, S] bool, True inside each prompt's image (the rest is padding)."""
-    if image_hw is None:
-        return None
-    ar = torch.arange(size, device=device)
-    rows = ar[None, :, None] < image_hw[:, 0, None, None]
-    cols = ar[None, None, :] < image_hw[:, 1, None, None]
-    return rows & cols
-
-
 @torch.no_grad()
 def evaluate_prompts(
     sam: Sam,
@@ -107,11 +98,11 @@ def evaluate_prompts(
     """
     k, size = gt_masks.shape[0], gt_masks.shape[-1]
     gt = gt_masks.bool()
-    region = _region(image_hw, k, size, gt.device)
+    region = image_regions(image_hw, k, size, gt.device)  # [K, S, S]
 
     def binarise(logits: torch.Tensor) -> torch.Tensor:  # [K, m, h, w] -> [K, m, S, S] bool
         pred = upscale_logits(logits.float(), (size, size)) > sam.mask_threshold
-        return pred & region[:, None] if region is not None else pred
+        return pred & region[:, None]
 
     coords = center_points(gt)[:, None]  # [K, 1, 2]
     labels = torch.ones(k, 1, dtype=torch.long, device=gt.device)
@@ -159,7 +150,7 @@ def evaluate_text_prompts(
     text_embeds: torch.Tensor,
     image_hw: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """IoU [K] of the single-mask prediction for a text prompt alone (issue 5).
+    """IoU [K] of the single-mask prediction for a text prompt alone.
 
     Args:
         sam: a model with a text branch. image_embeddings: [B, C, h, w].
@@ -179,8 +170,7 @@ def evaluate_text_prompts(
         pad_points=False,
     )
     pred = upscale_logits(logits.float(), (size, size))[:, 0] > sam.mask_threshold
-    region = _region(image_hw, k, size, dev)
-    return mask_iou(pred & region if region is not None else pred, gt_masks)
+    return mask_iou(pred & image_regions(image_hw, k, size, dev), gt_masks)
 
 
 class PromptMetrics:

@@ -14,7 +14,6 @@ was trained with, then prompt with a phrase, alone or with points / boxes:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -23,69 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD
-from sam_train.models.lora import merge_lora_state
-from sam_train.models.sam.keymap import sam_state_from_official
-from sam_train.models.sam.sam import Sam, build_sam
-from sam_train.weights.checkpoints import WeightsError, read_weights
-
-
-def infer_sam_architecture(sd: dict[str, torch.Tensor]) -> dict:
-    """`build_sam` arguments from an (our-layout) SAM state dict's shapes alone (the decoder's
-    head count is not visible in shapes: the official 8 is assumed)."""
-    proj = sd["image_encoder.patch_embed.proj.weight"]  # [D, 3, p, p]
-    dim, patch = proj.shape[0], proj.shape[-1]
-    grid = int(round(sd["image_encoder.pos_embed"].shape[1] ** 0.5))
-    depth = 1 + max(
-        int(m.group(1)) for k in sd if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))
-    )
-    rel = [sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in range(depth)]
-    window = min((r.shape[0] + 1) // 2 for r in rel)
-    return dict(
-        encoder_embed_dim=dim,
-        encoder_depth=depth,
-        encoder_num_heads=dim // rel[0].shape[1],
-        encoder_global_attn_indexes=[i for i, r in enumerate(rel) if (r.shape[0] + 1) // 2 == grid],
-        image_size=grid * patch,
-        patch_size=patch,
-        window_size=window,
-        prompt_embed_dim=sd["prompt_encoder.no_mask_embed.weight"].shape[1],
-        text_embed_dim=sd["prompt_encoder.text_proj.weight"].shape[1]
-        if "prompt_encoder.text_proj.weight" in sd
-        else 0,
-        mask_in_chans=sd["prompt_encoder.mask_downscaling.0.weight"].shape[0] * 4,
-        decoder_depth=1
-        + max(
-            int(m.group(1))
-            for k in sd
-            if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))
-        ),
-        decoder_mlp_dim=sd["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
-        iou_head_hidden_dim=sd["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
-    )
-
-
-def load_sam(path: str | Path) -> Sam:
-    """A `Sam` from a Lightning checkpoint, our export, or an official SAM checkpoint."""
-    weights = read_weights(path)
-    if weights.layout not in ("sam_train_sam", "sam_official"):
-        raise WeightsError(f"{path} holds a {weights.layout} checkpoint, not a SAM")
-    sd = weights.state_dict
-    if weights.layout == "sam_official":
-        sd = sam_state_from_official(sd)
-    sd = merge_lora_state(sd)  # a LoRA-trained checkpoint: adapters folded into the weights
-    try:
-        arch = weights.metadata.get("architecture") or infer_sam_architecture(sd)
-        sam = build_sam(**arch)
-        missing, unexpected = sam.load_state_dict(sd, strict=False)
-    except (KeyError, ValueError, RuntimeError) as err:  # a damaged or edited SAM state
-        first = (str(err).strip().splitlines() or [""])[0][:160]
-        raise WeightsError(
-            f"{path}: its SAM tensors do not form a SAM ({type(err).__name__}: {first})"
-        ) from err
-    if missing or unexpected:
-        raise WeightsError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    return sam.eval()
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
+from sam_train.models.sam.sam import Sam
+from sam_train.weights.sam_loading import load_sam
 
 
 def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:

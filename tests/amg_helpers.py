@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD, SamBatch
+from sam_train.data.batch import SamBatch
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 from sam_train.models.sam import build_sam
 from sam_train.models.sam.sam import Sam
 from sam_train.training import InteractiveConfig, interactive_loss, select_masks

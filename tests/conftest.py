@@ -52,10 +52,48 @@ def tiny_mae(**overrides) -> MaskedAutoencoder:
     return MaskedAutoencoder(**kwargs)
 
 
+def tiny_sam(width: int = 32, seed: int | None = 0, **overrides):
+    """A two-block SAM `width` channels wide (64 px input unless overridden); seeded with
+    `seed` (None: the caller's random state)."""
+    from sam_train.models.sam import build_sam
+
+    kwargs = dict(
+        encoder_embed_dim=width,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=64,
+        window_size=2,
+        prompt_embed_dim=width,
+        decoder_mlp_dim=2 * width,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=width,
+    )
+    kwargs.update(overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return build_sam(**kwargs)
+
+
 @pytest.fixture
 def mae() -> MaskedAutoencoder:
     torch.manual_seed(0)
     return tiny_mae()
+
+
+def cpu_trainer(**kwargs):
+    """A Lightning Trainer on the CPU without logger, checkpoints, progress bar or summary
+    (each can be turned back on through `kwargs`)."""
+    import lightning as L
+
+    quiet = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**quiet, **kwargs})
 
 
 def train_stage1_checkpoint(path: Path, mae: MaskedAutoencoder, steps: int, run_config=None):
@@ -73,14 +111,7 @@ def train_stage1_checkpoint(path: Path, mae: MaskedAutoencoder, steps: int, run_
             return DataLoader(torch.randn(4, 3, 32, 32), batch_size=2)
 
     module = MaeModule(mae, OptimConfig(lr=1e-3), run_config=run_config)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = cpu_trainer(max_steps=steps)
     trainer.fit(module, datamodule=Images())
     trainer.save_checkpoint(path)
     return path

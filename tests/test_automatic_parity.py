@@ -13,7 +13,7 @@ amg = pytest.importorskip("segment_anything")
 from amg_helpers import SCENE_HW, shapes_scene, trained_tiny_sam  # noqa: E402
 
 from sam_train.automatic import MaskGenerator  # noqa: E402
-from sam_train.models.sam.keymap import sam_state_to_official  # noqa: E402
+from sam_train.weights.keymaps import sam_state_to_official  # noqa: E402
 from sam_train.weights.official import build_official_sam  # noqa: E402
 
 # thresholds for a model trained for seconds: its predicted IoUs and logit margins are lower

@@ -16,10 +16,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, tiny_mae, train_stage1_checkpoint
+from conftest import console_script, tiny_mae, tiny_sam, train_stage1_checkpoint
 from PIL import Image
 from test_cli_mae import TINY
-from test_sam_model import tiny_sam
 
 from sam_train.cli import export as export_cli
 from sam_train.cli import predict as predict_cli

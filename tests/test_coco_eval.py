@@ -1,4 +1,4 @@
-"""COCO mask AP of box prompts (issue 4) through pycocotools' COCOeval."""
+"""COCO mask AP of box prompts through pycocotools' COCOeval."""
 
 from __future__ import annotations
 

@@ -11,11 +11,11 @@ import torch
 from conftest import console_script, tiny_mae
 from test_export_onnx import random_sam
 
-from sam_train.predictor import load_sam
 from sam_train.weights.checkpoints import read_weights
 from sam_train.weights.export import export
 from sam_train.weights.init import init_sam_from
 from sam_train.weights.safetensors_io import save_weights
+from sam_train.weights.sam_loading import load_sam
 
 transformers = pytest.importorskip("transformers")
 
@@ -170,7 +170,7 @@ def test_vitmae_round_trip_is_bit_identical(mae_folder, tmp_path):
 
 
 def test_a_vitmae_folder_initialises_a_sam_encoder(mae_folder):
-    from test_sam_model import tiny_sam
+    from conftest import tiny_sam
 
     mae, folder = mae_folder
     sam = tiny_sam(encoder_embed_dim=64, encoder_num_heads=4, image_size=64, patch_size=8)
@@ -192,7 +192,7 @@ def test_exports_do_not_import_transformers_until_asked():
 
 
 def test_a_text_prompt_sam_is_refused_in_one_line(tmp_path, capsys):
-    from test_sam_model import tiny_sam
+    from conftest import tiny_sam
 
     from sam_train.cli.export import main
 

@@ -10,9 +10,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import console_script
+from conftest import console_script, tiny_sam
 from PIL import Image
-from test_sam_model import tiny_sam
 
 from sam_train.predictor import SamPredictor
 from sam_train.weights.onnx_export import DECODER_INPUTS, DECODER_OUTPUTS

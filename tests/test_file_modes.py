@@ -8,7 +8,7 @@ import stat
 
 import numpy as np
 import pytest
-from test_sam_model import tiny_sam
+from conftest import tiny_sam
 
 from sam_train.files import write_text_atomic
 from sam_train.viz.mae_grid import save_png

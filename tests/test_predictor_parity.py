@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_sam_model import tiny_sam
+from conftest import tiny_sam
 
-from sam_train.models.sam.keymap import sam_state_to_official
 from sam_train.predictor import SamPredictor, resized_shape
+from sam_train.weights.keymaps import sam_state_to_official
 from sam_train.weights.official import build_official_sam
 
 seg = pytest.importorskip("segment_anything")

@@ -8,24 +8,26 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import cpu_trainer
+from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 import data_prep.sample as sample_mod
 from sam_train.data.batch import SamBatch
 from sam_train.data.shard_datamodules import (
     SampleSamDataModule,
     ShardMaeDataModule,
-    SkippedSamplesLogger,
+    ShardSamDataModule,
 )
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
+from sam_train.lit.callbacks import SkippedSamplesLogger
 
 
 @pytest.fixture(scope="module")
 def sample_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cache") / "sample_shards"
-    dm = SampleSamDataModule(str(root), img_size=64, batch_size=2, num_workers=0)
+    dm = SampleSamDataModule(
+        str(root), img_size=64, build=sample_mod.ensure_sample_shards, batch_size=2, num_workers=0
+    )
     dm.prepare_data()
     return root
 
@@ -78,23 +80,23 @@ def test_mae_shards_datamodule(sample_root):
 
 
 def test_configs_instantiate(sample_root):
-    for name, kind in [
-        ("sam_sample", SampleSamDataModule),
-        ("shards_mae", ShardMaeDataModule),
-        ("coco", None),
-        ("sa1b", None),
+    """Each stage-2 data config and shards_mae, composed with its stage, reads these shards."""
+    cache = f"paths.cache_dir={sample_root.parent}"
+    for stage, name, kind, path in [
+        ("sam", "sam_sample", SampleSamDataModule, None),
+        ("mae", "shards_mae", ShardMaeDataModule, sample_root / "mae"),
+        ("sam", "coco", ShardSamDataModule, sample_root / "sam" / "train"),
+        ("sam", "sa1b", ShardSamDataModule, sample_root / "sam" / "train"),
     ]:
-        cfg = OmegaConf.merge(
-            {"paths": {"cache_dir": str(sample_root.parent)}},
-            {"data": OmegaConf.load(CONF / f"{name}.yaml")},
-        )
-        if name == "shards_mae":
-            cfg.data.path = str(sample_root / "mae")
-        elif name in ("coco", "sa1b"):
-            cfg.data.path = str(sample_root / "sam" / "train")
+        extra = [f"data.path={path}"] if path else []
+        with initialize_config_module("sam_train.conf", version_base="1.3"):
+            cfg = compose("train", overrides=[f"stage={stage}", f"data={name}", cache, *extra])
         dm = instantiate(cfg.data)
-        assert kind is None or isinstance(dm, kind)
-        assert dm.path and dm.batch_size >= 1
+        assert isinstance(dm, kind) and dm.path and dm.batch_size >= 1
+        batch = next(iter(dm.train_dataloader()))
+        side = cfg.model.image_size if stage == "sam" else cfg.model.img_size
+        images = batch.images if stage == "sam" else batch
+        assert images.shape[-1] == side  # the data crops at the model's input size
 
 
 class _Consumer(L.LightningModule):
@@ -117,13 +119,8 @@ class _Consumer(L.LightningModule):
 def test_lightning_fit_reads_samples_and_logs_skips(sample_root, tmp_path):
     dm = SampleSamDataModule(str(sample_root), img_size=32, batch_size=4, num_workers=1)
     module = _Consumer()
-    trainer = L.Trainer(
+    trainer = cpu_trainer(
         max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         callbacks=[SkippedSamplesLogger(every_n_steps=1)],
         default_root_dir=tmp_path,

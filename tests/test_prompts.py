@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from test_sam_model import tiny_sam
+from conftest import tiny_sam
 
 from sam_train.data.batch import SamBatch
 from sam_train.training import (

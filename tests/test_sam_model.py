@@ -4,40 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_mae
+from conftest import tiny_mae, tiny_sam
 
 from sam_train.models.sam import (
     SAM_SIZES,
     ImageEncoderViT,
-    build_sam,
     build_sam_vit,
-    sam_encoder_state_from_vit,
 )
 from sam_train.models.sam.transformer import TwoWayTransformer
+from sam_train.weights.keymaps import sam_encoder_state_from_vit
 
 
-def tiny_sam(**overrides):
-    kwargs = dict(
-        encoder_embed_dim=32,
-        encoder_depth=2,
-        encoder_num_heads=2,
-        encoder_global_attn_indexes=(1,),
-        image_size=64,
-        window_size=2,
-        prompt_embed_dim=32,
-        decoder_mlp_dim=64,
-        decoder_num_heads=4,
-        iou_head_hidden_dim=32,
-    )
-    kwargs.update(overrides)
-    torch.manual_seed(0)
-    return build_sam(**kwargs)
+def tiny_encoder(**overrides) -> ImageEncoderViT:
+    kwargs = dict(img_size=64, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,))
+    return ImageEncoderViT(**{**kwargs, **overrides})
 
 
 def test_encoder_1024_gives_64x64x256() -> None:
-    enc = ImageEncoderViT(
-        img_size=1024, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,)
-    )
+    enc = tiny_encoder(img_size=1024)
     with torch.no_grad():
         out = enc(torch.randn(1, 3, 1024, 1024))
     assert out.shape == (1, 256, 64, 64)
@@ -45,15 +29,7 @@ def test_encoder_1024_gives_64x64x256() -> None:
 
 @pytest.mark.parametrize("hw", [(64, 64), (96, 160), (48, 32)])
 def test_encoder_other_sizes(hw: tuple[int, int]) -> None:
-    enc = ImageEncoderViT(
-        img_size=64,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        out_chans=16,
-        window_size=3,
-        global_attn_indexes=(1,),
-    )
+    enc = tiny_encoder(out_chans=16, window_size=3)
     out = enc(torch.randn(2, 3, *hw))
     assert out.shape == (2, 16, hw[0] // 16, hw[1] // 16)
 
@@ -213,16 +189,7 @@ def test_each_two_way_step_changes_the_output(step: str, monkeypatch) -> None:
 
 def test_stage1_encoder_loads_into_the_sam_encoder() -> None:
     mae = tiny_mae()  # img 32, patch 8, width 64, depth 2: a 4 x 4 grid with a class token
-    enc = ImageEncoderViT(
-        img_size=64,
-        patch_size=8,
-        embed_dim=64,
-        depth=2,
-        num_heads=4,
-        out_chans=16,
-        window_size=4,
-        global_attn_indexes=(1,),
-    )
+    enc = tiny_encoder(patch_size=8, embed_dim=64, num_heads=4, out_chans=16, window_size=4)
     state = sam_encoder_state_from_vit(mae.encoder.state_dict(), (8, 8))
     missing, unexpected = enc.load_state_dict(state, strict=False)
     assert not unexpected

@@ -7,10 +7,10 @@ import os
 
 import pytest
 import torch
+from conftest import tiny_sam
 
 from sam_train.data.batch import SamBatch
 from sam_train.metrics import evaluate_prompts
-from sam_train.models.sam import build_sam
 from sam_train.training import InteractiveConfig, interactive_loss, select_masks
 
 SIZE = 64
@@ -62,19 +62,7 @@ def test_tiny_sam_overfits_shapes_with_one_point(one_thread) -> None:
     seed = int(os.environ.get("SAM_OVERFIT_SEED", 0))
     torch.manual_seed(seed)
     batch = shapes_on_noise()
-    sam = build_sam(
-        encoder_embed_dim=48,
-        encoder_depth=2,
-        encoder_num_heads=2,
-        encoder_global_attn_indexes=(1,),
-        image_size=SIZE,
-        patch_size=8,
-        window_size=4,
-        prompt_embed_dim=48,
-        decoder_mlp_dim=96,
-        decoder_num_heads=4,
-        iou_head_hidden_dim=48,
-    )
+    sam = tiny_sam(48, seed=None, image_size=SIZE, patch_size=8, window_size=4)
     steps, warmup = 300, 20
     opt = torch.optim.AdamW(sam.parameters(), lr=4e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(

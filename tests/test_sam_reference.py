@@ -15,6 +15,8 @@ from sam_train.models.sam import (  # noqa: E402
     PromptEncoder,
     TwoWayTransformer,
     build_sam,
+)
+from sam_train.weights.keymaps import (  # noqa: E402
     sam_encoder_state_from_official,
     sam_encoder_state_to_official,
     sam_state_from_official,
@@ -106,19 +108,26 @@ def test_prompt_encoder_and_decoder_match_official(kind: str, multimask: bool) -
     torch.testing.assert_close(ours_iou, ref_iou, atol=1e-5, rtol=1e-5)
 
 
-def _official_encoder(window: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    enc = sam_official.ImageEncoderViT(
+def encoder_args(window: int) -> dict:
+    """The image encoder both sides build: 64 wide, 4 blocks, global attention in 1 and 3."""
+    return dict(
         img_size=IMG,
         patch_size=16,
         embed_dim=64,
         depth=4,
         num_heads=4,
         out_chans=DIM,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        use_rel_pos=True,
         window_size=window,
         global_attn_indexes=(1, 3),
+    )
+
+
+def _official_encoder(window: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    enc = sam_official.ImageEncoderViT(
+        **encoder_args(window),
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
     )
     _perturb(enc, 5)
     return enc.eval()
@@ -128,14 +137,7 @@ def _official_encoder(window: int) -> torch.nn.Module:
 def test_image_encoder_matches_official(window: int) -> None:
     ref = _official_encoder(window)
     ours = ImageEncoderViT(
-        img_size=IMG,
-        patch_size=16,
-        embed_dim=64,
-        depth=4,
-        num_heads=4,
-        out_chans=DIM,
-        window_size=window,
-        global_attn_indexes=(1, 3),
+        **encoder_args(window),
     ).eval()
     ours.load_state_dict(sam_encoder_state_from_official(ref.state_dict()), strict=True)
     x = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(6))

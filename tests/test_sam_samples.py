@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD, SamBatch
+from sam_train.data.batch import SamBatch
 from sam_train.data.sam_samples import SamSamplePrep, collate_sam, masks_to_boxes, resized_hw
 from sam_train.data.shards import SkipSample
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _sample(masks: list[np.ndarray], w: int = 40, h: int = 20, names=None) -> dict:

@@ -8,16 +8,16 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, tiny_mae, train_stage1_checkpoint
+from conftest import console_script, tiny_mae, tiny_sam, train_stage1_checkpoint
 from safetensors.torch import load_file
-from test_sam_model import tiny_sam
 
-from sam_train.predictor import SamPredictor, load_sam
+from sam_train.predictor import SamPredictor
 from sam_train.weights.checkpoints import WeightsError
 from sam_train.weights.export import export
 from sam_train.weights.init import init_sam_from
 from sam_train.weights.official import build_official_sam
 from sam_train.weights.safetensors_io import save_weights
+from sam_train.weights.sam_loading import load_sam
 
 SAM_TINY = [
     "model.encoder_embed_dim=32",

@@ -7,11 +7,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from conftest import cpu_trainer
 from test_prep_fixtures import as_list, image_folder, key_of
 
 from data_prep.images import convert_images
 from data_prep.shard_writer import ShardOptions
-from sam_train.data.shard_datamodules import ShardDataModule, resume_point
+from sam_train.data.shard_datamodules import ShardDataModule
+from sam_train.lit.progress import epoch_position
 
 BATCHES_PER_EPOCH = 6  # 12 samples per epoch, batch 2, one process
 
@@ -56,12 +58,9 @@ def fit(shard_dir, ckpt_dir, epochs: int, ckpt_path=None) -> dict[int, list[list
     every_3 = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=ckpt_dir, filename="{step}", every_n_train_steps=3, save_top_k=-1
     )
-    trainer = L.Trainer(
+    trainer = cpu_trainer(
         max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
         callbacks=[every_3],
     )
     trainer.fit(model, data, ckpt_path=ckpt_path)
@@ -69,7 +68,7 @@ def fit(shard_dir, ckpt_dir, epochs: int, ckpt_path=None) -> dict[int, list[list
 
 
 def test_fresh_runs_start_at_epoch_zero() -> None:
-    assert resume_point(None) == (0, 0)
+    assert epoch_position(None) == (0, 0)
 
 
 def test_resume_mid_epoch_draws_fresh_batches_then_matches_the_uninterrupted_run(

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, console_script
-from test_sam_model import tiny_sam
+from conftest import REPO, console_script, tiny_sam
 
 from data_prep.clip_embed import model_input
 from data_prep.sample import ensure_sample_shards

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, console_script
-from test_sam_model import tiny_sam
+from conftest import REPO, console_script, tiny_sam
 
-from sam_train.predictor import load_sam
 from sam_train.weights.init import init_sam_from
 from sam_train.weights.safetensors_io import save_weights
+from sam_train.weights.sam_loading import load_sam
 
 SAMI_TINY = [
     "stage=sami",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_sam_model import tiny_sam
+from conftest import tiny_sam
 
 from sam_train.data.batch import SamBatch
 from sam_train.lit.distill_module import DistillModule

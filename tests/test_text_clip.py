@@ -1,4 +1,4 @@
-"""Text prompts (issue 5): loading CLIP through open_clip, its errors, region crops."""
+"""Text prompts: loading CLIP through open_clip, its errors, region crops."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SAM's text-prompt recipe end to end, at toy scale, on the sample data (issue 5).
+"""SAM's text-prompt recipe end to end, at toy scale, on the sample data.
 
 1. "Pretrain" a tiny CLIP contrastively on the *training* split: region crops <-> "a photo of a
    {category}." (a stand-in for a pretrained CLIP, which cannot be downloaded here).
@@ -19,13 +19,14 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_sam
 from text_helpers import tiny_clip_files
 
+from sam_train.data.batch import image_regions
 from sam_train.metrics import evaluate_prompts, evaluate_text_prompts, mask_iou
-from sam_train.models.sam import build_sam
 from sam_train.models.sam.text import region_crops
 from sam_train.training import InteractiveConfig, interactive_loss, select_masks
-from sam_train.training.prompts import TEXT, image_regions
+from sam_train.training.prompts import TEXT
 from sam_train.training.text_prompts import TextPromptConfig, TextPrompts, category_names
 
 SIZE, MIN_AREA = 128, 64
@@ -77,18 +78,12 @@ def pretrain_clip(text: TextPrompts, batches, steps: int = 150) -> None:
 def train_sam(text: TextPrompts, batches, steps: int, seed: int = 0):
     """A tiny SAM trained with points, boxes and region-embedding text prompts."""
     torch.manual_seed(seed)
-    sam = build_sam(
-        encoder_embed_dim=64,
-        encoder_depth=2,
-        encoder_num_heads=2,
-        encoder_global_attn_indexes=(1,),
+    sam = tiny_sam(
+        64,
+        seed=None,
         image_size=SIZE,
         patch_size=8,
         window_size=4,
-        prompt_embed_dim=64,
-        decoder_mlp_dim=128,
-        decoder_num_heads=4,
-        iou_head_hidden_dim=64,
         text_embed_dim=text.encoder.embed_dim,
     )
     for b in batches:  # what `sam-prep clip-embed` would store: computed once

@@ -1,4 +1,4 @@
-"""Text prompts (issue 5): the prompt token, the first-prompt mix, training through SamModule,
+"""Text prompts: the prompt token, the first-prompt mix, training through SamModule,
 precomputed region embeddings, the predictor's phrase convenience."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import console_script
-from test_sam_model import tiny_sam
+from conftest import console_script, cpu_trainer, tiny_sam
 from test_sam_overfit import shapes_on_noise
 from text_helpers import tiny_clip_files
 from torch.utils.data import DataLoader
@@ -125,14 +124,7 @@ def test_training_steps_move_text_proj_and_leave_clip_frozen_and_out_of_exports(
     )
     clip_before = copy.deepcopy(module.clip_encoder.state_dict())
     proj_before = module.model.prompt_encoder.text_proj.weight.detach().clone()
-    trainer = L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = cpu_trainer(max_steps=3)
     trainer.fit(module, datamodule=_Batches(_named_shapes()))
     after = module.clip_encoder.state_dict()
     assert all(torch.equal(after[k], v) for k, v in clip_before.items())

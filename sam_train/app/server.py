@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sam_train.predictor import SamPredictor, load_sam
+from sam_train.predictor import SamPredictor
 from sam_train.weights.checkpoints import WeightsError
+from sam_train.weights.sam_loading import load_sam
 
 STATIC = Path(__file__).with_name("static")
 DECODERS = ("torch", "onnx", "onnx-int8")

@@ -6,7 +6,8 @@ import sys
 
 from sam_train.cli.arguments import OneLineParser
 from sam_train.weights.checkpoints import WeightsError
-from sam_train.weights.export import DTYPES, EXPORTERS, export
+from sam_train.weights.export import EXPORTERS, export
+from sam_train.weights.safetensors_io import DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:

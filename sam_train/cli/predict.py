@@ -171,7 +171,7 @@ def segment_everything(args: argparse.Namespace) -> int:
     masks = [({"point_coords": r["point_coords"]}, decode_rle(r["segmentation"])) for r in records]
     json_path = args.out.with_suffix(".json")
     try:
-        save_png(draw(image, masks), args.out)
+        save_png(draw_predictions(image, masks), args.out)
         write_text_atomic(json_path, json.dumps(records))
     except OSError as err:
         fail(PROG, f"cannot write --out {args.out}: {err.strerror or err}")

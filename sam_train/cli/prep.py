@@ -3,10 +3,10 @@ parallel). The conversion logic lives in `data_prep/`; the subcommands' argument
 `sam_train/cli/prep_*.py`; this file only gathers them and runs the one asked for.
 
 Adding a subcommand: write `sam_train/cli/prep_<name>.py` with
-`add_parser(subparsers) -> None`, which calls `subparsers.add_parser(...)` for each of its
-subcommands and sets `run=<function of the parsed args>` as a default (shared shard options
-and the report are in `sam_train.cli.prep_args`); then import the module below and append it
-to `SUBCOMMAND_MODULES`. Subcommand modules never import this file, so there is no cycle.
+`add_parser(subparsers) -> None`, which registers each of its subcommands with
+`prep_args.add_subcommand(subparsers, name, help, run, "src: help", ...)` (`run(args)` does
+the work; `add_shard_args` / `shard_options` / `print_report` are the shared shard options and
+report); then import the module below and append it to `SUBCOMMAND_MODULES`. Subcommand modules never import this file, so there is no cycle.
 A `PrepError` raised by `run` is printed as one line and exits with status 2.
 """
 

@@ -16,6 +16,19 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
 
 
+def add_subcommand(
+    subparsers: argparse._SubParsersAction, name: str, text: str, run, *positional: str
+) -> argparse.ArgumentParser:
+    """A subcommand `name` described by `text` that calls `run(args)`: its positional
+    arguments given as "name: help" strings; add the rest to the returned parser."""
+    p = subparsers.add_parser(name, help=text, description=text)
+    for arg in positional:
+        arg_name, arg_help = arg.split(": ", 1)
+        p.add_argument(arg_name, help=arg_help)
+    p.set_defaults(run=run)
+    return p
+
+
 def add_shard_args(p: argparse.ArgumentParser) -> None:
     """The options of every subcommand that writes shards."""
     g = p.add_argument_group("shards")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from sam_train.cli.prep_args import add_shard_args, print_report, shard_options
+from sam_train.cli.prep_args import add_shard_args, add_subcommand, print_report, shard_options
 
 
 def _run(a: argparse.Namespace) -> None:
@@ -34,7 +34,7 @@ def _run(a: argparse.Namespace) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register clip-embed."""
     text = "stage-2 shards -> the same shards plus CLIP region embeddings (clip.npy)"
-    p = subparsers.add_parser("clip-embed", help=text, description=text)
+    p = add_subcommand(subparsers, "clip-embed", text, _run)
     p.add_argument("src", help="stage-2 shard folder (made by sam-prep coco|sa1b|sample)")
     p.add_argument("out", help="output shard folder (train with data.path=OUT)")
     p.add_argument("--clip", default="ViT-B-32", help="open_clip model name or model-config .json")
@@ -52,11 +52,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--margin", type=float, default=0.25, help="prompt.text.crop_margin")
     p.add_argument("--background", type=float, default=0.5, help="prompt.text.crop_background")
-    p.add_argument(
-        "--min-area",
-        type=int,
-        default=10000,
-        help="prompt.text.min_region_area: smaller masks get no embedding (zeros)",
-    )
+    p.add_argument("--min-area", type=int, default=10000, help="prompt.text.min_region_area")
     add_shard_args(p)
-    p.set_defaults(run=_run)

@@ -17,12 +17,14 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+import sam_train.conf  # noqa: F401  (stores the code-default nodes the configs build on)
 from sam_train.cli.run_folder import remove_if_unused, resume_overrides
 from sam_train.config_checks import (
     ConfigError,
     check_config,
     check_resume_checkpoint,
     check_resume_fits,
+    check_stage_pairing,
     resolve_ckpt_path,
 )
 
@@ -57,6 +59,13 @@ def apply_model_options(model: torch.nn.Module, cfg: DictConfig) -> None:
         model.compile()
 
 
+def group_choices() -> dict[str, str | None]:
+    """The option picked in each config group (`{"model": "sam_vit_b", ...}`), when Hydra runs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+
+
 def instantiate_checked(node: Any, key: str, **kwargs: Any) -> Any:
     """`instantiate`, with a constructor's refusal of its arguments (ValueError, TypeError, a
     missing or unusable file) reported as the config error it is."""
@@ -72,6 +81,7 @@ def instantiate_checked(node: Any, key: str, **kwargs: Any) -> Any:
 
 
 def train(cfg: DictConfig) -> float | None:
+    check_stage_pairing(cfg, group_choices())
     check_config(cfg)
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir, cfg.get("auto_resume", False))

@@ -1,6 +1,7 @@
 """Typed batches that training steps receive.
 
-Stage 1 (MAE) batches are plain image tensors [B, 3, H, W] (normalised with IMAGENET_MEAN/STD).
+Stage 1 (MAE) batches are plain image tensors [B, 3, H, W], normalised with IMAGENET_MEAN/STD
+(`sam_train.models.pixels`).
 Stage 2 (SAM) batches are `SamBatch`.
 """
 
@@ -10,8 +11,22 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# the masks stage 2 trains and validates on: the data drops the others, the module re-checks
+MIN_MASK_AREA = 25  # pixels at the model input
+MAX_MASK_FRACTION = 0.9  # of the image; larger masks are dropped (as in SAM)
+
+
+def image_regions(
+    image_hw: torch.Tensor | None, k: int, size: int, device: torch.device
+) -> torch.Tensor:
+    """[K, S, S] bool, True inside the real image of each mask in the padded S x S frame
+    (`SamBatch.image_hw` of its image; all True without it): padding is never foreground."""
+    if image_hw is None:
+        return torch.ones(k, size, size, dtype=torch.bool, device=device)
+    ar = torch.arange(size, device=device)
+    return (ar[None, :, None] < image_hw[:, 0, None, None]) & (
+        ar[None, None, :] < image_hw[:, 1, None, None]
+    )
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -10,11 +9,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from sam_train.data.image_files import IMAGE_SUFFIXES, find_images
 from sam_train.data.resumable import seeded, split_key
-
-log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+from sam_train.data.skipped import SkipCounter
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -23,9 +20,9 @@ def list_images(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(
             f"image folder {str(root)!r} does not exist; set data.root to a folder of "
-            "jpg/png/webp images (searched recursively)"
+            "images (searched recursively)"
         )
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = find_images(root)
     if not files:
         raise FileNotFoundError(
             f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {str(root)!r}; "
@@ -35,14 +32,23 @@ def list_images(root: str | Path) -> list[Path]:
 
 
 class ImageFolderDataset(Dataset):
-    """Images from a list of files; keys are indices or (index, augmentation seed). An unreadable file is skipped with a warning and counted
-    (`num_skipped`), and the next file is returned in its place, so one bad image never stops
-    a run."""
+    """Images from a list of files; keys are indices or (index, augmentation seed).
 
-    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]):
+    A file that cannot be read or decoded is skipped, counted in `skip_counter` (shared with
+    the DataLoader workers; logged as `data/skipped`), and the next file is returned in its
+    place, so one bad image never stops a run. Errors of the transform are not caught: they
+    are bugs, not bad files.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        transform: Callable[[Image.Image], torch.Tensor],
+        skip_counter: SkipCounter | None = None,
+    ):
         self.files = list(files)
         self.transform = transform
-        self.num_skipped = 0
+        self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
 
     def __len__(self) -> int:
         return len(self.files)
@@ -52,11 +58,13 @@ class ImageFolderDataset(Dataset):
         for offset in range(min(len(self.files), 100)):
             path = self.files[(index + offset) % len(self.files)]
             try:
-                with Image.open(path) as img, seeded(seed):
-                    return self.transform(img.convert("RGB"))
-            except (OSError, UnidentifiedImageError, ValueError) as err:
-                self.num_skipped += 1
-                log.warning("skipping unreadable image %s: %s", path, err)
+                with Image.open(path) as img:
+                    rgb = img.convert("RGB")  # decodes the whole file
+            except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+                self.skip_counter.add("corrupt", str(path), err)
+                continue
+            with seeded(seed):
+                return self.transform(rgb)
         raise RuntimeError(f"100 unreadable images in a row around {self.files[index]}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 from PIL import Image
@@ -13,6 +14,7 @@ from sam_train.data.image_datasets import ImageFolderDataset, PhotoCropsDataset,
 from sam_train.data.machine import fit_pin_memory, fit_workers
 from sam_train.data.resumable import ResumableDataLoader, ResumableSampler
 from sam_train.data.sample_images import DEFAULT_VAL_PHOTOS, load_sample_photos
+from sam_train.data.skipped import SkipCounter
 from sam_train.data.transforms import MaeEvalTransform, MaeTrainTransform
 
 
@@ -24,6 +26,8 @@ class MaeDataModule(L.LightningDataModule):
     `sam_train.data.resumable`); trainers run with `use_distributed_sampler=False`.
     """
 
+    feeds_stage: ClassVar[str] = "mae"  # the stage whose batches it makes (config_checks)
+
     def __init__(
         self,
         train_set: Dataset,
@@ -32,6 +36,7 @@ class MaeDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        skip_counter: SkipCounter | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -41,6 +46,8 @@ class MaeDataModule(L.LightningDataModule):
         self.num_workers = fit_workers(num_workers)  # at most one per spare core
         self.pin_memory = fit_pin_memory(pin_memory)  # only with CUDA
         self.seed = seed
+        # what the datasets skipped (unreadable files), logged as data/skipped
+        self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
         self._train_loader: ResumableDataLoader | None = None
         self._pending_loader_state: dict | None = None
 
@@ -139,11 +146,13 @@ def image_folder_datamodule(
     random.Random(seed).shuffle(shuffled)
     n_val = max(1, int(len(files) * val_fraction)) if val_fraction > 0 and len(files) > 1 else 0
     val_files, train_files = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+    skipped = SkipCounter()  # one counter for both splits and every worker
     return MaeDataModule(
-        ImageFolderDataset(train_files, MaeTrainTransform(img_size, crop_scale)),
-        ImageFolderDataset(val_files, MaeEvalTransform(img_size)) if val_files else None,
+        ImageFolderDataset(train_files, MaeTrainTransform(img_size, crop_scale), skipped),
+        ImageFolderDataset(val_files, MaeEvalTransform(img_size), skipped) if val_files else None,
         batch_size,
         num_workers,
         pin_memory,
         seed,
+        skip_counter=skipped,
     )

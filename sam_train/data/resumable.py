@@ -12,6 +12,7 @@ them without decoding.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,15 +21,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
+from sam_train.seeding import sample_seed
+
 
 def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else the launcher's
+    environment (torchrun and Lightning set RANK / WORLD_SIZE), else (0, 1)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return (seed * 1_000_003 + epoch * 7_919 + index * 104_729) % (2**63 - 1)
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 @contextmanager

@@ -20,8 +20,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import get_worker_info
 
-from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD, SamBatch
-from sam_train.data.shards import SkipSample, decode_image
+from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch
+from sam_train.data.shards import decode_image
+from sam_train.data.skipped import SkipSample
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -47,7 +49,8 @@ def resized_hw(h: int, w: int, size: int) -> tuple[int, int]:
 
 
 def nearest_index(src: int, dst: int) -> np.ndarray:
-    """Source pixel sampled by each of `dst` output pixels (nearest pixel centre)."""
+    """Source row (or column) sampled by each of `dst` output pixels: nearest pixel centre, so a
+    mask resized with it stays aligned with an image resized by PIL (converters and readers)."""
     return np.minimum(((np.arange(dst) + 0.5) * (src / dst)).astype(np.int64), src - 1)
 
 
@@ -89,8 +92,8 @@ class SamSamplePrep:
         self,
         img_size: int = 1024,
         max_masks: int = 64,
-        min_mask_area: int = 16,
-        max_mask_fraction: float = 0.9,
+        min_mask_area: int = MIN_MASK_AREA,
+        max_mask_fraction: float = MAX_MASK_FRACTION,
         hflip: bool = False,
     ) -> None:
         self.img_size, self.max_masks = img_size, max_masks
@@ -142,7 +145,7 @@ class SamSamplePrep:
             seg = ann["segmentation"]
             if list(seg["size"]) != [H, W]:
                 raise ValueError(f"mask size {seg['size']} != image size {[H, W]}")
-            area = ann.get("area") or float(mask_utils.area(_rle(seg)))
+            area = ann.get("area") or float(mask_utils.area(compressed_rle(seg)))
             if (
                 area <= self.max_mask_fraction * H * W
                 and area * area_scale >= self.min_mask_area / 4
@@ -159,7 +162,7 @@ class SamSamplePrep:
             chunk = anns[start : start + self.max_masks - len(kept)]
             start += len(chunk)
             small = resize_decoded(
-                mask_utils.decode([_rle(a["segmentation"]) for a in chunk]), h, w
+                mask_utils.decode([compressed_rle(a["segmentation"]) for a in chunk]), h, w
             )
             area = small.reshape(len(chunk), -1).sum(1, dtype=np.int64)  # uint8 sums are fast
             ok = (area >= self.min_mask_area) & (area <= self.max_mask_fraction * h * w)
@@ -203,7 +206,8 @@ def resize_decoded(full: np.ndarray, h: int, w: int) -> np.ndarray:
     )
 
 
-def _rle(seg: dict) -> dict:
+def compressed_rle(seg: dict) -> dict:
+    """A stored COCO RLE (`counts` as text) as pycocotools takes it (`counts` as bytes)."""
     counts = seg["counts"]
     return {
         "size": list(seg["size"]),

@@ -2,23 +2,29 @@
 
 Training streams are resampled by default (same batch count on every rank: no DDP hang);
 validation streams read each shard once, split by rank. Skipped samples are counted in
-`datamodule.skip_counter`; `SkippedSamplesLogger` logs them as `data/skipped`.
+`datamodule.skip_counter`; `sam_train.lit.callbacks.SkippedSamplesLogger` logs them as
+`data/skipped`.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
+from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA
 from sam_train.data.machine import fit_pin_memory, fit_workers
 from sam_train.data.sam_samples import SamSamplePrep, collate_sam
-from sam_train.data.shards import ShardStream, SkipCounter, decode_image, resolve_shards
+from sam_train.data.shards import ShardStream, decode_image, resolve_shards
+from sam_train.data.skipped import SkipCounter
 from sam_train.data.transforms import MaeEvalTransform, MaeTrainTransform
+from sam_train.lit.progress import epoch_position
 
 
 class MaeDecode:
@@ -38,16 +44,6 @@ def stack_images(items: list[torch.Tensor]) -> torch.Tensor:
     if get_worker_info() is not None:
         out.share_memory_()
     return torch.stack(items, out=out)
-
-
-def resume_point(trainer: L.Trainer | None) -> tuple[int, int]:
-    """(epoch, batches of it already trained) where a run restored from a checkpoint goes on;
-    (0, 0) for a fresh run. Lightning restores its loop counters before it asks for the
-    training loader, so they say where the checkpoint was taken."""
-    if trainer is None:
-        return 0, 0
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-    return trainer.current_epoch, int(done)
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -128,7 +124,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         stream = self.stream(self.path, train=True)
-        stream.resume(*resume_point(getattr(self, "trainer", None)))
+        stream.resume(*epoch_position(getattr(self, "trainer", None)))
         return self._loader(stream)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -141,6 +137,8 @@ class ShardMaeDataModule(ShardDataModule):
 
     img_size: S. crop_scale: RandomResizedCrop area range. hflip: random horizontal flip.
     """
+
+    feeds_stage: ClassVar[str] = "mae"  # the stage whose batches it makes (config_checks)
 
     def __init__(
         self,
@@ -170,13 +168,15 @@ class ShardSamDataModule(ShardDataModule):
     hflip: random horizontal flip of training images (masks and boxes follow).
     """
 
+    feeds_stage: ClassVar[str] = "sam"  # the stage whose batches it makes (config_checks)
+
     def __init__(
         self,
         path: str | list[str],
         img_size: int,
         max_masks: int = 64,
-        min_mask_area: int = 16,
-        max_mask_fraction: float = 0.9,
+        min_mask_area: int = MIN_MASK_AREA,
+        max_mask_fraction: float = MAX_MASK_FRACTION,
         hflip: bool = True,
         **kwargs,
     ) -> None:
@@ -198,39 +198,29 @@ class ShardSamDataModule(ShardDataModule):
 
 
 class SampleSamDataModule(ShardSamDataModule):
-    """Stage 2 on the embedded sample dataset: builds its shards under `path` on first use
-    (atomically; safe when several processes race), then reads `path/sam/{train,val}`.
-    `variants` composites per photo: more give more training images, the same validation set
-    (give each count its own `path`)."""
+    """Stage 2 on the embedded sample dataset: `build(path, variants=...)` makes its shards
+    under `path` on first use (atomically; safe when several processes race;
+    conf/data/sam_sample.yaml passes `data_prep.sample.ensure_sample_shards`), then it reads
+    `path/sam/{train,val}`. `variants` composites per photo: more give more training images,
+    the same validation set (give each count its own `path`)."""
 
-    def __init__(self, path: str, img_size: int, variants: int = 2, **kwargs) -> None:
+    def __init__(
+        self,
+        path: str,
+        img_size: int,
+        build: Callable[..., object] | None = None,
+        variants: int = 2,
+        **kwargs,
+    ) -> None:
         root = Path(path).expanduser()
-        kwargs.setdefault("val_path", str(root / "sam" / "val"))
+        if kwargs.get("val_path") is None:  # the sample's own validation split
+            kwargs["val_path"] = str(root / "sam" / "val")
         super().__init__(str(root / "sam" / "train"), img_size, **kwargs)
-        self.root, self.variants = str(root), variants
+        self.root, self.build, self.variants = str(root), build, variants
 
     def prepare_data(self) -> None:
-        from data_prep.sample import ensure_sample_shards
-
-        ensure_sample_shards(self.root, variants=self.variants)
+        if self.build is not None:
+            self.build(self.root, variants=self.variants)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()  # no-op once built; covers nodes without a shared filesystem
-
-
-class SkippedSamplesLogger(L.Callback):
-    """Logs the datamodule's skipped-sample counts as `data/skipped` (and per reason) on this
-    rank every `every_n_steps` training steps."""
-
-    def __init__(self, every_n_steps: int = 50) -> None:
-        self.every_n_steps = every_n_steps
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
-        counter = getattr(trainer.datamodule, "skip_counter", None)
-        if counter is None or trainer.global_step % self.every_n_steps:
-            return
-        counts = counter.as_dict()
-        pl_module.log("data/skipped", float(sum(counts.values())), on_step=True, on_epoch=False)
-        for reason, n in counts.items():
-            if n:
-                pl_module.log(f"data/skipped_{reason}", float(n), on_step=True, on_epoch=False)

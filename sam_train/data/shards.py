@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,23 +24,17 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
+
+from sam_train.data.resumable import dist_rank_world
+from sam_train.data.skipped import SkipCounter, SkipSample
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-
-
-class SkipSample(Exception):
-    """Raised by a decode function for a sample that is readable but unusable (e.g. no masks)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 # ---------------------------------------------------------------- shard lists and manifests
@@ -111,13 +104,6 @@ def resolve_shards(spec: str | Path | Sequence[str | Path]) -> tuple[list[str], 
     return urls, total
 
 
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed when initialised, else the launcher's env."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def decode_image(sample: dict) -> Image.Image:
     """The sample's image (jpg/png/webp bytes) as RGB."""
     for key in IMAGE_KEYS:
@@ -125,41 +111,6 @@ def decode_image(sample: dict) -> Image.Image:
             with Image.open(io.BytesIO(sample[key])) as img:
                 return img.convert("RGB")
     raise KeyError(f"no image ({'/'.join(IMAGE_KEYS)}) in sample with keys {sorted(sample)}")
-
-
-# ---------------------------------------------------------------- skipped-sample counting
-
-
-class SkipCounter:
-    """Counts of skipped samples by reason, in shared memory: DataLoader workers add, the
-    training process reads (`total`, `as_dict()`) and logs them as `data/skipped`."""
-
-    REASONS = ("corrupt", "no_masks", "shard_error", "other")
-
-    def __init__(self) -> None:
-        self._counts = mp.Array("q", len(self.REASONS))
-        self._local = 0  # warnings are rate-limited per process
-
-    def add(self, reason: str, where: str, err: BaseException | None = None) -> None:
-        idx = self.REASONS.index(reason) if reason in self.REASONS else len(self.REASONS) - 1
-        with self._counts.get_lock():
-            self._counts[idx] += 1
-        self._local += 1
-        if self._local <= 10 or self._local % 100 == 0:
-            log.warning(
-                "skipped sample %s (%s): %s [%d skipped in this process]",
-                where,
-                reason,
-                err,
-                self._local,
-            )
-
-    @property
-    def total(self) -> int:
-        return int(sum(self._counts[:]))
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(zip(self.REASONS, (int(v) for v in self._counts[:])))
 
 
 # ---------------------------------------------------------------- the stream

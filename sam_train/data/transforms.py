@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _to_normalised_tensor() -> list:

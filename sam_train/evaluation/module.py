@@ -22,7 +22,7 @@ from sam_train.metrics import center_points
 from sam_train.models.sam.sam import Sam, upscale_logits
 from sam_train.predictor import SamPredictor
 from sam_train.training.prompts import PromptTargets
-from sam_train.viz.sam_masks import mask_panel
+from sam_train.viz.sam_masks import mask_tile
 
 TASKS = ("point", "box", "clicks", "everything")
 
@@ -113,11 +113,11 @@ class EvalModule(SamModule):
         hw = targets.image_hw[order] if targets.image_hw is not None else None
         for i in range(k):
             h_w = tuple(hw[i].tolist()) if hw is not None else (size, size)
-            panel = mask_panel(
-                batch.images[index[i]], masks[i], best[i] > 0, h_w, points[i], labels[i], side=192
-            )
             iou = float(ious[order[i]])
-            self.worst.append((iou, _caption(panel, f"IoU {iou:.2f}")))
+            tile = mask_tile(
+                batch.images[index[i]], masks[i], best[i] > 0, h_w, points[i], labels[i], iou=iou
+            )
+            self.worst.append((iou, tile))
         self.worst = sorted(self.worst, key=lambda t: t[0])[: self.num_worst]
 
     def _segment_everything(self, batch: SamBatch) -> None:
@@ -151,12 +151,3 @@ class EvalModule(SamModule):
             {n: np.concatenate(v) for n, v in per_mask.items()},
             sorted(worst, key=lambda t: t[0])[: self.num_worst],
         )
-
-
-def _caption(panel: np.ndarray, text: str) -> np.ndarray:
-    """The panel with `text` written in its bottom-left corner."""
-    from PIL import Image, ImageDraw
-
-    img = Image.fromarray(panel)
-    ImageDraw.Draw(img).text((4, img.height - 14), text, fill=(255, 255, 255))
-    return np.asarray(img)

@@ -10,7 +10,7 @@ import numpy as np
 
 from sam_train.files import atomic_path, write_text_atomic
 from sam_train.viz.mae_grid import save_png
-from sam_train.viz.sam_masks import click_curve_png, panel_grid
+from sam_train.viz.sam_masks import click_curve_png, tile_grid
 
 FIGURES_OF_TASK = {
     "point": ("miou_point", "miou_random_point"),
@@ -53,7 +53,8 @@ def write_report(
     if histograms:
         iou_histogram_png(histograms, out_dir / "iou_histogram.png")
     if worst:
-        page = panel_grid([[p for _, p in worst[i : i + 4]] for i in range(0, len(worst), 4)])
+        rows = [("", [p for _, p in worst[i : i + 4]]) for i in range(0, len(worst), 4)]
+        page = tile_grid(rows, "worst cases: one centre point, lowest IoU first")
         save_png(page, out_dir / "worst_cases.png")
     print_table(report, out_dir)
     return report

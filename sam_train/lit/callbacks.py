@@ -202,3 +202,21 @@ class SamMaskPictures(ValidationPictures):
             max_fraction=getattr(pl_module, "max_mask_fraction", 1.0),
         )
         return tile_grid(rows, title) if rows[0][1] else None
+
+
+class SkippedSamplesLogger(L.Callback):
+    """Logs the datamodule's skipped-sample counts as `data/skipped` (and per reason) on this
+    rank every `every_n_steps` training steps."""
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        counter = getattr(trainer.datamodule, "skip_counter", None)
+        if counter is None or trainer.global_step % self.every_n_steps:
+            return
+        counts = counter.as_dict()
+        pl_module.log("data/skipped", float(sum(counts.values())), on_step=True, on_epoch=False)
+        for reason, n in counts.items():
+            if n:
+                pl_module.log(f"data/skipped_{reason}", float(n), on_step=True, on_epoch=False)

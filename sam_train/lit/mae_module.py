@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 
-from sam_train.data.resumable import sample_seed
 from sam_train.lit.base import StageModule
 from sam_train.lit.guards import NonFiniteLossGuard
 from sam_train.lit.optim import DerivedSchedule, OptimConfig, encoder_layer_id, param_groups
+from sam_train.lit.progress import batches_started
 from sam_train.models.mae import MaskedAutoencoder
+from sam_train.seeding import sample_seed
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class MaeModule(StageModule):
             val/loss of runs with different training ratios stays comparable (a search over
             the ratio would otherwise favour the ratios that are easy to reconstruct).
     """
+
+    batch_stage = "mae"  # takes the batches of the data that feeds stage=mae (images)
 
     def __init__(
         self,
@@ -58,9 +61,7 @@ class MaeModule(StageModule):
 
     # ------------------------------------------------------------------------- steps
     def training_step(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
-        # batches started so far, restored from checkpoints (batch_idx restarts after a resume)
-        n_batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
-        key = sample_seed(self.seed, n_batches, self.global_rank)
+        key = sample_seed(self.seed, batches_started(self.trainer), self.global_rank)
         loss, _, _ = self.model(images, noise=self.masking_noise(images, key))
         if not self.guard.ok(loss, self):
             return None  # Lightning skips backward and the optimiser step

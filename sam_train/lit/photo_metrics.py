@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD
 from sam_train.data.sam_samples import masks_to_boxes, resized_hw
 from sam_train.metrics import PromptMetrics, evaluate_prompts
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 
 def sample_photo(name: str, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:

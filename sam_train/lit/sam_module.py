@@ -7,7 +7,7 @@ text prompts, category phrases and region embeddings (`val/miou_text`, `val/miou
 COCO-like data, mask AP of box prompts (`sam_train.coco_eval`). Metrics are sums and counts
 added over ranks before dividing.
 
-Text prompts (issue 5): the CLIP wrapper is held here, not in `Sam`; frozen, it is kept out of
+Text prompts: the CLIP wrapper is held here, not in `Sam`; frozen, it is kept out of
 this module's registry too, so neither checkpoints nor exports carry a copy of CLIP.
 """
 
@@ -19,18 +19,20 @@ from typing import Any
 import torch
 
 from sam_train.coco_eval import CocoMaskAP, box_prompt_predictions, is_coco_like
-from sam_train.data.batch import SamBatch
-from sam_train.data.resumable import sample_seed
+from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch, image_regions
 from sam_train.lit.base import StageModule
 from sam_train.lit.guards import NonFiniteLossGuard
 from sam_train.lit.optim import DerivedSchedule, OptimConfig, encoder_layer_id, param_groups
+from sam_train.lit.progress import batches_started
 from sam_train.metrics import PromptMetrics, evaluate_prompts, evaluate_text_prompts, mask_iou
 from sam_train.models.lora import merge_lora_state
 from sam_train.models.sam.sam import Sam
 from sam_train.models.sam.text import ClipPromptEncoder
+from sam_train.seeding import sample_seed
 from sam_train.training.interactive import InteractiveConfig, interactive_loss
-from sam_train.training.prompts import TEXT, PromptTargets, image_regions, select_masks
+from sam_train.training.prompts import TEXT, PromptTargets, select_masks
 from sam_train.training.text_prompts import TextPromptConfig, TextPrompts, category_names
+from sam_train.training.unused_params import zero_touching
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class SamModule(StageModule):
         coco_eval: log `val/coco_mask_ap(50)` of box prompts when every mask has a category.
     """
 
+    batch_stage = "sam"  # takes the batches of the data that feeds stage=sam (SamBatch)
+
     def __init__(
         self,
         model: Sam,
@@ -61,8 +65,8 @@ class SamModule(StageModule):
         interactive: InteractiveConfig | None = None,
         run_config: dict | None = None,
         max_masks_per_image: int = 64,
-        min_mask_area: int = 25,
-        max_mask_fraction: float = 0.9,
+        min_mask_area: int = MIN_MASK_AREA,
+        max_mask_fraction: float = MAX_MASK_FRACTION,
         val_max_masks: int = 16,
         val_max_clicks: int = 10,
         seed: int = 0,
@@ -141,8 +145,7 @@ class SamModule(StageModule):
         return self.text.for_training(batch, targets, gen)
 
     def _generator(self, stream: int) -> torch.Generator:
-        n_batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
-        key = sample_seed(self.seed + stream, n_batches, self.global_rank)
+        key = sample_seed(self.seed + stream, batches_started(self.trainer), self.global_rank)
         return torch.Generator().manual_seed(key)
 
     # ------------------------------------------------------------------------- steps
@@ -161,7 +164,7 @@ class SamModule(StageModule):
         )
         loss = result.losses["loss"]
         if "clip" in self._modules:  # a trained CLIP: keep every parameter in the graph for DDP
-            loss = loss + sum(p.sum() for p in self.clip.parameters() if p.requires_grad) * 0.0
+            loss = loss + zero_touching(self.clip.parameters())
         if not self.guard.ok(loss, self):
             return None
         bs = batch.batch_size

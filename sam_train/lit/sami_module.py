@@ -12,11 +12,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from sam_train.data.resumable import sample_seed
 from sam_train.lit.mae_module import MaeModule
 from sam_train.lit.optim import OptimConfig
+from sam_train.lit.progress import batches_started
 from sam_train.models.sami import SamiModel
 from sam_train.models.teacher import HoldsFrozen, SamTeacher, load_teacher
+from sam_train.seeding import sample_seed
 
 Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -58,8 +59,7 @@ class SamiModule(HoldsFrozen, MaeModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         images, features = self.images_and_targets(batch)
-        n_batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
-        key = sample_seed(self.seed, n_batches, self.global_rank)
+        key = sample_seed(self.seed, batches_started(self.trainer), self.global_rank)
         loss, _, _ = self.model(images, features, noise=self.masking_noise(images, key))
         if not self.guard.ok(loss, self):
             return None

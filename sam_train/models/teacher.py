@@ -86,7 +86,7 @@ class SamTeacher(nn.Module):
 def load_teacher(path: str) -> SamTeacher:
     """The teacher in `path`, loaded once per process: the model builder (which needs its
     width or its decoder) and the training module share one copy."""
-    from sam_train.predictor import load_sam
+    from sam_train.weights.sam_loading import load_sam
 
     return SamTeacher(load_sam(Path(path)))
 

@@ -3,7 +3,7 @@
 Per step: the image embeddings are computed once by the caller; every mask then goes through
 `num_rounds` decoder rounds on that embedding:
   round 0         the first prompt (a uniform foreground point, a noisy box, or a text
-                  embedding: CLIP of the mask's region or of its category name, issue 5);
+                  embedding: CLIP of the mask's region or of its category name);
   click rounds    one corrective point from the error region of the previous prediction, plus
                   the previous round's low-res logits (of its highest-IoU output) as mask prompt;
   mask-only rounds the previous logits without a new point: one at a random place among the click
@@ -13,8 +13,8 @@ goes to the best of them); boxes and later rounds use the single-mask output. Th
 is detached (SAM / sam2 practice: no backpropagation through earlier rounds' predictions);
 the image embedding receives gradients from every round. Losses are averaged over rounds.
 
-Memory: every round's decoder graph lives until the step's backward, about 86 MB per mask and
-round at sam_vit_b 1024 in fp32, so SAM's 64 masks x 11 rounds would hold ~66 GB.
+Memory: every round's decoder graph lives until the step's backward, so it grows with masks x
+rounds (benchmarks/README.md has the measured size per mask-round at sam_vit_b).
 `checkpoint_rounds` keeps only each round's inputs and recomputes its decoder forward during
 the backward (the image encoder still runs once): the same gradients for one more decoder
 forward per round.
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from sam_train.data.batch import image_regions
 from sam_train.losses import mask_iou_of_logits, masks_to_logit_size, sam_loss
 from sam_train.models.sam.sam import Sam, upscale_logits
 from sam_train.training.prompts import (
@@ -35,10 +36,10 @@ from sam_train.training.prompts import (
     TEXT,
     PromptTargets,
     first_prompts,
-    image_regions,
     random_tensor,
     sample_error_points,
 )
+from sam_train.training.unused_params import zero_touching
 
 LOSS_NAMES = ("loss_focal", "loss_dice", "loss_iou", "loss")
 
@@ -50,7 +51,7 @@ class InteractiveConfig:
     num_click_rounds: rounds that add one corrective point (8).
     num_mask_only_rounds: rounds with no new point (2): one at the end, the others at random
         places among the click rounds.
-    point_prob, box_prob, text_prob: chances of each first-prompt kind (text: issue 5).
+    point_prob, box_prob, text_prob: chances of each first-prompt kind.
     box_noise_frac, box_max_noise: box jitter, std = frac x side, at most this many pixels.
     multimask_first_round: give single-point first prompts the 3 ambiguity outputs.
     detach_mask_prompt: stop gradients through the previous round's logits.
@@ -69,7 +70,7 @@ class InteractiveConfig:
     multimask_first_round: bool = True
     detach_mask_prompt: bool = True
     loss_weights: dict[str, float] = field(default_factory=dict)
-    checkpoint_rounds: bool = False
+    checkpoint_rounds: bool = True
 
     @property
     def num_rounds(self) -> int:
@@ -140,8 +141,7 @@ def _zero_result(
         mask_inputs=torch.zeros(1, 1, *[4 * s for s in image_embeddings.shape[-2:]], device=dev),
         multimask_output=None,
     )
-    touch_all = sum(p.sum() for p in sam.parameters() if p.requires_grad)
-    zero = (logits.sum() + iou.sum() + touch_all) * 0.0
+    zero = (logits.sum() + iou.sum()) * 0.0 + zero_touching(sam.parameters())
     return InteractiveResult(
         losses={name: zero for name in LOSS_NAMES},
         round_iou=torch.zeros(cfg.num_rounds, device=dev),
@@ -261,7 +261,7 @@ def interactive_loss(
 
     if text_tokens is None and sam.prompt_encoder.text_proj is not None:
         # no text this step: keep text_proj in the graph (zero gradient) so DDP never waits on it
-        touch = sum(p.sum() for p in sam.prompt_encoder.text_proj.parameters()) * 0.0
+        touch = zero_touching(sam.prompt_encoder.text_proj.parameters())
         totals = {name: value + touch for name, value in totals.items()}
     return InteractiveResult(
         losses={name: value / cfg.num_rounds for name, value in totals.items()},

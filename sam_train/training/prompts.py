@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sam_train.data.batch import SamBatch
+from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch
 
 # point labels understood by the prompt encoder
 PAD, BACKGROUND, FOREGROUND, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
@@ -57,8 +57,8 @@ class PromptTargets:
 def select_masks(
     batch: SamBatch,
     max_masks_per_image: int = 64,
-    max_area_frac: float = 0.9,
-    min_area: int = 25,
+    max_area_frac: float = MAX_MASK_FRACTION,
+    min_area: int = MIN_MASK_AREA,
     generator: torch.Generator | None = None,
 ) -> PromptTargets:
     """Valid masks of a batch, at most `max_masks_per_image` per image (a random subset).
@@ -84,18 +84,6 @@ def select_masks(
         image_index=image_index,
         image_hw=batch.image_hw[image_index] if batch.image_hw is not None else None,
         slot=slot,
-    )
-
-
-def image_regions(
-    image_hw: torch.Tensor | None, k: int, size: int, device: torch.device
-) -> torch.Tensor:
-    """[K, S, S] bool, True inside each mask's real image (all True without `image_hw`)."""
-    if image_hw is None:
-        return torch.ones(k, size, size, dtype=torch.bool, device=device)
-    ar = torch.arange(size, device=device)
-    return (ar[None, :, None] < image_hw[:, 0, None, None]) & (
-        ar[None, None, :] < image_hw[:, 1, None, None]
     )
 
 

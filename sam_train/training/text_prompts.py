@@ -1,4 +1,4 @@
-"""Which CLIP embedding prompts each mask (issue 5; training-only, like the rest of this package).
+"""Which CLIP embedding prompts each mask (training-only, like the rest of this package).
 
 Training (SAM's recipe, no text labels needed): a mask at least `min_region_area` pixels large
 (at the model input) is prompted with the CLIP image embedding of its region, precomputed in

@@ -78,8 +78,8 @@ def without_adapters(weights: LoadedWeights) -> LoadedWeights:
 def export_adapter(weights: LoadedWeights, out: Path, dtype: str = "fp32") -> Path:
     """The adapter tensors of a LoRA-trained stage-2 checkpoint, plus every tensor it does not
     share with its base, as safetensors with the base's path and sha256."""
-    from sam_train.predictor import infer_sam_architecture
-    from sam_train.weights.export import _cast
+    from sam_train.weights.sam_loading import infer_sam_architecture
+    from sam_train.weights.safetensors_io import cast_floats
 
     sd = weights.state_dict
     if weights.layout != "sam_train_sam" or not adapted_layers(sd):
@@ -111,7 +111,7 @@ def export_adapter(weights: LoadedWeights, out: Path, dtype: str = "fp32") -> Pa
         "source_sha256": file_sha256(weights.path) if weights.path else None,
         "dtype": dtype,
     }
-    return save_weights(out, _cast(tensors, dtype), meta)
+    return save_weights(out, cast_floats(tensors, dtype), meta)
 
 
 def read_adapter(path: str | Path) -> LoadedWeights:
@@ -135,7 +135,7 @@ def read_adapter(path: str | Path) -> LoadedWeights:
 def _architecture_difference(base: Path, architecture: dict) -> str:
     """' and another architecture (...)' when `base`'s encoder is not the adapter's size."""
     from sam_train.weights.init import _depth
-    from sam_train.weights.keymaps import encoder_state
+    from sam_train.weights.checkpoints import encoder_state
 
     try:
         enc = encoder_state(read_weights(base))

@@ -14,25 +14,14 @@ from __future__ import annotations
 import hashlib
 import pickle
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sam_train.weights.keymaps import MAE_DECODER_PREFIXES, sam_encoder_state_from_official
+from sam_train.weights.loaded import LoadedWeights, WeightsError
 from sam_train.weights.safetensors_io import load_weights
-
-
-@dataclass
-class LoadedWeights:
-    state_dict: dict[str, torch.Tensor]
-    layout: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used; the message names the file and the problem."""
 
 
 def file_sha256(path: str | Path, limit: int | None = None) -> str:
@@ -154,6 +143,25 @@ def read_weights(path: str | Path) -> LoadedWeights:
             f"{str(path)!r} is not a ViT, MAE or SAM checkpoint (first keys: {list(sd)[:3]})"
         )
     return LoadedWeights(sd, layout, metadata, path)
+
+
+def encoder_state(weights: LoadedWeights) -> dict[str, torch.Tensor]:
+    """The ViT encoder of any supported layout, in our (= timm) ViT layout."""
+    sd, layout = weights.state_dict, weights.layout
+    if layout == "sam_train_mae":
+        return {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
+    if layout == "mae_official":
+        return {k: v for k, v in sd.items() if not k.startswith(MAE_DECODER_PREFIXES)}
+    if layout == "vit":
+        return {k: v for k, v in sd.items() if not k.startswith(("head.", "fc_norm."))}
+    if layout in ("sam_train_sam", "sam_official"):
+        enc = {
+            k.removeprefix("image_encoder."): v
+            for k, v in sd.items()
+            if k.startswith("image_encoder.")
+        }
+        return enc if layout == "sam_train_sam" else sam_encoder_state_from_official(enc)
+    raise WeightsError(f"no encoder in a {layout} checkpoint")
 
 
 def _is_safetensors(path: Path) -> bool:

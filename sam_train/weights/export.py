@@ -27,18 +27,17 @@ import torch
 
 from sam_train.files import atomic_path
 from sam_train.weights.adapters import export_adapter, without_adapters
-from sam_train.weights.checkpoints import LoadedWeights, WeightsError, file_sha256, read_weights
-from sam_train.weights.keymaps import encoder_state, mae_to_official
-from sam_train.weights.safetensors_io import save_weights
+from sam_train.weights.checkpoints import (
+    LoadedWeights,
+    WeightsError,
+    encoder_state,
+    file_sha256,
+    read_weights,
+)
+from sam_train.weights.keymaps import mae_to_official
+from sam_train.weights.safetensors_io import cast_floats, save_weights
 
 SAM_LAYOUTS = ("sam_train_sam", "sam_official")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _cast(sd: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    return {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in sd.items()}
 
 
 def _metadata(weights: LoadedWeights, fmt: str, dtype: str) -> dict[str, Any]:
@@ -66,12 +65,12 @@ def _export_encoder(weights: LoadedWeights, out: Path, dtype: str, fmt: str) -> 
     if fmt == "timm" and weights.layout in SAM_LAYOUTS:
         grid = int(round(sd["pos_embed"].shape[1] ** 0.5))
         sd["pos_embed"] = sd["pos_embed"].reshape(1, grid, grid, -1)  # timm's SAM encoder layout
-    return save_weights(out, _cast(sd, dtype), meta)
+    return save_weights(out, cast_floats(sd, dtype), meta)
 
 
 def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
-    from sam_train.models.sam.keymap import sam_state_to_official
-    from sam_train.predictor import infer_sam_architecture
+    from sam_train.weights.keymaps import sam_state_to_official
+    from sam_train.weights.sam_loading import infer_sam_architecture
 
     if weights.layout not in SAM_LAYOUTS:
         raise WeightsError(
@@ -79,7 +78,7 @@ def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
         )
     ours = weights.state_dict
     if weights.layout == "sam_official":
-        from sam_train.models.sam.keymap import sam_state_from_official
+        from sam_train.weights.keymaps import sam_state_from_official
 
         ours = sam_state_from_official(ours)
     meta = _metadata(weights, "sam", dtype)
@@ -89,7 +88,7 @@ def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
         **(weights.metadata.get("architecture") or {}),
     }
     with atomic_path(out) as tmp:
-        torch.save(_cast(sam_state_to_official(ours), dtype), tmp)
+        torch.save(cast_floats(sam_state_to_official(ours), dtype), tmp)
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, default=str))
     return out
@@ -106,13 +105,15 @@ def _export_mae(weights: LoadedWeights, out: Path, dtype: str) -> Path:
         else mae_to_official(weights.state_dict)
     )
     with atomic_path(out) as tmp:
-        torch.save({"model": _cast(sd, dtype), "sam_train": _metadata(weights, "mae", dtype)}, tmp)
+        torch.save(
+            {"model": cast_floats(sd, dtype), "sam_train": _metadata(weights, "mae", dtype)}, tmp
+        )
     return out
 
 
 def _export_full(weights: LoadedWeights, out: Path, dtype: str) -> Path:
     return save_weights(
-        out, _cast(weights.state_dict, dtype), _metadata(weights, "safetensors", dtype)
+        out, cast_floats(weights.state_dict, dtype), _metadata(weights, "safetensors", dtype)
     )
 
 
@@ -136,7 +137,7 @@ def _register_folder_formats() -> None:
         return export_onnx_weights(w, o, d, quantize=quantize)
 
     def hf(w: LoadedWeights, o: Path, d: str) -> Path:
-        from sam_train.weights.hf import export_hf_weights
+        from sam_train.weights.hf_export import export_hf_weights
 
         return export_hf_weights(w, o, d)
 

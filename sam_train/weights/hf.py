@@ -17,18 +17,16 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from sam_train.files import atomic_dir
-from sam_train.weights.checkpoints import LoadedWeights, WeightsError
-from sam_train.weights.hf_keymap import mae_from_hf, mae_to_hf, sam_from_hf, sam_to_hf
-from sam_train.weights.onnx_export import check_output_folder
+from sam_train.weights.hf_keymap import mae_from_hf, sam_from_hf
+from sam_train.weights.loaded import LoadedWeights, WeightsError
 
 SAM_EPS = 1e-6  # LayerNorm eps of segment-anything's image encoder, neck and mask-prompt stack
 MAE_EPS = 1e-6  # the official MAE's (transformers' ViTMAE default is 1e-12)
 
 
-def _transformers():
+def import_transformers():
     try:
         import transformers
     except ImportError as err:
@@ -168,61 +166,6 @@ def _count(state: dict, pattern: str) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # export
-
-
-def export_hf_weights(weights: LoadedWeights, out: Path, dtype: str) -> Path:
-    """EXPORTERS entry: a SAM or MAE checkpoint -> a transformers folder (fp32 or cast)."""
-    from sam_train.weights.export import _cast
-
-    transformers = _transformers()
-    check_output_folder(out, "config.json", "hf")
-    if weights.layout in ("sam_train_sam", "sam_official"):
-        from sam_train.predictor import load_sam
-
-        sam = load_sam(weights.path)
-        config = transformers.SamConfig(**sam_hf_config(sam.architecture, sam.state_dict()))
-        config.architectures = ["SamModel"]
-        tensors = sam_to_hf(sam.state_dict())
-        processor = transformers.SamProcessor(
-            image_processor=transformers.SamImageProcessor(
-                size={"longest_edge": sam.image_encoder.img_size},
-                pad_size={
-                    "height": sam.image_encoder.img_size,
-                    "width": sam.image_encoder.img_size,
-                },
-            )
-        )
-    elif weights.layout in ("sam_train_mae", "mae_official"):
-        from sam_train.weights.keymaps import mae_from_official
-
-        state = weights.state_dict
-        if weights.layout == "mae_official":
-            state = mae_from_official(state)
-        config = transformers.ViTMAEConfig(**mae_hf_config(state, weights.metadata))
-        config.architectures = ["ViTMAEForPreTraining"]
-        tensors = mae_to_hf(state)
-        processor = None
-    else:
-        raise WeightsError(
-            f"--format hf needs a SAM (stage 2) or MAE (stage 1) checkpoint; {weights.path} "
-            f"holds a bare {weights.layout} encoder"
-        )
-    if dtype != "fp32":
-        config.dtype = dtype.replace("fp", "float").replace("bf16", "bfloat16")
-    tensors = {k: v.contiguous() for k, v in _cast(tensors, dtype).items()}
-    with atomic_dir(out) as tmp:
-        config.save_pretrained(tmp)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if processor is not None:
-            processor.save_pretrained(tmp)
-        (tmp / "sam_train.json").write_text(
-            json.dumps({"source": str(weights.path), "layout": weights.layout}, indent=2)
-        )
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# import
 
 
 def is_hf_folder(path: Path) -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import torch
 
-from sam_train.models.sam.keymap import sam_state_from_official, sam_state_to_official
+from sam_train.weights.keymaps import sam_state_from_official, sam_state_to_official
 
 SAM_PE_KEYS = (
     "shared_image_embedding.positional_embedding",

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from sam_train.models.lora import merge_lora_state
 from sam_train.models.pos_embed import resize_grid_embed
-from sam_train.weights.checkpoints import WeightsError, read_weights
-from sam_train.weights.keymaps import encoder_state
+from sam_train.weights.checkpoints import WeightsError, encoder_state, read_weights
 
 
 @dataclass
@@ -100,7 +99,7 @@ def load_matching(
 
 def init_sam_from(sam: nn.Module, path: str | Path) -> InitReport:
     """Load what `path` holds into `sam` (a `Sam`); returns the report. Raises WeightsError."""
-    from sam_train.models.sam.keymap import sam_state_from_official
+    from sam_train.weights.keymaps import sam_state_from_official
 
     weights = read_weights(path)
     report = InitReport(str(path), weights.layout)

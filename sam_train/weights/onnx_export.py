@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD
 from sam_train.files import atomic_dir
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 from sam_train.models.sam.sam import Sam
 from sam_train.weights.checkpoints import LoadedWeights, WeightsError
 
@@ -231,7 +231,7 @@ def export_onnx_weights(
     weights: LoadedWeights, out: Path, dtype: str, quantize: bool = False
 ) -> Path:
     """EXPORTERS entry: a SAM checkpoint -> the ONNX folder (fp32 graphs only)."""
-    from sam_train.predictor import load_sam
+    from sam_train.weights.sam_loading import load_sam
 
     if dtype != "fp32":
         raise WeightsError("--format onnx writes fp32 graphs (use --quantize for int8 weights)")

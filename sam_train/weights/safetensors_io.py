@@ -42,3 +42,13 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             f"weights file {str(path)!r} is not a readable safetensors file: {err}"
         ) from err
     return tensors, json.loads(raw) if raw else {}
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def cast_floats(sd: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """Floating-point tensors cast to `dtype` ("fp32", "fp16", "bf16"), the others as they are."""
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in sd.items()}

@@ -1,13 +1,6 @@
 """Segment Anything on the shared ViT backbone (plain PyTorch)."""
 
 from sam_train.models.sam.image_encoder import ImageEncoderViT
-from sam_train.models.sam.keymap import (
-    sam_encoder_state_from_official,
-    sam_encoder_state_from_vit,
-    sam_encoder_state_to_official,
-    sam_state_from_official,
-    sam_state_to_official,
-)
 from sam_train.models.sam.mask_decoder import MaskDecoder
 from sam_train.models.sam.prompt_encoder import PromptEncoder
 from sam_train.models.sam.sam import SAM_SIZES, Sam, build_sam, build_sam_vit, upscale_logits
@@ -22,10 +15,5 @@ __all__ = [
     "TwoWayTransformer",
     "build_sam",
     "build_sam_vit",
-    "sam_encoder_state_from_official",
-    "sam_encoder_state_from_vit",
-    "sam_encoder_state_to_official",
-    "sam_state_from_official",
-    "sam_state_to_official",
     "upscale_logits",
 ]

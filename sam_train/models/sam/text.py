@@ -1,4 +1,4 @@
-"""CLIP for SAM's text prompts (issue 5): an open_clip model as a plain nn.Module.
+"""CLIP for SAM's text prompts: an open_clip model as a plain nn.Module.
 
 SAM (Kirillov et al., 2023, section 7.5 / appendix D.5) trains text prompts without text labels:
 for each large enough mask, the CLIP *image* embedding of the mask's region is the prompt; at
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sam_train.data.batch import IMAGENET_MEAN, IMAGENET_STD
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class ClipLoadError(RuntimeError):
     """The CLIP model or its weights cannot be loaded; the message names the fix."""
 
 
-def _model_name(clip: str) -> str:
+def clip_model_name(clip: str) -> str:
     """An open_clip model name; a `.json` model config is registered under its file stem."""
     import open_clip
 
@@ -62,7 +62,7 @@ def load_open_clip(
     """
     import open_clip
 
-    name = _model_name(clip)
+    name = clip_model_name(clip)
     if pretrained in (None, "", "none", "None"):
         log.warning("CLIP %s with random weights (prompt.text.pretrained not set)", name)
         model = open_clip.create_model(name, pretrained=None)

@@ -1,0 +1,237 @@
+"""Every option of every config group composes with the stage it belongs to and builds (a tiny
+version of each model); an option of the other stage is refused before anything is built,
+with a message naming both keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sam_train.config_checks import ConfigError, check_stage_pairing
+from sam_train.models.mae import MaskedAutoencoder
+from sam_train.models.sam.sam import Sam
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+STAGES = ("mae", "sam")
+# shrink any model to a few layers at a small input: the architecture keys stay the option's
+TINY = {
+    "mae": ["model.img_size=32", "model.depth=1", "model.decoder_depth=1"],
+    "sam": [
+        "model.image_size=64",
+        "model.encoder_depth=1",
+        "model.encoder_global_attn_indexes=[0]",
+    ],
+}
+BUILDS = {"mae": MaskedAutoencoder, "sam": Sam}
+# the stage of each option of a stage-specific group (a model's is its name's prefix)
+STAGE_OF = {
+    "data": {
+        "sample": "mae",
+        "images": "mae",
+        "shards_mae": "mae",
+        "sam_sample": "sam",
+        "coco": "sam",
+        "sa1b": "sam",
+    },
+    "experiment": {
+        "demo_mae": "mae",
+        "demo_sam": "sam",
+        "mae_vit_base_paper": "mae",
+        "sam_vit_b_sa1b": "sam",
+        "sam_vit_h_sa1b": "sam",
+    },
+    "hparams_search": {"mae_optuna": "mae"},
+}
+
+
+def options(group: str) -> list[str]:
+    """The options `group=...` takes (files starting with '_' are shared bases)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def stage_of(group: str, option: str) -> str:
+    if group == "model":
+        return option.split("_")[0]
+    return STAGE_OF[group][option]
+
+
+def compose_run(overrides: list[str], tmp_path: Path):
+    with initialize_config_module("sam_train.conf", version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[*overrides, f"paths.run_dir={tmp_path}"],
+            return_hydra_config=True,
+        )
+
+
+def without_hydra(cfg):
+    """The job config as `sam-train` gets it (the hydra node left out, interpolations kept)."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+
+
+def test_every_stage_specific_option_is_listed_here():
+    for group, listed in STAGE_OF.items():
+        assert sorted(listed) == options(group), f"new {group} option: say its stage above"
+    for option in options("model"):
+        assert option.split("_")[0] in STAGES, option
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_each_model_builds_tiny_with_its_stage(option, tmp_path):
+    stage = stage_of("model", option)
+    cfg = compose_run([f"stage={stage}", f"model={option}", *TINY[stage]], tmp_path)
+    check_stage_pairing(cfg, cfg.hydra.runtime.choices)
+    model = instantiate(cfg.model)
+    assert isinstance(model, BUILDS[stage])
+    optim = instantiate(cfg.optim)
+    module = instantiate(cfg.stage.module, model=model, optim=optim, run_config=None)
+    assert isinstance(module, L.LightningModule) and module.model is model
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_each_data_config_builds_with_its_stage(option, tmp_path):
+    stage = stage_of("data", option)
+    extra = {"images": [f"data.root={tmp_path}"]}.get(option, [])
+    if option == "images":
+        from PIL import Image
+
+        for i in range(2):
+            Image.new("RGB", (40, 30), (i * 90, 20, 20)).save(tmp_path / f"{i}.tif")
+    if option in ("shards_mae", "coco", "sa1b"):
+        extra = [f"data.path={tmp_path}"]
+    cfg = compose_run([f"stage={stage}", f"data={option}", *extra], tmp_path)
+    check_stage_pairing(cfg, cfg.hydra.runtime.choices)
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, L.LightningDataModule)
+    assert dm.feeds_stage == stage
+    assert cfg.data.img_size == (cfg.model.img_size if stage == "mae" else cfg.model.image_size)
+    assert cfg.data.seed == cfg.seed
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_each_experiment_selects_its_stage_and_builds(option, tmp_path):
+    stage = stage_of("experiment", option)
+    data = ["data.path=/shards"] if "sa1b" in option else []
+    cfg = compose_run([f"experiment={option}", *data], tmp_path)  # no stage= needed
+    assert cfg.stage.name == stage
+    check_stage_pairing(cfg, cfg.hydra.runtime.choices)
+    tiny = [] if option.startswith("demo") else TINY[stage]
+    cfg = compose_run([f"experiment={option}", *data, *tiny], tmp_path)
+    assert isinstance(instantiate(cfg.model), BUILDS[stage])
+    instantiate(cfg.optim)
+
+
+def test_the_vit_h_recipe_is_the_vit_b_recipe_with_another_encoder(tmp_path):
+    b = compose_run(["experiment=sam_vit_b_sa1b", "data.path=x"], tmp_path)
+    h = compose_run(["experiment=sam_vit_h_sa1b", "data.path=x"], tmp_path)
+    assert (h.model.encoder_embed_dim, h.model.drop_path_rate) == (1280, 0.4)
+    for key in ("optim", "trainer", "data"):
+        assert OmegaConf.to_container(b[key]) == OmegaConf.to_container(h[key]), key
+    # the paper's lr 8e-4 at batch 256 (1 image x 8 GPUs x 32 nodes) from optim=sam's base_lr
+    batch = b.data.batch_size * b.trainer.devices * b.trainer.num_nodes
+    assert b.optim.base_lr * batch / 256 == pytest.approx(8e-4)
+
+
+def test_the_search_selects_stage_mae_and_its_parameters_exist(tmp_path):
+    cfg = compose_run(["hparams_search=mae_optuna"], tmp_path)
+    assert cfg.stage.name == "mae"
+    check_stage_pairing(cfg, cfg.hydra.runtime.choices)
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, key
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_each_trainer_composes_and_the_cpu_ones_build(option, tmp_path):
+    cpu = {
+        "cpu": [],
+        "ddp": ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"],
+    }
+    cfg = compose_run([f"trainer={option}", *cpu.get(option, [])], tmp_path)
+    assert cfg.trainer.use_distributed_sampler is False
+    if option in cpu:
+        trainer = instantiate(without_hydra(cfg).trainer, logger=False)
+        assert isinstance(trainer, L.Trainer)
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_each_logger_builds(option, tmp_path):
+    cfg = without_hydra(compose_run([f"logger={option}", "paths.cache_dir=/tmp"], tmp_path))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    assert all(hasattr(lg, "log_metrics") for lg in loggers)
+    assert bool(loggers) == (option != "none")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_builds_its_callbacks_and_prompt_config(stage, tmp_path):
+    cfg = without_hydra(compose_run([f"stage={stage}"], tmp_path))
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    assert all(isinstance(c, L.Callback) for c in callbacks)
+    assert instantiate(cfg.prompt.text).enabled is False
+
+
+def test_code_defaults_are_the_config_defaults(tmp_path):
+    """A default written once in the code is what a run gets, and can be overridden."""
+    from sam_train.training.interactive import InteractiveConfig
+
+    cfg = compose_run(["stage=sam", "stage.module.interactive.num_click_rounds=6"], tmp_path)
+    interactive = instantiate(cfg.stage.module.interactive)
+    assert interactive.box_noise_frac == InteractiveConfig.box_noise_frac == 0.1
+    assert interactive.num_click_rounds == 6
+    cfg = compose_run(["stage=sam", "data=coco", "data.path=x", "data.hflip=false"], tmp_path)
+    assert cfg.data.min_mask_area == cfg.stage.module.min_mask_area  # one mask filter
+    assert cfg.data.hflip is False
+
+
+WRONG = [
+    (stage, group, option)
+    for stage in STAGES
+    for group in ("model", "data", "experiment", "hparams_search")
+    for option in options(group)
+    if stage_of(group, option) != stage
+]
+
+
+@pytest.mark.parametrize("stage, group, option", WRONG)
+def test_an_option_of_the_other_stage_is_refused_naming_both_keys(stage, group, option, tmp_path):
+    extra = ["data.path=x"] if "sa1b" in option else []
+    cfg = compose_run([f"stage={stage}", f"{group}={option}", *extra], tmp_path)
+    with pytest.raises(ConfigError) as err:
+        check_stage_pairing(cfg, cfg.hydra.runtime.choices)
+    assert f"stage={stage}" in str(err.value) and f"{group}={option}" in str(err.value)
+
+
+def test_train_refuses_a_wrong_pairing_before_building_anything(tmp_path, monkeypatch):
+    import sam_train.cli.train as cli
+
+    built = []
+    monkeypatch.setattr("hydra.utils.instantiate", lambda *a, **k: built.append(a))
+    cfg = without_hydra(compose_run(["stage=sam", "model=mae_vit_tiny"], tmp_path))
+    with pytest.raises(ConfigError, match="MaskedAutoencoder"):
+        cli.train(cfg)
+    assert built == []
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_in_one_message_with_status_2(tmp_path):
+    import subprocess
+
+    from conftest import console_script
+
+    res = subprocess.run(
+        [
+            console_script("sam-train"),
+            "stage=sam",
+            "model=mae_vit_tiny",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 2
+    assert "stage=sam with model=mae_vit_tiny" in res.stderr and "Traceback" not in res.stderr
