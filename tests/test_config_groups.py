@@ -45,7 +45,7 @@ STAGE_OF = {
         "sam_vit_b_sa1b": "sam",
         "sam_vit_h_sa1b": "sam",
     },
-    "hparams_search": {"mae_optuna": "mae"},
+    "hparams_search": {"mae_optuna": "mae", "sam_optuna": "sam"},
 }
 
 

@@ -131,7 +131,8 @@ def test_stage_sam_defaults_are_cpu_sized_and_the_paper_is_one_experiment_away()
     assert module.max_masks_per_image == 64
     assert 1 + rounds.num_click_rounds + rounds.num_mask_only_rounds == 11
     assert rounds.loss_weights == {"loss_focal": 20.0} and rounds.checkpoint_rounds
-    assert paper.optim.lr == 8e-4 and paper.optim.schedule == "step"
+    assert paper.optim.lr is None and paper.optim.base_lr == 8e-4  # 8e-4 at batch 256
+    assert paper.optim.schedule == "step"
     mae_paper = composed("stage=mae", "experiment=mae_vit_base_paper", "data.root=/x")
     assert mae_paper.optim.lr is None and mae_paper.trainer.max_epochs == 800
 

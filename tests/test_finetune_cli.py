@@ -18,9 +18,9 @@ from test_sam_stage import SAM_TINY
 
 from sam_train.lit.sam_model import trainable_sam
 from sam_train.models.lora import LoraConfig
-from sam_train.models.sam.keymap import sam_state_to_official
 from sam_train.predictor import SamPredictor, load_sam
 from sam_train.weights.checkpoints import file_sha256, read_weights
+from sam_train.weights.keymaps import sam_state_to_official
 from sam_train.weights.official import build_official_sam
 
 pytestmark = pytest.mark.slow

@@ -12,10 +12,9 @@ from test_cli_mae import TINY
 from test_lora import randomise
 from test_sam_model import tiny_sam
 
-from sam_train.models.sam.keymap import sam_state_to_official
 from sam_train.weights.checkpoints import WeightsError
 from sam_train.weights.init import init_mae_from
-from sam_train.weights.keymaps import mae_to_official
+from sam_train.weights.keymaps import mae_to_official, sam_state_to_official
 
 
 def blocks_equal(mae, source: dict, prefix: str = "") -> bool:

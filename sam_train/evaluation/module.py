@@ -17,7 +17,7 @@ from sam_train.data.transforms import denormalise
 from sam_train.evaluation.prompts import evaluate_random_point
 from sam_train.evaluation.proposals import ProposalRecall
 from sam_train.lit.optim import OptimConfig
-from sam_train.lit.sam_module import SamModule, _all_gather_objects
+from sam_train.lit.sam_module import SamModule, all_gather_objects
 from sam_train.metrics import center_points
 from sam_train.models.sam.sam import Sam, upscale_logits
 from sam_train.predictor import SamPredictor
@@ -133,13 +133,13 @@ class EvalModule(SamModule):
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         if self.generator is not None:
-            for name, value in self.proposals.compute(gather=_all_gather_objects).items():
+            for name, value in self.proposals.compute(gather=all_gather_objects).items():
                 self.log(f"val/{name}", value)
 
     def gathered(self) -> tuple[dict[str, np.ndarray], list[tuple[float, np.ndarray]]]:
         """Per-mask IoUs and worst-case panels of every rank (call on all ranks)."""
         local = {n: torch.cat(v).numpy() for n, v in self.per_mask.items()}
-        parts = _all_gather_objects([(local, self.worst)])
+        parts = all_gather_objects([(local, self.worst)])
         per_mask: dict[str, list[np.ndarray]] = {}
         worst: list[tuple[float, np.ndarray]] = []
         for part in parts:

@@ -273,7 +273,7 @@ class SamModule(StageModule):
             reduce=lambda t: strategy.reduce(t.to(self.device), reduce_op="sum")
         )
         if self.coco is not None:
-            metrics.update(self.coco.compute(gather=_all_gather_objects))
+            metrics.update(self.coco.compute(gather=all_gather_objects))
         if not metrics:
             return
         self.last_val_metrics = metrics
@@ -337,7 +337,7 @@ class SamModule(StageModule):
         }
 
 
-def _all_gather_objects(obj: list) -> list[list]:
+def all_gather_objects(obj: list) -> list[list]:
     """Every rank's list (one list when not distributed)."""
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

@@ -78,8 +78,8 @@ def without_adapters(weights: LoadedWeights) -> LoadedWeights:
 def export_adapter(weights: LoadedWeights, out: Path, dtype: str = "fp32") -> Path:
     """The adapter tensors of a LoRA-trained stage-2 checkpoint, plus every tensor it does not
     share with its base, as safetensors with the base's path and sha256."""
-    from sam_train.weights.sam_loading import infer_sam_architecture
     from sam_train.weights.safetensors_io import cast_floats
+    from sam_train.weights.sam_loading import infer_sam_architecture
 
     sd = weights.state_dict
     if weights.layout != "sam_train_sam" or not adapted_layers(sd):
@@ -134,14 +134,14 @@ def read_adapter(path: str | Path) -> LoadedWeights:
 
 def _architecture_difference(base: Path, architecture: dict) -> str:
     """' and another architecture (...)' when `base`'s encoder is not the adapter's size."""
-    from sam_train.weights.init import _depth
     from sam_train.weights.checkpoints import encoder_state
+    from sam_train.weights.init import vit_depth
 
     try:
         enc = encoder_state(read_weights(base))
     except WeightsError:
         return ""
-    have = (enc["patch_embed.proj.weight"].shape[0], _depth(enc))
+    have = (enc["patch_embed.proj.weight"].shape[0], vit_depth(enc))
     want = (architecture["encoder_embed_dim"], architecture["encoder_depth"])
     if have == want:
         return ""

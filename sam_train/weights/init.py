@@ -41,7 +41,7 @@ class InitReport:
         )
 
 
-def _depth(keys, prefix: str = "") -> int:
+def vit_depth(keys, prefix: str = "") -> int:
     ids = {
         int(m.group(1)) for k in keys if (m := re.match(re.escape(prefix) + r"blocks\.(\d+)\.", k))
     }
@@ -108,12 +108,12 @@ def init_sam_from(sam: nn.Module, path: str | Path) -> InitReport:
         if weights.layout == "sam_official":
             sd = sam_state_from_official(sd)
         sd = merge_lora_state(sd)  # a LoRA fine-tune starts the next run as plain weights
-        _check_depth(_depth(sd, "image_encoder."), sam.image_encoder.depth, report)
+        _check_depth(vit_depth(sd, "image_encoder."), sam.image_encoder.depth, report)
         load_matching(sam, sd, report)
         return report
     enc = encoder_state(weights)
     enc.pop("cls_token", None)  # SAM's encoder has no class token
-    _check_depth(_depth(enc), sam.image_encoder.depth, report)
+    _check_depth(vit_depth(enc), sam.image_encoder.depth, report)
     load_matching(sam.image_encoder, enc, report, prefix="image_encoder.")
     report.new.extend(k for k in sam.state_dict() if not k.startswith("image_encoder."))
     return report
@@ -150,7 +150,7 @@ def init_mae_from(mae: nn.Module, path: str | Path) -> InitReport:
         report.ignored.append("encoder.pos_embed")
     if decoder.pop("decoder_pos_embed", None) is not None:
         report.ignored.append("decoder_pos_embed")
-    _check_depth(_depth(enc), mae.encoder.depth, report)
+    _check_depth(vit_depth(enc), mae.encoder.depth, report)
     load_matching(mae.encoder, enc, report, prefix="encoder.")
     if decoder:
         load_matching(mae, decoder, report)
