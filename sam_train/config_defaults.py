@@ -14,12 +14,20 @@ default changed in the code is the default of every run.
 
 `register_code_defaults()` must run before Hydra composes: `sam_train.conf`'s `__init__`
 (imported by `initialize_config_module("sam_train.conf")`) and `sam-train` call it.
+
+Reading a signature imports its module (torch, Lightning: seconds), so the nodes are cached
+under `~/.cache/sam_train/code_defaults/`, keyed by the size and time of every source file of
+the package: `sam-train --help` and a config error answer without importing them, and any
+edit of the code makes a new key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -82,13 +90,42 @@ def defaults_of(target: str) -> dict[str, Any]:
     return {"_target_": target, **found}
 
 
+def _cache_file(targets: list[str]) -> Path:
+    """Where the nodes of `targets` are cached for the package's source files as they are now."""
+    digest = hashlib.sha256("\n".join(targets).encode())
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        st = path.stat()
+        digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    root = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+    return root / "sam_train" / GROUP / f"{digest.hexdigest()[:24]}.json"
+
+
+def _cached_defaults(targets: list[str]) -> dict[str, dict[str, Any]]:
+    """`defaults_of` for every target, from the cache when the code has not changed since."""
+    cache = _cache_file(targets)
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    nodes = {t: defaults_of(t) for t in targets}
+    try:
+        from sam_train.files import write_text_atomic
+
+        write_text_atomic(cache, json.dumps(nodes))
+    except (OSError, TypeError, ValueError):  # a read-only home, or a default JSON cannot hold
+        pass
+    return nodes
+
+
 def register_code_defaults(conf_dir: str | Path | None = None) -> list[str]:
     """Store a `code_defaults/<target>` node for every such entry in the config files."""
     conf_dir = Path(conf_dir) if conf_dir else Path(__file__).parent / "conf"
     targets = sorted({t for f in conf_dir.rglob("*.yaml") for t in _ENTRY.findall(f.read_text())})
+    missing = [t for t in targets if t not in _registered]
+    if not missing:
+        return targets
     store = ConfigStore.instance()
-    for target in targets:
-        if target not in _registered:
-            store.store(group=GROUP, name=target, node=defaults_of(target))
-            _registered.add(target)
+    for target, node in _cached_defaults(missing).items():
+        store.store(group=GROUP, name=target, node=node)
+        _registered.add(target)
     return targets

@@ -85,3 +85,26 @@ def test_short_run_then_resume_in_its_own_folder(tmp_path):
     # the progress bar of the resumed (mid-epoch) run names the epoch it continues
     bar = (res.stdout + res.stderr).replace("\r", "\n")
     assert "Epoch 0: " in bar and "Epoch 1: " in bar
+
+
+def test_help_imports_no_torch_once_the_code_defaults_are_cached(tmp_path):
+    """The config's code-default nodes are read from signatures (importing torch) once, then
+    from a cache keyed by the source files: `sam-train --help` stays a second or two."""
+    code = (
+        "import sys\n"
+        "from sam_train.cli.train import main\n"
+        "sys.argv = ['sam-train', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('imported:', sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env
+        )
+        for _ in range(2)
+    ]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr
+    assert "stage=mae" in runs[1].stdout
+    assert runs[1].stdout.strip().splitlines()[-1] == "imported: []"
+    assert list((tmp_path / "sam_train" / "code_defaults").glob("*.json"))
