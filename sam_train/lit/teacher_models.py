@@ -29,9 +29,16 @@ DECODER_ARGS = (
 )
 
 
-def sami_student(teacher: str, **mae_args) -> SamiModel:
-    """A `SamiModel` whose decoder predicts `teacher`'s pre-neck features (its width)."""
-    return SamiModel(target_dim=load_teacher(str(teacher)).feature_dim, **mae_args)
+def sami_student(teacher: str, init_from: str | None = None, **mae_args) -> SamiModel:
+    """A `SamiModel` whose decoder predicts `teacher`'s pre-neck features (its width), its
+    encoder optionally `init_from` a stage-1 checkpoint or ViT weights (as stage 1 reads them)."""
+    student = SamiModel(target_dim=load_teacher(str(teacher)).feature_dim, **mae_args)
+    if init_from:
+        from sam_train.weights.init import init_mae_from
+
+        report = init_mae_from(student, init_from)
+        print(f"[sam-train] {report.summary()}", flush=True)
+    return student
 
 
 def embedding_grid_problem(
