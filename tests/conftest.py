@@ -52,12 +52,9 @@ def tiny_mae(**overrides) -> MaskedAutoencoder:
     return MaskedAutoencoder(**kwargs)
 
 
-def tiny_sam(width: int = 32, seed: int | None = 0, **overrides):
-    """A two-block SAM `width` channels wide (64 px input unless overridden); seeded with
-    `seed` (None: the caller's random state)."""
-    from sam_train.models.sam import build_sam
-
-    kwargs = dict(
+def tiny_sam_arch(width: int = 32) -> dict:
+    """`build_sam` arguments of a two-block SAM `width` channels wide at 64 px."""
+    return dict(
         encoder_embed_dim=width,
         encoder_depth=2,
         encoder_num_heads=2,
@@ -69,7 +66,14 @@ def tiny_sam(width: int = 32, seed: int | None = 0, **overrides):
         decoder_num_heads=4,
         iou_head_hidden_dim=width,
     )
-    kwargs.update(overrides)
+
+
+def tiny_sam(width: int = 32, seed: int | None = 0, **overrides):
+    """A two-block SAM `width` channels wide (64 px input unless overridden); seeded with
+    `seed` (None: the caller's random state)."""
+    from sam_train.models.sam import build_sam
+
+    kwargs = {**tiny_sam_arch(width), **overrides}
     if seed is not None:
         torch.manual_seed(seed)
     return build_sam(**kwargs)

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import torch
-from conftest import tiny_mae, train_stage1_checkpoint
+from conftest import tiny_mae, tiny_sam_arch, train_stage1_checkpoint
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
@@ -23,18 +23,7 @@ from sam_train.lit.optim import (
 )
 from sam_train.lit.sam_model import trainable_sam
 
-TINY_SAM = dict(
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=(1,),
-    image_size=64,
-    window_size=2,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=64,
-    decoder_num_heads=4,
-    iou_head_hidden_dim=32,
-)
+TINY_SAM = tiny_sam_arch()
 
 
 def composed(*overrides: str):

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from conftest import tiny_sam_arch
 from test_sam_model import tiny_sam
 
 from sam_train.lit.optim import OptimConfig
@@ -24,18 +25,7 @@ from sam_train.models.lora import (
 )
 from sam_train.training.freezing import FreezeError, freeze_parts
 
-TINY = dict(
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=(1,),
-    image_size=64,
-    window_size=2,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=64,
-    decoder_num_heads=4,
-    iou_head_hidden_dim=32,
-)
+TINY = tiny_sam_arch()
 QKV = LoraConfig(targets=["attn.qkv"], rank=4, alpha=8.0)
 
 
