@@ -4,17 +4,15 @@ dozen steps give object-like masks that "segment everything" can keep, filter an
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+from conftest import fit_interactive, tiny_sam
 
 from sam_train.data.batch import SamBatch
 from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
-from sam_train.models.sam import build_sam
 from sam_train.models.sam.sam import Sam
-from sam_train.training import InteractiveConfig, interactive_loss, select_masks
+from sam_train.training import InteractiveConfig
 
 SIZE = 64
 
@@ -63,25 +61,8 @@ TRAIN_SEEDS = (0, 1)
 def trained_tiny_sam(steps: int = 60, seed: int = 0) -> Sam:
     """A 64 px SAM (8 x 8 embeddings) after `steps` steps on two 48 x 64 shapes scenes
     (`shapes_scene(*SCENE_HW, s)` for s in TRAIN_SEEDS), overfitting them (seconds)."""
-    torch.manual_seed(seed)
-    sam = build_sam(
-        encoder_embed_dim=48,
-        encoder_depth=2,
-        encoder_num_heads=2,
-        encoder_global_attn_indexes=(1,),
-        image_size=SIZE,
-        patch_size=8,
-        window_size=4,
-        prompt_embed_dim=48,
-        decoder_mlp_dim=96,
-        decoder_num_heads=4,
-        iou_head_hidden_dim=48,
-    )
+    sam = tiny_sam(48, seed=seed, image_size=SIZE, patch_size=8, window_size=4)
     batch = scene_batch([shapes_scene(*SCENE_HW, s) for s in TRAIN_SEEDS])
-    opt = torch.optim.AdamW(sam.parameters(), lr=4e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / 10) * 0.5 * (1 + math.cos(math.pi * i / steps))
-    )
     cfg = InteractiveConfig(
         num_click_rounds=1,
         num_mask_only_rounds=0,
@@ -89,13 +70,4 @@ def trained_tiny_sam(steps: int = 60, seed: int = 0) -> Sam:
         box_prob=0.0,
         loss_weights={"loss_focal": 2.0},  # 20:1 keeps a brief run at all-background
     )
-    gen = torch.Generator().manual_seed(seed + 1)
-    for _ in range(steps):
-        targets = select_masks(batch, min_area=4, generator=gen)
-        result = interactive_loss(sam, sam.embed_images(batch.images), targets, cfg, gen)
-        opt.zero_grad(set_to_none=True)
-        result.losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
-        opt.step()
-        sched.step()
-    return sam.eval()
+    return fit_interactive(sam, batch, cfg, steps, warmup=10, seed=seed)

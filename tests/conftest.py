@@ -79,6 +79,29 @@ def tiny_sam(width: int = 32, seed: int | None = 0, **overrides):
     return build_sam(**kwargs)
 
 
+def fit_interactive(sam, batch, cfg, steps: int, warmup: int, seed: int, lr: float = 4e-3):
+    """Train `sam` on one fixed `batch` with the interactive loss: AdamW, linear warm-up then
+    cosine decay per step, gradients clipped to 1 (the tests' short stage-2 recipe)."""
+    import math
+
+    from sam_train.training import interactive_loss, select_masks
+
+    opt = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * i / steps))
+    )
+    gen = torch.Generator().manual_seed(seed + 1)
+    for _ in range(steps):
+        targets = select_masks(batch, min_area=4, generator=gen)
+        result = interactive_loss(sam, sam.embed_images(batch.images), targets, cfg, gen)
+        opt.zero_grad(set_to_none=True)
+        result.losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return sam.eval()
+
+
 @pytest.fixture
 def mae() -> MaskedAutoencoder:
     torch.manual_seed(0)

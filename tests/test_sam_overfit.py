@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import pytest
 import torch
-from conftest import tiny_sam
+from conftest import fit_interactive, tiny_sam
 
 from sam_train.data.batch import SamBatch
 from sam_train.metrics import evaluate_prompts
-from sam_train.training import InteractiveConfig, interactive_loss, select_masks
+from sam_train.training import InteractiveConfig, select_masks
 
 SIZE = 64
 
@@ -63,26 +62,11 @@ def test_tiny_sam_overfits_shapes_with_one_point(one_thread) -> None:
     torch.manual_seed(seed)
     batch = shapes_on_noise()
     sam = tiny_sam(48, seed=None, image_size=SIZE, patch_size=8, window_size=4)
-    steps, warmup = 300, 20
-    opt = torch.optim.AdamW(sam.parameters(), lr=4e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * i / steps))
-    )
     # a shortened recipe: first prompt, one corrective click, one mask-only round
     cfg = InteractiveConfig(
         num_click_rounds=1, num_mask_only_rounds=1, point_prob=0.75, box_prob=0.25
     )
-    gen = torch.Generator().manual_seed(seed + 1)
-    for _ in range(steps):
-        targets = select_masks(batch, min_area=4, generator=gen)
-        result = interactive_loss(sam, sam.embed_images(batch.images), targets, cfg, gen)
-        opt.zero_grad(set_to_none=True)
-        result.losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
-        opt.step()
-        sched.step()
-
-    sam.eval()
+    fit_interactive(sam, batch, cfg, steps=300, warmup=20, seed=seed)
     targets = select_masks(batch, min_area=4)
     with torch.no_grad():
         out = evaluate_prompts(
