@@ -17,7 +17,7 @@ default changed in the code is the default of every run.
 
 Reading a signature imports its module (torch, Lightning: seconds), so the nodes are cached
 under `~/.cache/sam_train/code_defaults/`, keyed by the size and time of every source file of
-the package: `sam-train --help` and a config error answer without importing them, and any
+the package and the versions of the other packages named (Lightning's Trainer): `sam-train --help` and a config error answer without importing them, and any
 edit of the code makes a new key.
 """
 
@@ -29,6 +29,7 @@ import inspect
 import json
 import os
 import re
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,11 @@ def defaults_of(target: str) -> dict[str, Any]:
 def _cache_file(targets: list[str]) -> Path:
     """Where the nodes of `targets` are cached for the package's source files as they are now."""
     digest = hashlib.sha256("\n".join(targets).encode())
+    for package in sorted({t.split(".")[0] for t in targets} - {"sam_train"}):  # lightning, ...
+        try:
+            digest.update(f"{package}=={metadata.version(package)}\n".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package}\n".encode())
     for path in sorted(Path(__file__).parent.rglob("*.py")):
         st = path.stat()
         digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
