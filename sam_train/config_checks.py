@@ -57,7 +57,7 @@ def check_config(cfg: DictConfig) -> None:
     if ckpt not in (None, "last") and not Path(str(ckpt)).is_file():
         problems.append(f"ckpt_path={ckpt} does not exist; give a Lightning .ckpt file or 'last'")
     if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+        raise ConfigError("; ".join(problems))
 
 
 def check_resume_checkpoint(ckpt_path: str, stage: str) -> None:
@@ -213,7 +213,7 @@ def check_stage_pairing(cfg: DictConfig, choices: Mapping[str, str | None] | Non
                 f"stage={needs}; drop stage={stage} (it selects stage={needs} itself)"
             )
     if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+        raise ConfigError("; ".join(problems))
 
 
 class StagePairingCheck(Callback):
@@ -226,7 +226,7 @@ class StagePairingCheck(Callback):
         try:
             check_stage_pairing(config, config.hydra.runtime.choices)
         except ConfigError as err:
-            print(f"sam-train: {err}", file=sys.stderr)
+            print(f"sam-train: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:

@@ -93,3 +93,11 @@ def test_the_onnx_decoder_gives_the_predictors_masks(client, decoder, agreement)
             assert same.mean() > agreement
             if decoder == "onnx":
                 assert abs(a["score"] - b["score"]) < 1e-4
+
+
+def test_sam_app_with_a_missing_checkpoint_exits_2_in_one_line(tmp_path, capsys) -> None:
+    from sam_train.cli.app import main as app_main
+
+    assert app_main([str(tmp_path / "missing.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"sam-app: error: checkpoint {tmp_path / 'missing.pth'} does not exist"

@@ -235,3 +235,5 @@ def test_the_cli_refuses_in_one_message_with_status_2(tmp_path):
     )
     assert res.returncode == 2
     assert "stage=sam with model=mae_vit_tiny" in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]  # one line
+    assert res.stderr.startswith("sam-train: error: ")

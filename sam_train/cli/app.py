@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         "decoder in onnxruntime (~1.5x less CPU; onnx-int8 ~1.8x, quantised)",
     )
     args = parser.parse_args(argv)
+    if not Path(args.checkpoint).exists():
+        print(f"sam-app: error: checkpoint {args.checkpoint} does not exist", file=sys.stderr)
+        return 2
     if args.images is not None and not args.images.is_dir():
         print(f"sam-app: error: --images {args.images} is not a folder", file=sys.stderr)
         return 2

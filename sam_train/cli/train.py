@@ -194,7 +194,7 @@ def user_error_lines(err: BaseException) -> list[str] | None:
     if found is None:
         return None
     lines = [line.strip().removeprefix("- ") for line in str(found).splitlines()]
-    lines = [line for line in lines if line and line != "invalid configuration:"]
+    lines = [line for line in lines if line]
     return lines or [type(found).__name__]
 
 
