@@ -63,6 +63,24 @@ def test_freezing_keeps_what_the_checkpoint_did_not_provide_trainable(stage1, ca
     assert "stay trainable" in caplog.text and "neck" in caplog.text
 
 
+def test_an_encoder_without_relative_positions_is_stage_1s_vit_and_only_its_neck_trains(
+    stage1,
+) -> None:
+    sam = trainable_sam(init_from=str(stage1), freeze_encoder=True, use_rel_pos=False, **TINY_SAM)
+    assert not [n for n in sam.init_report.new if n.startswith("image_encoder.blocks.")]
+    trainable = {n for n, p in sam.image_encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("neck.") for n in trainable)
+
+
+def test_the_demo_trains_a_decoder_on_the_frozen_stage_1_encoder_at_an_lr_that_learns() -> None:
+    demo = composed("stage=sam", "experiment=demo_sam")
+    assert demo.model.freeze_encoder and not demo.model.use_rel_pos
+    # lr 4e-3 left the decoder answering every prompt the same way; 1e-3 with a warm-up learns
+    assert demo.optim.lr <= 1e-3 and demo.optim.warmup_steps >= 50
+    batch, steps = default_run_steps(demo)
+    assert steps >= 500  # the decoder starts to localise prompts after ~250 steps
+
+
 def test_freezing_without_a_checkpoint_freezes_nothing_and_says_so(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="sam_train.lit.sam_model"):
         sam = trainable_sam(freeze_encoder=True, **TINY_SAM)

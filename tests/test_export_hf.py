@@ -203,3 +203,26 @@ def test_a_text_prompt_sam_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "text-prompt branch" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_sam_without_relative_positions_exports_loads_strictly_and_agrees(tmp_path):
+    """`model.use_rel_pos=false` (the demo's SAM: its encoder is exactly the MAE's ViT)."""
+    from sam_train.models.sam.sam import build_sam
+
+    sam = random_sam()
+    plain = build_sam(**{**sam.architecture, "use_rel_pos": False}).eval()
+    plain.load_state_dict(sam.state_dict(), strict=False)
+    assert not any("rel_pos" in k for k in plain.state_dict())
+    src = tmp_path / "plain.safetensors"
+    save_weights(src, plain.state_dict(), {"architecture": plain.architecture})
+    model, info = transformers.SamModel.from_pretrained(
+        export(src, "hf", tmp_path / "hf"), output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    theirs, _ = hf_sam_outputs(model.eval(), images, **PROMPTS["points+box"])
+    mine, _ = our_outputs(plain, images, **PROMPTS["points+box"])
+    assert (theirs - mine).abs().max() < 1e-4
+    for path in (src, export(src, "sam", tmp_path / "sam.pth"), tmp_path / "hf"):
+        again, _ = our_outputs(load_sam(path), images, **PROMPTS["points+box"])
+        assert torch.allclose(again, mine, atol=1e-5), path

@@ -79,7 +79,7 @@ def export_adapter(weights: LoadedWeights, out: Path, dtype: str = "fp32") -> Pa
     """The adapter tensors of a LoRA-trained stage-2 checkpoint, plus every tensor it does not
     share with its base, as safetensors with the base's path and sha256."""
     from sam_train.weights.safetensors_io import cast_floats
-    from sam_train.weights.sam_loading import infer_sam_architecture
+    from sam_train.weights.sam_loading import sam_architecture
 
     sd = weights.state_dict
     if weights.layout != "sam_train_sam" or not adapted_layers(sd):
@@ -89,10 +89,7 @@ def export_adapter(weights: LoadedWeights, out: Path, dtype: str = "fp32") -> Pa
         )
     base = _base_path(weights)
     plain = {k: v for k, v in sd.items() if not is_lora_key(k)}
-    architecture = {
-        **infer_sam_architecture(plain),
-        **(weights.metadata.get("architecture") or {}),
-    }
+    architecture = sam_architecture(plain, weights.metadata)
     reference, provided = _base_model(architecture, base)
     ref_sd = reference.state_dict()
     changed = {

@@ -12,6 +12,7 @@ A Hugging Face folder (SamModel / ViTMAE) is read into our layout (`sam_train.we
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -134,6 +135,7 @@ def read_weights(path: str | Path) -> LoadedWeights:
             sd = obj["model"]
         else:
             sd = obj
+            metadata = _sidecar_metadata(path)
     sd = {k: v for k, v in sd.items() if torch.is_tensor(v)}
     if not sd:
         raise WeightsError(f"{str(path)!r} contains no tensors")
@@ -143,6 +145,17 @@ def read_weights(path: str | Path) -> LoadedWeights:
             f"{str(path)!r} is not a ViT, MAE or SAM checkpoint (first keys: {list(sd)[:3]})"
         )
     return LoadedWeights(sd, layout, metadata, path)
+
+
+def _sidecar_metadata(path: Path) -> dict[str, Any]:
+    """The `.json` that `sam-export` writes beside a plain state dict (the official SAM layout has
+    no room for metadata), when it records an architecture; {} otherwise."""
+    sidecar = path.with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) and isinstance(meta.get("architecture"), dict) else {}
 
 
 def encoder_state(weights: LoadedWeights) -> dict[str, torch.Tensor]:

@@ -70,7 +70,7 @@ def _export_encoder(weights: LoadedWeights, out: Path, dtype: str, fmt: str) -> 
 
 def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
     from sam_train.weights.keymaps import sam_state_to_official
-    from sam_train.weights.sam_loading import infer_sam_architecture
+    from sam_train.weights.sam_loading import sam_architecture
 
     if weights.layout not in SAM_LAYOUTS:
         raise WeightsError(
@@ -83,10 +83,7 @@ def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
         ours = sam_state_from_official(ours)
     meta = _metadata(weights, "sam", dtype)
     # shapes give all but the decoder's head count; a checkpoint's own record wins
-    meta["architecture"] = {
-        **infer_sam_architecture(ours),
-        **(weights.metadata.get("architecture") or {}),
-    }
+    meta["architecture"] = sam_architecture(ours, weights.metadata)
     with atomic_path(out) as tmp:
         torch.save(cast_floats(sam_state_to_official(ours), dtype), tmp)
     with atomic_path(out.with_suffix(".json")) as tmp:

@@ -23,6 +23,12 @@ def infer_sam_architecture(sd: dict[str, torch.Tensor]) -> dict:
     depth = 1 + max(
         int(m.group(1)) for k in sd if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))
     )
+    if "image_encoder.blocks.0.attn.rel_pos_h" not in sd:
+        raise WeightsError(
+            "this SAM's encoder has no relative-position tables, so its heads, windows and "
+            "global blocks cannot be read from the tensors' shapes and the file carries no "
+            "architecture: load the checkpoint or export sam_train wrote (they carry it)"
+        )
     rel = [sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in range(depth)]
     window = min((r.shape[0] + 1) // 2 for r in rel)
     return dict(
@@ -49,6 +55,15 @@ def infer_sam_architecture(sd: dict[str, torch.Tensor]) -> dict:
     )
 
 
+def sam_architecture(sd: dict[str, torch.Tensor], metadata: dict) -> dict:
+    """`build_sam` arguments: the checkpoint's own record over what the shapes say (a record
+    alone where the shapes cannot say it: an encoder without relative-position tables)."""
+    stored = metadata.get("architecture") or {}
+    if stored and "image_encoder.blocks.0.attn.rel_pos_h" not in sd:
+        return dict(stored)
+    return {**infer_sam_architecture(sd), **stored}
+
+
 def load_sam(path: str | Path) -> Sam:
     """A `Sam` from a Lightning checkpoint, our export, or an official SAM checkpoint."""
     weights = read_weights(path)
@@ -59,7 +74,7 @@ def load_sam(path: str | Path) -> Sam:
         sd = sam_state_from_official(sd)
     sd = merge_lora_state(sd)  # a LoRA-trained checkpoint: adapters folded into the weights
     try:
-        arch = weights.metadata.get("architecture") or infer_sam_architecture(sd)
+        arch = sam_architecture(sd, weights.metadata)
         sam = build_sam(**arch)
         missing, unexpected = sam.load_state_dict(sd, strict=False)
     except (KeyError, ValueError, RuntimeError) as err:  # a damaged or edited SAM state

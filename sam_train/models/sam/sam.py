@@ -148,6 +148,7 @@ def build_sam(
     image_size: int = 1024,
     patch_size: int = 16,
     window_size: int = 14,
+    use_rel_pos: bool = True,
     prompt_embed_dim: int = 256,
     mask_in_chans: int = 16,
     drop_path_rate: float = 0.0,
@@ -157,7 +158,12 @@ def build_sam(
     decoder_mlp_dim: int = 2048,
     iou_head_hidden_dim: int = 256,
 ) -> Sam:
-    """Build a SAM from plain arguments (a Hydra `_target_`); defaults are ViT-B at 1024 px."""
+    """Build a SAM from plain arguments (a Hydra `_target_`); defaults are ViT-B at 1024 px.
+
+    `use_rel_pos=False` leaves out the encoder's relative-position tables: the encoder is then
+    exactly the plain ViT an MAE trains, so a frozen stage-1 encoder has no new tensors inside
+    its blocks (only the neck is new).
+    """
     args = dict(locals())
     args["encoder_global_attn_indexes"] = [int(i) for i in encoder_global_attn_indexes]
     grid = image_size // patch_size
@@ -170,7 +176,7 @@ def build_sam(
         out_chans=prompt_embed_dim,
         window_size=window_size,
         global_attn_indexes=tuple(args["encoder_global_attn_indexes"]),
-        use_rel_pos=True,
+        use_rel_pos=use_rel_pos,
         drop_path_rate=drop_path_rate,
     )
     prompt_encoder = PromptEncoder(
