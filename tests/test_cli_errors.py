@@ -109,6 +109,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
         (["stage=sam", "model.init_from={garbage}"], ["garbage.ckpt", "not a PyTorch"]),
         (["trainer.precision=bf16-mixed"], ["trainer.precision=bf16-mixed on a CPU"]),
         (["model.mask_ratio=1.5"], ["mask_ratio must lie strictly between 0 and 1"]),
+        (["trainer.max_epochs=abc"], ["trainer.max_epochs=abc: expected an integer"]),
+        (["optim.lr=fast"], ["optim.lr=fast: expected a number"]),
+        (["data.batch_size=2.5"], ["data.batch_size=2.5: expected an integer"]),
     ],
 )
 def test_sam_train_user_errors(tmp_path, files, args, fragments, monkeypatch, capfd):

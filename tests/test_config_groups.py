@@ -237,3 +237,21 @@ def test_the_cli_refuses_in_one_message_with_status_2(tmp_path):
     assert "stage=sam with model=mae_vit_tiny" in res.stderr and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]  # one line
     assert res.stderr.startswith("sam-train: error: ")
+
+
+CHECKED_NODES = ("data", "model", "optim", "stage.module", "trainer")
+
+
+@pytest.mark.parametrize(
+    "group, option",
+    [(g, o) for g in ("model", "data", "experiment", "trainer", "optim") for o in options(g)],
+)
+def test_every_option_passes_the_argument_type_check(group, option, tmp_path):
+    from sam_train.config_types import argument_type_problems
+
+    stage = stage_of(group, option) if group in ("model", "data", "experiment") else "sam"
+    if group == "optim":
+        stage = option if option in STAGES else "sam"
+    cfg = compose_run([f"stage={stage}", f"{group}={option}"], tmp_path)
+    for key in CHECKED_NODES:
+        assert argument_type_problems(OmegaConf.select(cfg, key), key) == [], (group, option)

@@ -71,6 +71,11 @@ def instantiate_checked(node: Any, key: str, **kwargs: Any) -> Any:
     missing or unusable file) reported as the config error it is."""
     from hydra.utils import instantiate
 
+    from sam_train.config_types import argument_type_problems
+
+    problems = argument_type_problems(node, key)
+    if problems:
+        raise ConfigError("; ".join(problems))
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
