@@ -48,6 +48,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--masks", type=int, default=8, help="masks per image per step")
     p.add_argument("--clicks", type=int, default=3, help="corrective-click rounds")
     p.add_argument("--mask-only", type=int, default=1, help="mask-only rounds")
+    p.add_argument("--box-max-noise", type=float, default=20.0, help="box jitter cap, pixels")
     p.add_argument("--epochs-cached", type=int, default=4, help="passes over the loader to cache")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -133,6 +134,7 @@ def main() -> None:
         num_click_rounds=args.clicks,
         num_mask_only_rounds=args.mask_only,
         loss_weights={"loss_focal": args.focal},
+        box_max_noise=args.box_max_noise,
         checkpoint_rounds=False,
     )
     for p in model.parameters():
