@@ -249,9 +249,7 @@ CHECKED_NODES = ("data", "model", "optim", "stage.module", "trainer")
 def test_every_option_passes_the_argument_type_check(group, option, tmp_path):
     from sam_train.config_types import argument_type_problems
 
-    stage = stage_of(group, option) if group in ("model", "data", "experiment") else "sam"
-    if group == "optim":
-        stage = option if option in STAGES else "sam"
+    stage = option if group == "optim" else "sam" if group == "trainer" else stage_of(group, option)
     cfg = compose_run([f"stage={stage}", f"{group}={option}"], tmp_path)
     for key in CHECKED_NODES:
         assert argument_type_problems(OmegaConf.select(cfg, key), key) == [], (group, option)

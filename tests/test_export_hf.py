@@ -11,7 +11,7 @@ import torch
 from conftest import console_script, tiny_mae
 from test_export_onnx import random_sam
 
-from sam_train.weights.checkpoints import read_weights
+from sam_train.weights.checkpoints import WeightsError, read_weights
 from sam_train.weights.export import export
 from sam_train.weights.init import init_sam_from
 from sam_train.weights.safetensors_io import save_weights
@@ -226,3 +226,6 @@ def test_a_sam_without_relative_positions_exports_loads_strictly_and_agrees(tmp_
     for path in (src, export(src, "sam", tmp_path / "sam.pth"), tmp_path / "hf"):
         again, _ = our_outputs(load_sam(path), images, **PROMPTS["points+box"])
         assert torch.allclose(again, mine, atol=1e-5), path
+    (tmp_path / "sam.json").unlink()  # the official layout alone cannot say its architecture
+    with pytest.raises(WeightsError, match=r"sam\.pth: .*no relative-position tables"):
+        load_sam(tmp_path / "sam.pth")

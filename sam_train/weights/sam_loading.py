@@ -77,6 +77,8 @@ def load_sam(path: str | Path) -> Sam:
         arch = sam_architecture(sd, weights.metadata)
         sam = build_sam(**arch)
         missing, unexpected = sam.load_state_dict(sd, strict=False)
+    except WeightsError as err:  # already says what is missing (an architecture to read)
+        raise WeightsError(f"{path}: {err}") from err
     except (KeyError, ValueError, RuntimeError) as err:  # a damaged or edited SAM state
         first = (str(err).strip().splitlines() or [""])[0][:160]
         raise WeightsError(
