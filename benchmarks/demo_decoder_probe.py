@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -29,9 +30,11 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
+from sam_train.cli.train import root_cause
 from sam_train.metrics import evaluate_prompts, mask_iou
 from sam_train.training.interactive import InteractiveConfig, interactive_loss
 from sam_train.training.prompts import select_masks
+from sam_train.weights.checkpoints import WeightsError
 
 MIN_AREA, MAX_FRACTION, VAL_MASKS, VAL_CLICKS = 400, 0.9, 16, 5  # experiment=demo_sam's
 
@@ -53,17 +56,18 @@ def parse() -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the validation history here (JSON)")
-    return p.parse_args()
+    args = p.parse_args()
+    if not (args.init_from or args.random_encoder):
+        p.error("give --init-from <stage-1 checkpoint> or --random-encoder")
+    return args
 
 
 def build(args: argparse.Namespace):
     overrides = ["stage=sam", "experiment=demo_sam", f"seed={args.seed}"]
     if args.random_encoder:
         overrides += ["model.freeze_encoder=false"]
-    elif args.init_from:
-        overrides += [f"model.init_from={args.init_from}"]
     else:
-        raise SystemExit("give --init-from <stage-1 checkpoint> or --random-encoder")
+        overrides += [f"model.init_from={args.init_from}"]
     with initialize_config_module("sam_train.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     torch.manual_seed(args.seed)
@@ -130,7 +134,14 @@ def score(model, val: list) -> dict[str, float | list[float]]:
 def main() -> None:
     args = parse()
     torch.set_num_threads(1)
-    model, data = build(args)
+    try:
+        model, data = build(args)
+    except Exception as err:  # Hydra wraps the builder's refusal (a missing or foreign checkpoint)
+        cause = root_cause(err)
+        if not isinstance(cause, WeightsError | FileNotFoundError):
+            raise
+        print(f"demo_decoder_probe: error: {cause}", file=sys.stderr)
+        raise SystemExit(2) from err
     t0 = time.perf_counter()
     train = cached(model.image_encoder, data.train_dataloader(), args.epochs_cached)
     val = validation_targets(cached(model.image_encoder, data.val_dataloader()))
