@@ -18,6 +18,19 @@ from sam_train.models.mae import MaskedAutoencoder  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# Console scripts and `python -c` children started by tests import this tree's code (and the
+# test helpers), whichever checkout the venv was installed from: PYTHONPATH precedes the
+# editable install's finder. A test that sets its own PYTHONPATH builds on `tree_pythonpath`.
+TREE_PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [TREE_PYTHONPATH, *filter(None, [os.environ.get("PYTHONPATH")])]
+)
+
+
+def tree_pythonpath(*extra: Path | str) -> str:
+    """PYTHONPATH for a child process: this tree first, then the given folders."""
+    return os.pathsep.join([TREE_PYTHONPATH, *map(str, extra)])
+
 
 def pytest_collection_modifyitems(config, items):
     """`long` tests (minutes of training to show a learning claim) run only when asked."""

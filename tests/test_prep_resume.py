@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tree_pythonpath
 from test_prep_fixtures import image_folder
 
 import data_prep.images as images_mod
@@ -98,7 +99,7 @@ def test_sigkill_during_parallel_run_then_rerun(reference, tmp_path):
         "m.encode_image_sample = slowprep.slow\n"
         f"m.convert_images({str(src)!r}, {str(out)!r}, ShardOptions(maxcount=2, workers=2, progress=False))\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+    env = {**os.environ, "PYTHONPATH": tree_pythonpath(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline and not list(out.glob("shard-*.tar")) and proc.poll() is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, console_script
+from conftest import console_script, tree_pythonpath
 from test_cli_mae import TINY
 
 from sam_train.data.resumable import ResumableSampler
@@ -25,7 +25,7 @@ EXACT = [
 
 
 def sam_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    env = {**os.environ, "PYTHONPATH": tree_pythonpath()}
     return subprocess.run(
         [console_script("sam-train"), "stage=mae", *args],
         cwd=cwd,

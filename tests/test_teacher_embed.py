@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, console_script, tiny_sam
+from conftest import console_script, tiny_sam, tree_pythonpath
 
 from data_prep.clip_embed import model_input
 from data_prep.sample import ensure_sample_shards
@@ -27,7 +27,7 @@ CACHE = Path(os.environ.get("SAM_TRAIN_CACHE", Path.home() / ".cache" / "sam_tra
 
 
 def prep(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": tree_pythonpath()}
     return subprocess.run(
         [console_script("sam-prep"), *args], env=env, capture_output=True, text=True, timeout=600
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, console_script, tiny_sam
+from conftest import console_script, tiny_sam, tree_pythonpath
 
 from sam_train.weights.init import init_sam_from
 from sam_train.weights.safetensors_io import save_weights
@@ -65,7 +65,7 @@ def teacher(tmp_path_factory) -> Path:
 
 
 def sam_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    env = {**os.environ, "PYTHONPATH": tree_pythonpath()}
     return subprocess.run(
         [console_script("sam-train"), *args],
         cwd=cwd,

@@ -8,7 +8,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO, console_script
+from conftest import console_script, tree_pythonpath
 from test_sam_stage import SAM_TINY
 from text_helpers import tiny_clip_files
 
@@ -40,7 +40,7 @@ def test_two_process_ddp_trains_text_prompts_with_checkpointed_rounds_and_logs_m
         f"hydra.run.dir={run}",
         f"paths.cache_dir={tmp_path / 'cache'}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    env = {**os.environ, "PYTHONPATH": tree_pythonpath()}
     res = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
     header = (run / "csv" / "metrics.csv").read_text().splitlines()[0]
