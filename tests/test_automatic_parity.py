@@ -1,12 +1,21 @@
-"""Segment everything: our MaskGenerator returns the masks segment-anything's generator returns,
-on the same weights (a tiny SAM trained here for seconds, so masks survive the filters)."""
+"""Segment everything: our MaskGenerator returns exactly the records segment-anything's generator
+returns, on the same model (a tiny SAM trained here for seconds, so masks survive the filters).
+
+Both generators run the same image encoder, prompt encoder and mask decoder modules, so what is
+compared is everything around them: point grids, crops, batching, the IoU, stability and
+crop-edge filters, boxes, NMS within and between crops, RLE encoding and the record fields.
+The modules' own agreement with segment-anything's is pinned with float tolerances in
+test_sam_reference.py. Comparing two separately computed models here made the test depend on
+the CPU: logits that differ by ~1e-5 flip pixels where a briefly trained model's logits are
+near zero, a one-pixel box change crosses the 0.7 box-IoU threshold for one of the hundreds of
+box pairs near it, and NMS keeps a different mask on some CPUs' kernels.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 
 amg = pytest.importorskip("segment_anything")
 
@@ -34,6 +43,8 @@ def models():
     ours = trained_tiny_sam(steps=160)
     ref = build_official_sam(ours.architecture)
     ref.load_state_dict(sam_state_to_official(ours.state_dict()), strict=True)
+    for part in ("image_encoder", "prompt_encoder", "mask_decoder"):  # see the module docstring
+        setattr(ref, part, getattr(ours, part))
     yield ours, ref.eval()
     torch.set_num_threads(threads)
 
@@ -46,14 +57,6 @@ def image() -> np.ndarray:
     return scene.repeat(4, axis=0).repeat(4, axis=1)
 
 
-def _match(ours: list[dict], theirs: list[dict]) -> np.ndarray:
-    """For each of our masks, the best IoU with any of theirs (and the reverse), [2, N]."""
-    a = [r["segmentation"] for r in ours]
-    b = [r["segmentation"] for r in theirs]
-    iou = mask_utils.iou(a, b, [0] * len(b))  # [len(a), len(b)]
-    return iou.max(axis=1), iou.max(axis=0)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("crop_n_layers, at_least", [(0, 12), (1, 30)])
 def test_same_masks_as_segment_anything(models, image, crop_n_layers: int, at_least: int) -> None:
@@ -63,18 +66,13 @@ def test_same_masks_as_segment_anything(models, image, crop_n_layers: int, at_le
     theirs = amg.SamAutomaticMaskGenerator(ref_model, **kwargs).generate(image)
 
     assert len(ours) == len(theirs) >= at_least
-    ours_best, theirs_best = _match(ours, theirs)
-    assert ours_best.min() > 0.99 and theirs_best.min() > 0.99
-    # the records carry the same fields and, for the matched masks, the same scores
-    assert set(ours[0]) == set(theirs[0])
-    by_point = {(tuple(r["point_coords"][0]), r["area"]): r for r in theirs}
-    matched = [by_point.get((tuple(r["point_coords"][0]), r["area"])) for r in ours]
-    pairs = [(r, t) for r, t in zip(ours, matched) if t is not None]
-    assert len(pairs) >= 0.8 * len(ours)
-    for r, t in pairs:
-        assert r["predicted_iou"] == pytest.approx(t["predicted_iou"], abs=1e-4)
-        assert r["stability_score"] == pytest.approx(t["stability_score"], abs=1e-2)
-        assert r["bbox"] == t["bbox"]
+    assert set(ours[0]) == set(theirs[0])  # the records carry the same fields
+    for r, t in zip(ours, theirs):  # the same masks, in the same order, with the same numbers
+        assert r["segmentation"] == t["segmentation"]
+        assert r["bbox"] == t["bbox"] and r["area"] == t["area"]
+        assert r["point_coords"] == t["point_coords"]
+        assert r["predicted_iou"] == t["predicted_iou"]
+        assert r["stability_score"] == t["stability_score"]
         assert [float(v) for v in r["crop_box"]] == [float(v) for v in t["crop_box"]]
     if crop_n_layers:
         assert len({tuple(r["crop_box"]) for r in ours}) > 1  # crops contributed masks
