@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
+from torchvision.ops import box_iou
 
 from sam_train.automatic import MaskGenerator
 from sam_train.automatic.grid import crop_boxes, layer_point_grids
@@ -124,6 +125,26 @@ def test_generate_returns_segment_anything_records_in_each_output_mode() -> None
         assert c["area"] == mask.sum() == int(mask_utils.area(c["segmentation"]))
         assert np.array_equal(decode_rle(u["segmentation"]), mask)
         assert c["crop_box"] == [0, 0, 56, 40]
+
+
+def box_ious_above(records: list[dict], thresh: float) -> int:
+    """How many pairs of records have box IoU above `thresh` (boxes from their xywh `bbox`)."""
+    boxes = torch.tensor([r["bbox"] for r in records], dtype=torch.float32)
+    boxes[:, 2:] += boxes[:, :2]  # xyxy
+    iou = box_iou(boxes, boxes).triu(diagonal=1)
+    return int((iou > thresh).sum())
+
+
+def test_no_two_masks_of_a_crop_overlap_above_box_nms_thresh() -> None:
+    """One crop (the whole image), no filters before the NMS: a random tiny SAM's 48 masks
+    (16 points x 3) all span about the whole image, so nearly every pair is a duplicate."""
+    image = np.random.default_rng(2).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    settings = dict(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
+    every = MaskGenerator(tiny_sam(), box_nms_thresh=1.0, **settings).generate(image)
+    assert len(every) == 48 and box_ious_above(every, 0.7) > 0  # work for the NMS
+    kept = MaskGenerator(tiny_sam(), box_nms_thresh=0.7, **settings).generate(image)
+    assert box_ious_above(kept, 0.7) == 0
+    assert len(kept) > 0
 
 
 def test_clean_up_leaves_no_small_islands() -> None:

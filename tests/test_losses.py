@@ -43,6 +43,42 @@ def test_iou_loss_uses_the_thresholded_mask() -> None:
     torch.testing.assert_close(loss, torch.tensor([(0.5 - 1 / 3) ** 2]))
 
 
+def test_loss_weights_are_the_papers_20_1_1() -> None:
+    """focal : dice : iou = 20 : 1 : 1 (Kirillov et al., 2023), written out, not read back."""
+    assert LOSS_WEIGHTS == {"loss_focal": 20.0, "loss_dice": 1.0, "loss_iou": 1.0}
+    target = torch.tensor([[[1.0, 1.0, 0.0, 0.0]]])  # one mask of 1 x 4 pixels
+    logits = torch.tensor([[[[2.0, -1.0, 1.0, -3.0]]]])  # [1, 1, 1, 4]: one FN, one FP
+    out = sam_loss(logits, torch.tensor([[0.9]]), target)
+    focal, dice, iou = out["loss_focal"], out["loss_dice"], out["loss_iou"]
+    assert min(focal, dice, iou) > 0.01  # every term counts, so a changed weight shows
+    torch.testing.assert_close(out["loss"], 20 * focal + dice + iou)
+    torch.testing.assert_close(iou, torch.tensor((0.9 - 1 / 3) ** 2))  # predicts pixels 0, 2
+
+
+def test_multimask_choice_weighs_focal_20_to_dice_1() -> None:
+    """Outputs C, B, A: C predicts nothing, B is sure with one false positive, A unsure but
+    right everywhere. Focal prefers A, dice prefers B (so does focal + dice); only SAM's
+    20 : 1 trains A."""
+    target = torch.zeros(1, 4, 4)
+    target[0, :2] = 1
+    unsure = torch.where(target[0] > 0, 1.0, -1.0)
+    sure = torch.where(target[0] > 0, 10.0, -10.0)
+    sure[3, 3] = 2.0  # the false positive
+    logits = torch.stack([torch.zeros(4, 4), sure, unsure])[None]  # [1, 3, 4, 4]: C, B, A
+    logits.requires_grad_(True)
+    per_output = target[:, None].expand_as(logits)
+    focal = sigmoid_focal_loss(logits, per_output).detach()[0]  # [3]
+    dice = dice_loss(logits, per_output).detach()[0]  # [3]
+    assert focal.argmin() == 2 and dice.argmin() == 1 and (focal + dice).argmin() == 1
+    assert (20 * focal + dice).argmin() == 2
+    out = sam_loss(logits, torch.zeros(1, 3), target)
+    torch.testing.assert_close(out["loss_focal"], focal[2])
+    torch.testing.assert_close(out["loss_dice"], dice[2])
+    out["loss"].backward()
+    trained = logits.grad[0].flatten(1).abs().sum(1) > 0  # [3]
+    assert trained.tolist() == [False, False, True]
+
+
 def test_multimask_loss_goes_to_the_best_output_only() -> None:
     target = torch.zeros(1, 4, 4)
     target[0, :2] = 1

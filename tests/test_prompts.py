@@ -159,6 +159,39 @@ def test_interactive_loop_runs_and_backpropagates() -> None:
     assert sam.prompt_encoder.mask_downscaling[0].weight.grad.abs().sum() > 0
 
 
+def test_interactive_loop_clicks_foreground_where_nothing_was_predicted() -> None:
+    """A decoder whose logits are all negative misses every object: the loop's first
+    corrective click must be a foreground click (label 1) on the object."""
+    sam = tiny_sam(image_size=32).train()
+    with torch.no_grad():  # upscaled map GELU(1) > 0 everywhere, every mask filter -1
+        up2 = sam.mask_decoder.output_upscaling[3]
+        up2.weight.zero_()
+        up2.bias.fill_(1.0)
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.zero_()
+            mlp.layers[-1].bias.fill_(-1.0)
+    calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    decode = sam.decode
+
+    def recording_decode(*args, **kwargs):
+        logits, iou = decode(*args, **kwargs)
+        coords, labels = kwargs["points"]
+        calls.append((coords.detach(), labels.detach(), logits.detach()))
+        return logits, iou
+
+    sam.decode = recording_decode
+    t = _targets(6)
+    t.image_hw = torch.tensor([[32, 32]] * 6)
+    cfg = InteractiveConfig(num_click_rounds=1, num_mask_only_rounds=0, checkpoint_rounds=False)
+    interactive_loss(sam, sam.embed_images(torch.randn(1, 3, 32, 32)), t, cfg, _gen())
+    assert len(calls) == 2  # the first prompt, then one click round
+    assert (calls[0][2] < 0).all()
+    coords, labels, _ = calls[1]
+    x, y = coords[:, -1].long().unbind(1)  # the click added in round 1
+    assert (labels[:, -1] == 1).all()
+    assert t.masks[torch.arange(6), y, x].all()
+
+
 def test_interactive_loop_with_no_masks_is_zero_and_finite() -> None:
     sam = tiny_sam(image_size=32).train()
     emb = sam.embed_images(torch.randn(1, 3, 32, 32))

@@ -11,7 +11,7 @@ import torch
 from conftest import console_script, tree_pythonpath
 from test_cli_mae import TINY
 
-from sam_train.data.resumable import ResumableSampler
+from sam_train.data.resumable import ResumableDataLoader, ResumableSampler, split_key
 from sam_train.lit.guards import NonFiniteLossError, NonFiniteLossGuard
 
 EXACT = [
@@ -126,6 +126,40 @@ def test_sampler_skips_what_a_checkpoint_says_was_served():
     s.skip_next(5)
     assert list(s) == full[5:]
     assert list(s) == full  # one-shot skip
+
+
+class _Keys(torch.utils.data.Dataset):
+    """Each sample is its (index, sample_seed): a batch says what was read, augmentation seed
+    included."""
+
+    def __len__(self) -> int:
+        return 14
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        return torch.tensor(split_key(key))
+
+
+def _key_loader() -> ResumableDataLoader:
+    return ResumableDataLoader(_Keys(), batch_size=3, sampler=ResumableSampler(14, seed=5))
+
+
+def test_loader_state_resumes_at_the_next_unread_batch():
+    straight = _key_loader()
+    straight.resumable_sampler.set_epoch(2)
+    full = list(straight)  # 5 batches: 3, 3, 3, 3, 2 samples
+    killed = _key_loader()
+    killed.resumable_sampler.set_epoch(2)
+    batches = iter(killed)
+    read = [next(batches) for _ in range(2)]
+    state = killed.state_dict()
+    assert state == {"epoch": 2, "batches_served": 2}
+
+    resumed = _key_loader()  # a new process: fresh loader, state from the checkpoint
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == len(full) - 2
+    assert all(torch.equal(a, b) for a, b in zip(read + rest, full))
+    assert resumed.state_dict() == {"epoch": 2, "batches_served": len(full)}
 
 
 class _FakeStrategy:
