@@ -20,8 +20,9 @@ from sam_train.data.batch import SamBatch
 from sam_train.lit.optim import OptimConfig
 from sam_train.lit.sam_module import SamModule
 from sam_train.lit.teacher_models import embedding_grid_problem
+from sam_train.models.frozen import FrozenHelper
 from sam_train.models.sam.sam import Sam
-from sam_train.models.teacher import HoldsFrozen, SamTeacher, load_teacher
+from sam_train.models.teacher import SamTeacher, load_teacher
 from sam_train.training.interactive import interactive_loss
 from sam_train.training.prompts import select_masks
 from sam_train.training.teacher_masks import teacher_mask_targets
@@ -29,7 +30,7 @@ from sam_train.training.teacher_masks import teacher_mask_targets
 MASK_TARGETS = ("gt", "teacher")
 
 
-class DistillModule(HoldsFrozen, SamModule):
+class DistillModule(SamModule):
     """Distils a teacher SAM's image embeddings into `model`'s image encoder.
 
     Args:
@@ -67,7 +68,7 @@ class DistillModule(HoldsFrozen, SamModule):
             )
         if problem:
             raise ValueError(problem)
-        self.hold_frozen("teacher", t)
+        self._teacher = FrozenHelper(t)  # in no checkpoint, optimiser or export
         self.decoder_phase_start = decoder_phase_start
         self.mask_targets = mask_targets
         self.embed_loss_weight = embed_loss_weight
@@ -75,7 +76,8 @@ class DistillModule(HoldsFrozen, SamModule):
 
     @property
     def teacher(self) -> SamTeacher:
-        return self.frozen("teacher")
+        """The frozen teacher, on this module's device."""
+        return self._teacher.on(self.device, self.dtype)
 
     # ------------------------------------------------------------------------- phases
     def in_decoder_phase(self, step: int | None = None) -> bool:

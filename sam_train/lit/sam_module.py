@@ -25,6 +25,7 @@ from sam_train.lit.guards import NonFiniteLossGuard
 from sam_train.lit.optim import DerivedSchedule, OptimConfig, encoder_layer_id, param_groups
 from sam_train.lit.progress import batches_started
 from sam_train.metrics import PromptMetrics, evaluate_prompts, evaluate_text_prompts, mask_iou
+from sam_train.models.frozen import FrozenHelper
 from sam_train.models.lora import merge_lora_state
 from sam_train.models.sam.sam import Sam
 from sam_train.models.sam.text import ClipPromptEncoder
@@ -87,7 +88,8 @@ class SamModule(StageModule):
         self.seed = seed
         self.guard = NonFiniteLossGuard(max_nonfinite)
         self.text_cfg = text if text is not None and text.enabled else None
-        self.text = self._build_text(self.text_cfg)
+        self._frozen_clip: FrozenHelper | None = None
+        self._text = self._build_text(self.text_cfg)
         self.coco = CocoMaskAP() if coco_eval else None
         layout = {
             "iou_point_oracle": 1,
@@ -120,18 +122,17 @@ class SamModule(StageModule):
                 f"the model has {width}: add model.text_embed_dim={encoder.embed_dim}"
             )
         if cfg.freeze:
-            object.__setattr__(self, "_frozen_clip", encoder)  # not a submodule: no state_dict
+            self._frozen_clip = FrozenHelper(encoder)  # not a submodule: in no state_dict
         else:
             self.clip = encoder  # trained: a submodule, in checkpoints (not in the Sam export)
         return TextPrompts(encoder, cfg)
 
-    def _apply(self, fn, *args, **kwargs):
-        """`.to(device)` etc. also move the unregistered frozen CLIP."""
-        out = super()._apply(fn, *args, **kwargs)
-        frozen = self.__dict__.get("_frozen_clip")
-        if frozen is not None:
-            frozen._apply(fn, *args, **kwargs)
-        return out
+    @property
+    def text(self) -> TextPrompts | None:
+        """The text-prompt branch, its frozen CLIP (if any) on this module's device."""
+        if self._frozen_clip is not None:
+            self._frozen_clip.on(self.device, self.dtype)
+        return self._text
 
     @property
     def clip_encoder(self) -> ClipPromptEncoder | None:

@@ -15,14 +15,15 @@ import torch.nn as nn
 from sam_train.lit.mae_module import MaeModule
 from sam_train.lit.optim import OptimConfig
 from sam_train.lit.progress import batches_started
+from sam_train.models.frozen import FrozenHelper
 from sam_train.models.sami import SamiModel
-from sam_train.models.teacher import HoldsFrozen, SamTeacher, load_teacher
+from sam_train.models.teacher import SamTeacher, load_teacher
 from sam_train.seeding import sample_seed
 
 Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-class SamiModule(HoldsFrozen, MaeModule):
+class SamiModule(MaeModule):
     """Trains a `SamiModel` against a frozen teacher.
 
     Args:
@@ -45,11 +46,12 @@ class SamiModule(HoldsFrozen, MaeModule):
                 f"the SAMI head predicts width {model.target_dim}, the teacher's features are "
                 f"{t.feature_dim} wide: build the student with target_dim={t.feature_dim}"
             )
-        self.hold_frozen("teacher", t)
+        self._teacher = FrozenHelper(t)  # in no checkpoint, optimiser or export
 
     @property
     def teacher(self) -> SamTeacher:
-        return self.frozen("teacher")
+        """The frozen teacher, on this module's device."""
+        return self._teacher.on(self.device, self.dtype)
 
     def images_and_targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(batch, (tuple, list)):

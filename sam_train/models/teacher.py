@@ -89,23 +89,3 @@ def load_teacher(path: str) -> SamTeacher:
     from sam_train.weights.sam_loading import load_sam
 
     return SamTeacher(load_sam(Path(path)))
-
-
-class HoldsFrozen:
-    """Mixin for modules that keep frozen helpers (a teacher) out of their registry, so the
-    helpers are in no `state_dict`, checkpoint or optimiser, yet move with `.to(device)`.
-
-    `self.hold_frozen("teacher", module)` stores it; `self.frozen("teacher")` reads it."""
-
-    def hold_frozen(self, name: str, module: nn.Module) -> None:
-        held = self.__dict__.setdefault("_held_frozen", {})
-        held[name] = module.requires_grad_(False).eval()
-
-    def frozen(self, name: str) -> nn.Module:
-        return self.__dict__["_held_frozen"][name]
-
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        for module in self.__dict__.get("_held_frozen", {}).values():
-            module._apply(fn, *args, **kwargs)
-        return out
