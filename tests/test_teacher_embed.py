@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import console_script, tiny_sam, tree_pythonpath
 
-from data_prep.clip_embed import model_input
+from data_prep.add_member import model_input
 from data_prep.sample import ensure_sample_shards
 from sam_train.data.shard_datamodules import ShardSamDataModule
 from sam_train.lit.distill_module import DistillModule
