@@ -31,19 +31,6 @@ def check_config(cfg: DictConfig) -> None:
             "on CPUs without bf16 hardware; use trainer.precision=32-true, or trainer=gpu"
         )
     stage = cfg.stage.name
-    target = str(cfg.model.get("_target_", ""))
-    builder = target.rsplit(".", 1)[-1].lower()  # the class or function, not the package
-    expected = {
-        "mae": ("maskedautoencoder", "trainable_mae"),
-        "sam": ("sam",),
-        "sami": ("sami_student",),
-        "distill": ("distill_student",),
-    }.get(stage)
-    if expected and not any(e in builder for e in expected):
-        problems.append(
-            f"stage={stage} with model target {target!r}: pick a model of that stage "
-            f"(model=mae_vit_* for stage=mae, model=sam_vit_* for stage=sam)"
-        )
     if cfg.get("peft") is not None and stage != "sam":
         problems.append(
             f"peft=lora with stage={stage}: adapters are for stage=sam; drop peft=lora "
@@ -75,20 +62,17 @@ def check_resume_checkpoint(ckpt_path: str, stage: str) -> None:
             "a run from its checkpoints/*.ckpt); to start from these weights use model.init_from"
         )
     if found != stage:
-        names = {
-            "mae": "stage-1 (mae)",
-            "sami": "stage-1 (sami)",
-            "sam": "stage-2 (sam)",
-            "distill": "stage-2 (distill)",
-        }
+        from sam_train.lit.base import registered_stages
+
+        level = registered_stages()[found].level
         fix = (
             f"resume it with stage={found}, or start stage 2 from its encoder with "
             f"stage=sam model.init_from={ckpt_path}"
-            if found in ("mae", "sami")
+            if level == 1
             else f"resume it with stage={found}"
         )
         raise ConfigError(
-            f"ckpt_path={ckpt_path} is a {names[found]} checkpoint and this run is "
+            f"ckpt_path={ckpt_path} is a stage-{level} ({found}) checkpoint and this run is "
             f"stage={stage}: {fix}"
         )
 

@@ -253,3 +253,25 @@ def test_every_option_passes_the_argument_type_check(group, option, tmp_path):
     cfg = compose_run([f"stage={stage}", f"{group}={option}"], tmp_path)
     for key in CHECKED_NODES:
         assert argument_type_problems(OmegaConf.select(cfg, key), key) == [], (group, option)
+
+
+def test_every_stage_config_is_a_registered_stage_of_that_name(tmp_path):
+    """A stage is one config file and one module: each conf/stage/X.yaml builds the module
+    registered as X, and every registered stage has its config file."""
+    from hydra.utils import get_class
+
+    from sam_train.lit.base import registered_stages
+
+    stages = registered_stages()
+    assert sorted(stages) == options("stage") == ["distill", "mae", "sam", "sami"]
+    assert {name: cls.level for name, cls in stages.items()} == {
+        "mae": 1,
+        "sami": 1,
+        "sam": 2,
+        "distill": 2,
+    }
+    assert stages["sami"].batch_stage == "mae" and stages["distill"].batch_stage == "sam"
+    for name in stages:
+        cfg = compose_run([f"stage={name}"], tmp_path)
+        assert cfg.stage.name == name
+        assert get_class(cfg.stage.module._target_) is stages[name], name

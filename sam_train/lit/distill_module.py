@@ -30,7 +30,7 @@ from sam_train.training.teacher_masks import teacher_mask_targets
 MASK_TARGETS = ("gt", "teacher")
 
 
-class DistillModule(SamModule):
+class DistillModule(SamModule, stage="distill"):
     """Distils a teacher SAM's image embeddings into `model`'s image encoder.
 
     Args:
@@ -147,14 +147,3 @@ class DistillModule(SamModule):
         loss, embeddings, _ = self.embedding_loss(batch)
         self.log("val/loss_embed", loss, sync_dist=True, batch_size=batch.batch_size)
         return embeddings
-
-    # ------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["sam_train"]["stage"] = "distill"
-
-    def exports(self) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
-        return {
-            name: (tensors, {**meta, "stage": "distill"})
-            for name, (tensors, meta) in super().exports().items()
-        }

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from sam_train.lit.base import StageModule
-from sam_train.lit.guards import NonFiniteLossGuard
 from sam_train.lit.optim import DerivedSchedule, OptimConfig, encoder_layer_id, param_groups
 from sam_train.lit.progress import batches_started
 from sam_train.models.mae import MaskedAutoencoder
@@ -17,7 +16,7 @@ from sam_train.seeding import sample_seed
 log = logging.getLogger(__name__)
 
 
-class MaeModule(StageModule):
+class MaeModule(StageModule, stage="mae", level=1):
     """Trains a masked autoencoder.
 
     Args:
@@ -35,8 +34,6 @@ class MaeModule(StageModule):
             the ratio would otherwise favour the ratios that are easy to reconstruct).
     """
 
-    batch_stage = "mae"  # takes the batches of the data that feeds stage=mae (images)
-
     def __init__(
         self,
         model: MaskedAutoencoder,
@@ -47,31 +44,36 @@ class MaeModule(StageModule):
         max_nonfinite: int = 20,
         val_mask_ratio: float = 0.75,
     ) -> None:
-        super().__init__()
+        super().__init__(run_config, seed, max_nonfinite)
         self.model = model
         self.optim = optim
-        self.run_config = run_config
         self.val_seed = val_seed
-        self.seed = seed
-        self.guard = NonFiniteLossGuard(max_nonfinite)
         self.val_mask_ratio = val_mask_ratio
         self.derived: DerivedSchedule | None = None
         # read by Lightning's ThroughputMonitor; unknown here (benchmarks/ count FLOPs)
         self.flops_per_batch: int | None = None
 
     # ------------------------------------------------------------------------- steps
-    def training_step(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+    def loss(
+        self, batch: Any, seed: int, mask_ratio: float | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """(loss, images in the batch) with masks drawn from `seed`; the one hook a stage
+        built on this one (SAMI) overrides."""
+        loss, _, _ = self.model(batch, mask_ratio=mask_ratio, noise=self.masking_noise(batch, seed))
+        return loss, batch.shape[0]
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         key = sample_seed(self.seed, batches_started(self.trainer), self.global_rank)
-        loss, _, _ = self.model(images, noise=self.masking_noise(images, key))
+        loss, n = self.loss(batch, key)
         if not self.guard.ok(loss, self):
             return None  # Lightning skips backward and the optimiser step
-        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
-    def validation_step(self, images: torch.Tensor, batch_idx: int) -> None:
-        noise = self.validation_noise(images, batch_idx)
-        loss, _, _ = self.model(images, mask_ratio=self.val_mask_ratio, noise=noise)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        # masks depend only on val_seed and the batch index: comparable between epochs and runs
+        loss, n = self.loss(batch, self.val_seed + batch_idx, self.val_mask_ratio)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
 
     def masking_noise(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         """Noise that decides the masks, from a seeded generator: [B, L]."""
@@ -82,7 +84,7 @@ class MaeModule(StageModule):
         return torch.rand(images.shape[0], n_patches, generator=gen).to(images.device)
 
     def validation_noise(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        """Masking noise that depends only on `val_seed` and the batch index: [B, L]."""
+        """The masking noise of validation batch `batch_idx`: [B, L] (pictures reuse it)."""
         return self.masking_noise(images, self.val_seed + batch_idx)
 
     # ------------------------------------------------------------------------- optimiser
@@ -98,18 +100,13 @@ class MaeModule(StageModule):
         )
         return self.optimizer_config(groups)
 
-    # ------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["sam_train"] = {"stage": "mae", "config": self.run_config}
-
     # ------------------------------------------------------------------------- export
     def exports(self) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
         """Weights written at the end of training: the encoder in our ViT layout."""
         encoder = self.model.encoder
         meta = {
+            **self.export_meta(),
             "format": "sam_train.vit",
-            "stage": "mae",
             "architecture": encoder.architecture,
-            "config": self.run_config,
         }
         return {"encoder": (encoder.state_dict(), meta)}

@@ -21,7 +21,6 @@ import torch
 from sam_train.coco_eval import CocoMaskAP, box_prompt_predictions, is_coco_like
 from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch, image_regions
 from sam_train.lit.base import StageModule
-from sam_train.lit.guards import NonFiniteLossGuard
 from sam_train.lit.optim import DerivedSchedule, OptimConfig, encoder_layer_id, param_groups
 from sam_train.lit.progress import batches_started
 from sam_train.metrics import PromptMetrics, evaluate_prompts, evaluate_text_prompts, mask_iou
@@ -38,7 +37,7 @@ from sam_train.training.unused_params import zero_touching
 log = logging.getLogger(__name__)
 
 
-class SamModule(StageModule):
+class SamModule(StageModule, stage="sam", level=2):
     """Trains a `Sam`.
 
     Args:
@@ -57,8 +56,6 @@ class SamModule(StageModule):
         coco_eval: log `val/coco_mask_ap(50)` of box prompts when every mask has a category.
     """
 
-    batch_stage = "sam"  # takes the batches of the data that feeds stage=sam (SamBatch)
-
     def __init__(
         self,
         model: Sam,
@@ -75,18 +72,15 @@ class SamModule(StageModule):
         text: TextPromptConfig | None = None,
         coco_eval: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(run_config, seed, max_nonfinite)
         self.model = model
         self.optim = optim
         self.interactive = interactive or InteractiveConfig()
-        self.run_config = run_config
         self.max_masks_per_image = max_masks_per_image
         self.min_mask_area = min_mask_area
         self.max_mask_fraction = max_mask_fraction
         self.val_max_masks = val_max_masks
         self.val_max_clicks = val_max_clicks
-        self.seed = seed
-        self.guard = NonFiniteLossGuard(max_nonfinite)
         self.text_cfg = text if text is not None and text.enabled else None
         self._frozen_clip: FrozenHelper | None = None
         self._text = self._build_text(self.text_cfg)
@@ -306,16 +300,12 @@ class SamModule(StageModule):
         return self.optimizer_config(groups)
 
     # ------------------------------------------------------------------------- checkpoints, export
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["sam_train"] = {
-            "stage": "sam",
-            "config": self.run_config,
-            "architecture": self.model.architecture,
-        }
+    def checkpoint_record(self) -> dict[str, Any]:
+        return {**super().checkpoint_record(), "architecture": self.model.architecture}
 
     def exports(self) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
         """The whole SAM in our layout, and its image encoder alone."""
-        meta = {"stage": "sam", "config": self.run_config}
+        meta = self.export_meta()
         state = merge_lora_state(self.model.state_dict())  # adapters folded in: a plain SAM
         encoder = {
             k.removeprefix("image_encoder."): v

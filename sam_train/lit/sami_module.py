@@ -7,23 +7,19 @@ teacher is held outside the module's registry: in no checkpoint, export or optim
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn as nn
 
 from sam_train.lit.mae_module import MaeModule
 from sam_train.lit.optim import OptimConfig
-from sam_train.lit.progress import batches_started
 from sam_train.models.frozen import FrozenHelper
 from sam_train.models.sami import SamiModel
 from sam_train.models.teacher import SamTeacher, load_teacher
-from sam_train.seeding import sample_seed
 
 Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-class SamiModule(MaeModule):
+class SamiModule(MaeModule, stage="sami"):
     """Trains a `SamiModel` against a frozen teacher.
 
     Args:
@@ -59,25 +55,10 @@ class SamiModule(MaeModule):
             return images, features
         return batch, self.teacher.features(batch)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+    def loss(
+        self, batch: Batch, seed: int, mask_ratio: float | None = None
+    ) -> tuple[torch.Tensor, int]:
         images, features = self.images_and_targets(batch)
-        key = sample_seed(self.seed, batches_started(self.trainer), self.global_rank)
-        loss, _, _ = self.model(images, features, noise=self.masking_noise(images, key))
-        if not self.guard.ok(loss, self):
-            return None
-        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
-        return loss
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        images, features = self.images_and_targets(batch)
-        noise = self.validation_noise(images, batch_idx)
-        loss, _, _ = self.model(images, features, noise=noise)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["sam_train"] = {"stage": "sami", "config": self.run_config}
-
-    def exports(self) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
-        out = super().exports()
-        tensors, meta = out["encoder"]
-        return {"encoder": (tensors, {**meta, "stage": "sami"})}
+        noise = self.masking_noise(images, seed)
+        loss, _, _ = self.model(images, features, mask_ratio=mask_ratio, noise=noise)
+        return loss, images.shape[0]

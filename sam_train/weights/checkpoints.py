@@ -185,14 +185,16 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def lightning_checkpoint_stage(path: str | Path) -> str | None:
-    """The stage of a sam-train Lightning checkpoint ('mae', 'sam', 'sami', 'distill': from what
-    it says, else 'mae' or 'sam' from its keys), None for one of another kind; `WeightsError`
-    for an unreadable file."""
+    """The stage of a sam-train Lightning checkpoint (a registered stage's name, from what it
+    says, else 'mae' or 'sam' from its keys), None for one of another kind; `WeightsError` for
+    an unreadable file."""
     obj = read_checkpoint_object(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         return None
+    from sam_train.lit.base import registered_stages
+
     stage = (obj.get("sam_train") or {}).get("stage")
-    if stage in ("mae", "sam", "sami", "distill"):
+    if stage in registered_stages():
         return stage
     sd = {k.removeprefix("model."): v for k, v in obj["state_dict"].items()}
     return STAGE_OF_LAYOUT.get(detect_layout(sd))
