@@ -7,7 +7,7 @@ DEMO   ?= outputs/demo
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install system-deps demo demo-run test test-fast test-long lint format bench clean
+.PHONY: install system-deps demo demo-run test test-fast test-long lint format configs bench clean
 
 install: $(STAMP)
 
@@ -69,6 +69,11 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix sam_train data_prep tests benchmarks
 	$(BIN)/ruff format sam_train data_prep tests benchmarks
+
+# The config nodes generated from the code's signatures (conf/code_defaults/): rerun after
+# changing a default or an argument of a configured class; a test says when it is due.
+configs: install
+	$(BIN)/python -m sam_train.config_defaults
 
 # Side-by-side speed and memory against transformers / segment-anything (15-20 min on 2 cores).
 bench: install

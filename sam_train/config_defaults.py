@@ -6,41 +6,35 @@ A config file names the class or function it builds in its defaults list,
       - /code_defaults/sam_train.data.shard_datamodules.ShardSamDataModule@_here_
       - _self_
 
-and holds only what differs. The node `code_defaults/<target>` is made here from the
+and holds only what differs. The node `conf/code_defaults/<target>.yaml` is generated from the
 target's signature: `_target_` plus every argument that has a default (dataclass fields,
 constructor or function keywords; a class whose `__init__` takes `**kwargs` adds its base
-class's arguments). So `data.batch_size=8` overrides a key the YAML never wrote, and a
-default changed in the code is the default of every run.
+class's arguments). So `data.batch_size=8` overrides a key the YAML never wrote.
 
-`register_code_defaults()` must run before Hydra composes: `sam_train.conf`'s `__init__`
-(imported by `initialize_config_module("sam_train.conf")`) and `sam-train` call it.
-
-Reading a signature imports its module (torch, Lightning: seconds), so the nodes are cached
-under `~/.cache/sam_train/code_defaults/`, keyed by the size and time of every source file of
-the package and the versions of the other packages named (Lightning's Trainer): `sam-train --help` and a config error answer without importing them, and any
-edit of the code makes a new key.
+The nodes are committed files, written by `make configs` (`python -m sam_train.config_defaults`)
+after a signature changes; a test regenerates them and fails when one is stale or missing.
+Composing a config therefore reads plain YAML and imports no model code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
-import json
-import os
 import re
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
+from omegaconf import OmegaConf
 
 GROUP = "code_defaults"
+CONF_DIR = Path(__file__).parent / "conf"
+HEADER = (
+    "# generated from the signature of _target_ by `make configs`: edit the code, not this file"
+)
 # arguments `sam-train` passes itself (to the stage module, to the Trainer), never from the config
 PASSED_AT_RUN_TIME = frozenset({"model", "optim", "run_config", "callbacks", "logger"})
 _ENTRY = re.compile(rf"^\s*-\s*/{GROUP}/([\w.]+)@", re.MULTILINE)
-_registered: set[str] = set()
 
 
 def _plain(value: Any) -> Any:
@@ -91,47 +85,38 @@ def defaults_of(target: str) -> dict[str, Any]:
     return {"_target_": target, **found}
 
 
-def _cache_file(targets: list[str]) -> Path:
-    """Where the nodes of `targets` are cached for the package's source files as they are now."""
-    digest = hashlib.sha256("\n".join(targets).encode())
-    for package in sorted({t.split(".")[0] for t in targets} - {"sam_train"}):  # lightning, ...
-        try:
-            digest.update(f"{package}=={metadata.version(package)}\n".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package}\n".encode())
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        st = path.stat()
-        digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    root = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
-    return root / "sam_train" / GROUP / f"{digest.hexdigest()[:24]}.json"
+def referenced_targets(conf_dir: Path = CONF_DIR) -> list[str]:
+    """Every target a config file names as `/code_defaults/<target>@...` in its defaults."""
+    files = [f for f in conf_dir.rglob("*.yaml") if GROUP not in f.relative_to(conf_dir).parts]
+    return sorted({t for f in files for t in _ENTRY.findall(f.read_text())})
 
 
-def _cached_defaults(targets: list[str]) -> dict[str, dict[str, Any]]:
-    """`defaults_of` for every target, from the cache when the code has not changed since."""
-    cache = _cache_file(targets)
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        pass
-    nodes = {t: defaults_of(t) for t in targets}
-    try:
-        from sam_train.files import write_text_atomic
-
-        write_text_atomic(cache, json.dumps(nodes))
-    except (OSError, TypeError, ValueError):  # a read-only home, or a default JSON cannot hold
-        pass
-    return nodes
+def node_text(target: str) -> str:
+    """The YAML of `target`'s node, as committed."""
+    body = OmegaConf.to_yaml(OmegaConf.create(defaults_of(target)), sort_keys=False)
+    return f"{HEADER}\n{body}"
 
 
-def register_code_defaults(conf_dir: str | Path | None = None) -> list[str]:
-    """Store a `code_defaults/<target>` node for every such entry in the config files."""
-    conf_dir = Path(conf_dir) if conf_dir else Path(__file__).parent / "conf"
-    targets = sorted({t for f in conf_dir.rglob("*.yaml") for t in _ENTRY.findall(f.read_text())})
-    missing = [t for t in targets if t not in _registered]
-    if not missing:
-        return targets
-    store = ConfigStore.instance()
-    for target, node in _cached_defaults(missing).items():
-        store.store(group=GROUP, name=target, node=node)
-        _registered.add(target)
-    return targets
+def write_nodes(conf_dir: Path = CONF_DIR) -> list[Path]:
+    """(Re)write the node of every referenced target and remove nodes nobody references;
+    returns the files changed."""
+    from sam_train.files import write_text_atomic
+
+    folder = conf_dir / GROUP
+    folder.mkdir(exist_ok=True)
+    wanted = {folder / f"{t}.yaml": node_text(t) for t in referenced_targets(conf_dir)}
+    changed = []
+    for path, text in wanted.items():
+        if not path.exists() or path.read_text() != text:
+            write_text_atomic(path, text)
+            changed.append(path)
+    for path in folder.glob("*.yaml"):
+        if path not in wanted:
+            path.unlink()
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    for changed in write_nodes():
+        print(f"wrote {changed}")

@@ -275,3 +275,20 @@ def test_every_stage_config_is_a_registered_stage_of_that_name(tmp_path):
         cfg = compose_run([f"stage={name}"], tmp_path)
         assert cfg.stage.name == name
         assert get_class(cfg.stage.module._target_) is stages[name], name
+
+
+def test_the_committed_code_default_nodes_are_the_signatures(tmp_path):
+    """`make configs` has been run: every node a config file names exists and equals what
+    the target's signature gives now (a changed default or a new argument shows up here)."""
+    from sam_train.config_defaults import GROUP, node_text, referenced_targets
+
+    targets = referenced_targets(CONF)
+    assert targets, "no config file names a code-default node"
+    stale = [
+        t
+        for t in targets
+        if not (CONF / GROUP / f"{t}.yaml").exists()
+        or (CONF / GROUP / f"{t}.yaml").read_text() != node_text(t)
+    ]
+    unused = sorted({p.stem for p in (CONF / GROUP).glob("*.yaml")} - set(targets))
+    assert not stale and not unused, f"run `make configs` (stale: {stale}, unused: {unused})"

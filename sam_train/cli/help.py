@@ -18,11 +18,17 @@ import sam_train.conf
 CONF = Path(sam_train.conf.__file__).parent
 
 
+INTERNAL_GROUPS = ("code_defaults",)  # nodes other configs build on, not options to pick
+
+
 def config_groups(root: Path = CONF) -> dict[str, list[str]]:
-    """Group name ('model', 'hydra/launcher', ...) -> its options (yaml file stems)."""
+    """Group name ('model', 'hydra/launcher', ...) -> the options a user picks (yaml file
+    stems; shared bases such as `model/_sam` and the generated `code_defaults` left out)."""
     groups = {}
     for folder in sorted(p for p in root.rglob("*") if p.is_dir() and p.name != "__pycache__"):
-        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if folder.name in INTERNAL_GROUPS:
+            continue
+        options = sorted(f.stem for f in folder.glob("*.yaml") if not f.stem.startswith("_"))
         if options:
             groups[folder.relative_to(root).as_posix()] = options
     return groups
