@@ -16,6 +16,8 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_object
 from omegaconf import DictConfig
 
+from sam_train import cpu_precision
+
 
 class ConfigError(ValueError):
     """A run config that cannot work; the message names the key and the fix."""
@@ -24,12 +26,11 @@ class ConfigError(ValueError):
 def check_config(cfg: DictConfig) -> None:
     problems: list[str] = []
     trainer = cfg.trainer
-    precision = str(trainer.get("precision", "32-true"))
-    if trainer.get("accelerator") == "cpu" and ("bf16" in precision or precision.startswith("16")):
-        problems.append(
-            f"trainer.precision={precision} on a CPU: half-precision matmuls run ~100x slower "
-            "on CPUs without bf16 hardware; use trainer.precision=32-true, or trainer=gpu"
-        )
+    if trainer.get("accelerator") == "cpu":
+        precision = str(trainer.get("precision", "32-true"))
+        problem = cpu_precision.cpu_precision_problem(precision, cpu_precision.cpu_bf16_units())
+        if problem:
+            problems.append(problem)
     stage = cfg.stage.name
     target = str(cfg.model.get("_target_", ""))
     builder = target.rsplit(".", 1)[-1].lower()  # the class or function, not the package
