@@ -31,6 +31,12 @@ def check_config(cfg: DictConfig) -> None:
         problem = cpu_precision.cpu_precision_problem(precision, cpu_precision.cpu_bf16_units())
         if problem:
             problems.append(problem)
+    every = cfg.get("activation_checkpointing", False)
+    if not isinstance(every, bool) and not (isinstance(every, int) and every >= 1):
+        problems.append(
+            f"activation_checkpointing={every}: give true (every encoder block), false, "
+            "or n >= 1 (every n-th block)"
+        )
     stage = cfg.stage.name
     target = str(cfg.model.get("_target_", ""))
     builder = target.rsplit(".", 1)[-1].lower()  # the class or function, not the package

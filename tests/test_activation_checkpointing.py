@@ -15,17 +15,21 @@ from test_lora import randomise
 from test_sam_stage import SAM_TINY
 
 from sam_train.cli.train import apply_model_options, train
+from sam_train.config_checks import ConfigError, check_config
 from sam_train.lit.sam_model import trainable_sam
 from sam_train.models.lora import LoraConfig
 
 LORA = LoraConfig(targets=["attn.qkv"], rank=4, alpha=4.0, dropout=0.1)
 
 
-def encoder_gradients(checkpointing: bool, peft: LoraConfig | None) -> dict[str, torch.Tensor]:
+def encoder_gradients(
+    checkpointing: bool | int, peft: LoraConfig | None
+) -> dict[str, torch.Tensor]:
     """Gradients of every trainable tensor after one encoder backward, stochastic depth and
     adapter dropout on (the recomputation must replay the same random draws)."""
     torch.manual_seed(0)
-    sam = randomise(trainable_sam(**tiny_sam_arch(), drop_path_rate=0.3, peft=peft))
+    arch = tiny_sam_arch() | {"encoder_depth": 3, "encoder_global_attn_indexes": (2,)}
+    sam = randomise(trainable_sam(**arch, drop_path_rate=0.3, peft=peft))
     encoder = sam.image_encoder.train()
     encoder.grad_checkpointing = checkpointing
     torch.manual_seed(2)
@@ -35,10 +39,11 @@ def encoder_gradients(checkpointing: bool, peft: LoraConfig | None) -> dict[str,
     return {n: p.grad for n, p in encoder.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("every", [True, 2], ids=["every_block", "every_2nd_block"])
 @pytest.mark.parametrize("peft", [None, LORA], ids=["full", "lora"])
-def test_checkpointed_blocks_give_bit_identical_gradients(peft):
+def test_checkpointed_blocks_give_bit_identical_gradients(peft, every):
     stored = encoder_gradients(False, peft)
-    recomputed = encoder_gradients(True, peft)
+    recomputed = encoder_gradients(every, peft)
     assert stored.keys() == recomputed.keys()
     assert any("blocks.0." in n for n in stored)  # gradients reach the first block
     if peft is not None:
@@ -55,6 +60,33 @@ def test_option_reaches_the_sam_encoder_with_adapters(tmp_path):
     model = instantiate(cfg.model)
     apply_model_options(model, cfg)
     assert model.image_encoder.grad_checkpointing
+
+
+@pytest.mark.parametrize("every, recomputed", [(True, [0, 1, 2]), (2, [0, 2]), (False, [])])
+def test_every_nth_block_is_recomputed(monkeypatch, every, recomputed):
+    arch = tiny_sam_arch() | {"encoder_depth": 3, "encoder_global_attn_indexes": (2,)}
+    encoder = trainable_sam(**arch).image_encoder.train()
+    encoder.grad_checkpointing = every
+    seen = []
+    real = torch.utils.checkpoint.checkpoint
+
+    def recording(block, *args, **kwargs):
+        seen.append(list(encoder.blocks).index(block))
+        return real(block, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", recording)
+    encoder(torch.randn(1, 3, 64, 64)).sum().backward()
+    assert seen == recomputed
+    seen.clear()
+    encoder.eval()(torch.randn(1, 3, 64, 64))  # inference never recomputes
+    assert seen == []
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5"])
+def test_a_bad_activation_checkpointing_value_is_one_config_error(tmp_path, value):
+    cfg = compose_run(tmp_path, ["stage=sam", *SAM_TINY, f"activation_checkpointing={value}"])
+    with pytest.raises(ConfigError, match=f"activation_checkpointing={value}: give true"):
+        check_config(cfg)
 
 
 def compose_run(run_dir: Path, overrides: list[str]):
