@@ -224,20 +224,27 @@ def scaling(reps: int, threads: int) -> dict:
     return out
 
 
-def decoder_steps(masks: int, device: str = "cpu", autocast_dtype: torch.dtype | None = None):
+def decoder_steps(
+    masks: int,
+    device: str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    image_size: int = 1024,
+):
     """Closures for prompt encoder + mask decoder + losses + backward for `masks` prompts on one
-    1024-px image embedding (2 points and a mask prompt each, single-mask output), ours and
-    segment-anything's (same weights), and the max |logit difference| between them."""
+    image embedding (of an `image_size` px image; 2 points and a mask prompt each,
+    single-mask output), ours and segment-anything's (same weights), and the max |logit
+    difference| between them."""
     torch.manual_seed(0)
-    ours = build_sam_vit("b", image_size=1024).to(device)
+    ours = build_sam_vit("b", image_size=image_size).to(device)
     theirs = official_sam(ours).to(device)
+    grid = image_size // 16
     gen = torch.Generator().manual_seed(0)
-    emb0 = torch.randn(1, 256, 64, 64, generator=gen).to(device)
-    coords = (torch.rand(masks, 2, 2, generator=gen) * 1024).to(device)
+    emb0 = torch.randn(1, 256, grid, grid, generator=gen).to(device)
+    coords = (torch.rand(masks, 2, 2, generator=gen) * image_size).to(device)
     labels = torch.ones(masks, 2, dtype=torch.long, device=device)
-    mask_in = torch.randn(masks, 1, 256, 256, generator=gen).to(device)
-    gt = torch.zeros(masks, 256, 256, device=device)
-    gt[:, 25:100, 50:150] = 1.0
+    mask_in = torch.randn(masks, 1, 4 * grid, 4 * grid, generator=gen).to(device)
+    gt = torch.zeros(masks, 4 * grid, 4 * grid, device=device)
+    gt[:, grid * 25 // 64 : grid * 100 // 64, grid * 50 // 64 : grid * 150 // 64] = 1.0
 
     def run(sam, decode):
         def step():
