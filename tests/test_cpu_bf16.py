@@ -151,3 +151,10 @@ def test_every_stage_trains_in_bf16_close_to_fp32_and_keeps_fp32_checkpoints(
     for path in exports:
         tensors, _ = load_weights(path)
         assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.float32}
+
+
+@pytest.mark.parametrize("experiment", ["demo_mae", "demo_sam"])
+def test_the_demo_trains_in_fp32_unless_asked(tmp_path, experiment):
+    # bf16 is opt-in: a CPU that has the units still runs the demo exactly as before
+    cfg = compose_run(tmp_path, [f"experiment={experiment}"])
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "32-true"
