@@ -7,7 +7,7 @@ DEMO   ?= outputs/demo
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install system-deps demo demo-run test test-fast test-long lint format configs bench clean
+.PHONY: install system-deps demo demo-run test test-fast test-long lint format configs bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -78,6 +78,11 @@ configs: install
 # Side-by-side speed and memory against transformers / segment-anything (15-20 min on 2 cores).
 bench: install
 	bash benchmarks/run_all.sh
+
+# Every GPU figure in one command (within 10 minutes on one GPU): outputs/bench-gpu/gpu_bench.{json,md}.
+# Without a CUDA GPU it says so in one line and exits 0.
+bench-gpu: install
+	$(BIN)/python benchmarks/gpu/run_all.py
 
 clean:
 	rm -rf outputs .pytest_cache build *.egg-info

@@ -81,12 +81,21 @@ def compare(ours: list[dict], theirs: list[dict]) -> dict:
     return out
 
 
-def run(size: str, image_size: int, points: int, reps: int, permissive: bool, batch: int) -> dict:
+def run(
+    size: str,
+    image_size: int,
+    points: int,
+    reps: int,
+    permissive: bool,
+    batch: int,
+    device: str = "cpu",
+) -> dict:
     from segment_anything import SamAutomaticMaskGenerator
 
     torch.manual_seed(0)
     ours_model = build_sam_vit(size, image_size=image_size).eval()
-    theirs_model = official_sam(ours_model).eval()
+    theirs_model = official_sam(ours_model).eval().to(device)
+    ours_model = ours_model.to(device)
     settings = dict(points_per_side=points, output_mode="coco_rle")
     if permissive:
         settings.update(pred_iou_thresh=0.0, stability_score_thresh=0.0)

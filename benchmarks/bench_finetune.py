@@ -1,7 +1,7 @@
 """Fine-tuning a SAM three ways, side by side: full fine-tuning, frozen image encoder, LoRA.
 
     python benchmarks/bench_finetune.py [--size 1024] [--masks 8] [--rounds 3] [--reps 2]
-        [--json out.json]
+        [--contenders full,frozen,lora,lora_ckpt] [--json out.json]
 
 One step (as `bench_sam.make_step`): image encoder forward once, R rounds for K masks
 (checkpointed, as stage=sam runs them), SAM's losses, backward, AdamW over the trainable
@@ -10,6 +10,9 @@ weights (`shared_contenders`). Contenders (built by `trainable_sam`, the code `s
   full    every parameter trains
   frozen  model.freeze=[image_encoder]: the encoder runs without a graph
   lora    peft=lora, rank 4 on attn.qkv: the encoder's base weights frozen, its adapters train
+  lora_ckpt, full_ckpt   the same with activation_checkpointing=true: each encoder block's
+          activations recomputed in the backward instead of held from the forward
+  lora_ckpt2   LoRA with activation_checkpointing=2: every second block recomputed
 The prompt encoder and the mask decoder train in all three (as `peft=lora` does by default).
 Reported per contender: trainable parameters, peak step bytes (torch's CPU allocator above
 the step's start: activations, gradients, temporaries; `common.peak_cpu_bytes`), resident
@@ -56,27 +59,33 @@ CONTENDERS = {
     "full": {},
     "frozen": {"freeze": ["image_encoder"]},
     "lora": {"peft": LORA},
+    "lora_ckpt": {"peft": LORA, "checkpointing": True},
+    "lora_ckpt2": {"peft": LORA, "checkpointing": 2},
+    "full_ckpt": {"checkpointing": True},
 }
+DEFAULT_CONTENDERS = "full,frozen,lora,lora_ckpt"
 FP32 = 4
 
 
-def build(model: str, size: int, freeze=(), **options):
+def build(model: str, size: int, freeze=(), checkpointing: bool | int = False, **options):
     """`trainable_sam`; `freeze` applied as asked (no `init_from` here, which would otherwise
-    keep every tensor trainable)."""
+    keep every tensor trainable); `checkpointing` as `activation_checkpointing=true` sets it."""
     torch.manual_seed(0)
     sam = trainable_sam(**asdict(SAM_SIZES[model]), image_size=size, **options)
     freeze_parts(sam, freeze)
+    sam.image_encoder.grad_checkpointing = checkpointing
     return sam.train()
 
 
-def shared_contenders(size: int) -> tuple[dict, dict, dict]:
-    """The three contenders over ONE set of sam_vit_b weights (a shared 2-core, 23 GB machine
+def shared_contenders(size: int, names: list[str]) -> tuple[dict, dict, dict]:
+    """The contenders `names` over ONE set of sam_vit_b weights (a shared 2-core, 23 GB machine
     has no room for three copies beside a full fine-tuning step): each is a copy of the module
     tree sharing the base parameters, with the trainable flags `trainable_sam` gives it, set
     again before each of its steps. Returns models, flags and (trainable, total) counts."""
     base = build("b", size)
     models, flags, counts = {}, {}, {}
-    for name, options in CONTENDERS.items():
+    for name in names:
+        options = CONTENDERS[name]
         reference = build("b", size, **options)  # the code sam-train runs, for flags and counts
         flags[name] = {n: p.requires_grad for n, p in reference.named_parameters()}
         counts[name] = count_parameters(reference)
@@ -84,6 +93,7 @@ def shared_contenders(size: int) -> tuple[dict, dict, dict]:
         model = copy.deepcopy(base, {id(p): p for p in base.parameters()})
         if "peft" in options:
             add_lora(model, options["peft"])
+        model.image_encoder.grad_checkpointing = options.get("checkpointing", False)
         models[name] = model
     return models, flags, counts
 
@@ -116,7 +126,7 @@ def make_train_step(sam, flags: dict, images, gt, rounds: int):
     return with_flags(sam, flags, step)
 
 
-def measure(size: int, masks: int, rounds: int, reps: int) -> dict:
+def measure(size: int, masks: int, rounds: int, reps: int, names: list[str]) -> dict:
     """reps >= 1: interleaved timed steps, then one profiled step each for memory; reps = 0
     (a loaded machine): the profiled step is also the timed one (profiler overhead included)."""
     images = torch.randn(1, 3, size, size)
@@ -124,7 +134,7 @@ def measure(size: int, masks: int, rounds: int, reps: int) -> dict:
     for i in range(masks):  # one rectangle per mask
         a = (i * 7) % (size // 2)
         gt[i, a : a + size // 4, a : a + size // 3] = True
-    models, flags, counts = shared_contenders(size)
+    models, flags, counts = shared_contenders(size, names)
     steps = {n: make_train_step(m, flags[n], images, gt, rounds) for n, m in models.items()}
     times: dict[str, list[float]] = {n: [] for n in models}
     if reps:
@@ -197,6 +207,7 @@ def counts_at_depth(model: str, options: dict) -> tuple[int, int]:
     size = SAM_SIZES[model]
     options = dict(options)
     freeze = options.pop("freeze", ())
+    options.pop("checkpointing", None)  # changes activations, not parameters
     twin = trainable_sam(
         **(asdict(size) | {"encoder_depth": 2, "encoder_global_attn_indexes": (1,)}),
         image_size=1024,
@@ -228,8 +239,8 @@ def vit_h_on_paper(run: dict) -> dict:
     64 x 64 tokens per block); the decoder's part of the step as measured at sam_vit_b."""
     scale = (1280 / 768) * (32 / 12)
     out = {}
-    for name, opts in CONTENDERS.items():
-        trainable, total = counts_at_depth("h", opts)
+    for name in run:
+        trainable, total = counts_at_depth("h", CONTENDERS[name])
         resident = FP32 * (total + 2 * trainable)
         activations = scale * encoder_activation_bytes(run, name)
         # upper bound: every activation and every gradient held at once, plus the decoder step
@@ -246,7 +257,7 @@ def vit_h_on_paper(run: dict) -> dict:
 
 
 def print_table(run: dict, h: dict, size: int) -> None:
-    full = run["full"]
+    full = run["full"] if "full" in run else next(iter(run.values()))
     print(
         f"| sam_vit_b {size} | trainable | peak step | resident | total | x full | step | x full |"
     )
@@ -260,6 +271,16 @@ def print_table(run: dict, h: dict, size: int) -> None:
             f"| {fmt_si(total, 'B')} | {total / full_total:.2f}x | {r['step_s']:.1f} s "
             f"(spread {r['step_spread']:.0%}) | {r['step_s'] / full['step_s']:.2f}x |"
         )
+    if {"full", "lora", "lora_ckpt"} <= run.keys():
+        total = {n: run[n]["peak_step_bytes"] + run[n]["resident_bytes"] for n in run}
+        print(
+            f"\nLoRA with activation checkpointing: {total['lora_ckpt'] / total['full']:.2f}x "
+            f"full fine-tuning's memory (target <= 0.6x), "
+            f"{run['lora_ckpt']['step_s'] / run['lora']['step_s']:.2f}x LoRA's step time "
+            "without it (target <= 1.3x)"
+        )
+    if not h:
+        return
     print(
         f"\n| sam_vit_h {size} (arithmetic) | trainable | resident | encoder act. | fp32 | bf16 act. | 24 GB |"
     )
@@ -284,12 +305,21 @@ def main(argv: list[str] | None = None) -> None:
         "--reps", type=int, default=2, help="timed steps per contender (0: the profiled one)"
     )
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument(
+        "--contenders",
+        default=DEFAULT_CONTENDERS,
+        help=f"comma-separated, of {','.join(CONTENDERS)} (sam_vit_h arithmetic needs frozen)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    names = args.contenders.split(",")
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown:
+        parser.error(f"--contenders {','.join(unknown)}: pick from {','.join(CONTENDERS)}")
     torch.set_num_threads(args.threads)
     quiet_profiler_logs()
-    run = measure(args.size, args.masks, args.rounds, args.reps)
-    h = vit_h_on_paper(run)
+    run = measure(args.size, args.masks, args.rounds, args.reps, names)
+    h = vit_h_on_paper(run) if "frozen" in run else {}
     print_table(run, h, args.size)
     result = {
         "machine": machine(),

@@ -1,6 +1,7 @@
 """Stage-1 training step: our `MaskedAutoencoder` against `transformers.ViTMAEForPreTraining`.
 
-    python benchmarks/bench_mae.py [--sizes tiny,base] [--reps 8] [--json out.json]
+    python benchmarks/bench_mae.py [--sizes tiny,base] [--reps 8] [--precisions fp32,bf16]
+        [--json out.json]
 
 One step = forward (loss), backward, AdamW step (zero_grad(set_to_none) first), fp32, on the
 CPU with torch's default thread count. Both models have the same shape (encoder width, depth,
@@ -12,6 +13,11 @@ Sizes: `base` = ViT-B/16 at 224, batch 8, decoder 512 x 8 blocks, 16 heads (the 
 `tiny` = width 192, depth 12, 3 heads at 224, batch 32, with our tiny config's decoder
 (128 x 2 blocks, 4 heads; conf/model/mae_vit_tiny.yaml).
 
+`--precisions fp32,bf16` adds both models' step under `torch.autocast("cpu", bfloat16)` (fp32
+weights and optimiser, as `trainer.precision=bf16-mixed` runs it) to the same interleaved
+rounds, after checking each model's bf16 loss against its fp32 loss; worth it only on a CPU
+with bf16 matmul units (`sam_train.cpu_precision.cpu_bf16_units`, printed with the results).
+
 Reports images/s, ours/theirs, peak step memory (bytes the CPU allocator holds above the
 step's start; see `common.peak_cpu_bytes`), and achieved FLOP/s (analytic, `flops.py`) as a
 fraction of the measured fp32 matmul rate. The analytic count is checked against
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +39,7 @@ import torch
 
 from benchmarks import common
 from benchmarks.flops import attention_flops, mae_train_flops
+from sam_train.cpu_precision import cpu_bf16_units
 from sam_train.models.mae import MaskedAutoencoder
 
 
@@ -82,18 +90,35 @@ def build_pair(size: MaeSize, seed: int = 0):
     return ours, theirs
 
 
-def make_step(model, forward, lr: float = 1.5e-4):
-    """A closure running one training step; same AdamW settings for both contenders."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
+def make_step(model, forward, lr: float = 1.5e-4, opt=None, bf16: bool = False):
+    """A closure running one training step; same AdamW settings for both contenders (`opt`:
+    one already made for `model`, shared by its fp32 and bf16 steps); `bf16`: the forward
+    and loss under CPU bf16 autocast."""
+    if opt is None:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = forward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = forward()
         loss.backward()
         opt.step()
         return loss
 
     return step
+
+
+def adamw(model, lr: float = 1.5e-4):
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
+
+
+def bf16_loss_error(forward) -> float:
+    """|loss under bf16 autocast - fp32 loss| / fp32 loss, same weights and batch."""
+    with torch.no_grad():
+        full = forward()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = forward()
+    return float((low.float() - full).abs() / full.abs())
 
 
 def same_function(ours, theirs, imgs, noise) -> float:
@@ -131,7 +156,11 @@ def counted_flops(ours, imgs, noise, size: MaeSize) -> float:
     return counter.get_total_flops() + extra
 
 
-def bench_size(size: MaeSize, reps: int, warmup: int, peak: float) -> dict:
+def bench_size(
+    size: MaeSize, reps: int, warmup: int, peak: float, bf16_peak: float | None = None
+) -> dict:
+    """fp32 steps of both models; with `bf16_peak` (the bf16 matmul rate) their bf16 steps too."""
+    bf16 = bf16_peak is not None
     ours, theirs = build_pair(size)
     g = torch.Generator().manual_seed(1)
     imgs = torch.randn(size.batch, 3, size.img_size, size.img_size, generator=g)
@@ -141,10 +170,24 @@ def bench_size(size: MaeSize, reps: int, warmup: int, peak: float) -> dict:
     if diff > 1e-4:
         raise SystemExit(f"{size.name}: ours and transformers disagree (|dloss| = {diff:.2e})")
 
-    steps = {
-        "ours": make_step(ours, lambda: ours(imgs, noise=noise)[0]),
-        "transformers": make_step(theirs, lambda: theirs(pixel_values=imgs, noise=noise).loss),
+    forward = {
+        "ours": lambda: ours(imgs, noise=noise)[0],
+        "transformers": lambda: theirs(pixel_values=imgs, noise=noise).loss,
     }
+    models = {"ours": ours, "transformers": theirs}
+    opts = {name: adamw(model) for name, model in models.items()}
+    steps = {name: make_step(models[name], forward[name], opt=opts[name]) for name in models}
+    bf16_errors = {}
+    if bf16:
+        for name in models:
+            bf16_errors[name] = bf16_loss_error(forward[name])
+            if bf16_errors[name] > 0.02:
+                raise SystemExit(
+                    f"{size.name}: {name}'s bf16 loss is {bf16_errors[name]:.1%} off fp32"
+                )
+            steps[f"{name}_bf16"] = make_step(
+                models[name], forward[name], opt=opts[name], bf16=True
+            )
     probe = common.MatmulProbe()
     times = common.interleaved({**steps, "matmul": probe}, reps=reps, warmup=warmup)
     # the ceiling: the best of the start-up measurement and the probe run among the steps
@@ -162,10 +205,10 @@ def bench_size(size: MaeSize, reps: int, warmup: int, peak: float) -> dict:
             "spread": common.spread(times[name]),
             "images_per_s": size.batch / t,
             "flops_per_s": flops.train / t,
-            "fraction_of_matmul_peak": flops.train / t / peak,
+            "fraction_of_matmul_peak": flops.train / t / (bf16_peak if "bf16" in name else peak),
             "peak_step_bytes": memory[name],
         }
-    return {
+    out = {
         "size": asdict(size),
         "loss_abs_diff": diff,
         "matmul_flops_per_s": peak,
@@ -178,6 +221,19 @@ def bench_size(size: MaeSize, reps: int, warmup: int, peak: float) -> dict:
         "ratio_peak_memory": rows["ours"]["peak_step_bytes"]
         / rows["transformers"]["peak_step_bytes"],
     }
+    if bf16:
+        out |= {
+            "bf16_loss_relative_error": bf16_errors,
+            "ours_bf16": rows["ours_bf16"],
+            "transformers_bf16": rows["transformers_bf16"],
+            "ratio_bf16_images_per_s": rows["ours_bf16"]["images_per_s"]
+            / rows["transformers_bf16"]["images_per_s"],
+            "speedup_bf16_over_fp32_ours": rows["ours_bf16"]["images_per_s"]
+            / rows["ours"]["images_per_s"],
+            "speedup_bf16_over_fp32_transformers": rows["transformers_bf16"]["images_per_s"]
+            / rows["transformers"]["images_per_s"],
+        }
+    return out
 
 
 def main() -> None:
@@ -186,17 +242,24 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=8, help="timed steps per contender")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help=common.THREADS_HELP)
+    p.add_argument("--precisions", default="fp32", help="fp32, or fp32,bf16 (CPU autocast)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
+    bf16 = "bf16" in a.precisions.split(",")
     peak = common.start(a.threads)
+    units = cpu_bf16_units()
     print(
         f"machine fp32 matmul rate: {common.fmt_si(peak['flops_per_s'], 'FLOP/s')} "
-        f"({peak['size']}^3, {torch.get_num_threads()} threads)"
+        f"({peak['size']}^3, {torch.get_num_threads()} threads); bf16 matmul units: "
+        f"{units or 'none'}"
     )
+    if bf16:
+        peak["bf16_flops_per_s"] = bf16_matmul_rate()
+        print(f"machine bf16 matmul rate: {common.fmt_si(peak['bf16_flops_per_s'], 'FLOP/s')}")
     results = []
     for name in a.sizes.split(","):
         size = SIZES[name]
-        r = bench_size(size, a.reps, a.warmup, peak["flops_per_s"])
+        r = bench_size(size, a.reps, a.warmup, peak["flops_per_s"], peak.get("bf16_flops_per_s"))
         results.append(r)
         print(
             f"\n== {name}: batch {size.batch}, |loss ours - loss transformers| = "
@@ -208,7 +271,7 @@ def main() -> None:
             f"{'':14} {'images/s':>9} {'s/step':>8} {'spread':>7} {'FLOP/s':>12} "
             f"{'of peak':>8} {'peak mem':>10}"
         )
-        for who in ("ours", "transformers"):
+        for who in ("ours", "transformers", "ours_bf16", "transformers_bf16")[: 4 if bf16 else 2]:
             row = r[who]
             print(
                 f"{who:14} {row['images_per_s']:9.2f} {row['s_per_step']:8.3f} "
@@ -219,7 +282,28 @@ def main() -> None:
             f"ours/transformers: images/s x{r['ratio_images_per_s']:.3f}, "
             f"peak memory x{r['ratio_peak_memory']:.3f}"
         )
-    common.write_report({"machine": common.machine(), "matmul": peak, "results": results}, a.json)
+        if bf16:
+            print(
+                f"bf16: ours/transformers x{r['ratio_bf16_images_per_s']:.3f}; bf16 over fp32: "
+                f"ours x{r['speedup_bf16_over_fp32_ours']:.3f}, transformers "
+                f"x{r['speedup_bf16_over_fp32_transformers']:.3f}; |bf16 - fp32 loss| "
+                + ", ".join(f"{k} {v:.1e}" for k, v in r["bf16_loss_relative_error"].items())
+            )
+    machine = common.machine() | {"bf16_matmul_units": units}
+    common.write_report({"machine": machine, "matmul": peak, "results": results}, a.json)
+
+
+def bf16_matmul_rate(n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of a square bf16 matmul (median of `reps`), the ceiling bf16 steps run against."""
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / sorted(times)[reps // 2]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Stage-2 training step: our SAM modules against the `segment-anything` package's modules.
 
-    python benchmarks/bench_sam.py [--sizes 256,1024] [--reps 3] [--json out.json]
+    python benchmarks/bench_sam.py [--sizes 256,1024] [--reps 3] [--model b]
+        [--precisions fp32,bf16] [--json out.json]
     python benchmarks/bench_sam.py --scaling            # 1 mask x 1 round vs 64 masks x 11 rounds
     python benchmarks/bench_sam.py --decoder [--masks 16]  # decoder + losses only, per mask
 
@@ -10,6 +11,8 @@ mask prompt), SAM's losses (`sam_train.losses.sam_loss`), backward, AdamW step. 
 the *same driver* with the same weights (ours mapped into the official layout), same prompts;
 only the modules differ: ours (fused SDPA attention, shared ViT) vs segment-anything's
 (attention by hand, the full N x N attention matrix with its relative-position bias).
+`--precisions fp32,bf16` adds both sides' step under CPU bf16 autocast (fp32 weights and
+optimiser, as `trainer.precision=bf16-mixed`) to the same interleaved rounds.
 Images/s and ratios come from interleaved repetitions in one process; peak step memory from
 torch's CPU allocator (`common.peak_cpu_bytes`); encoder FLOP/s from `flops.sam_encoder_flops`.
 """
@@ -29,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from benchmarks import common
 from benchmarks.flops import sam_encoder_flops
+from sam_train.cpu_precision import cpu_bf16_units
 from sam_train.losses import masks_to_logit_size, sam_loss
 from sam_train.models.sam.sam import build_sam_vit
 from sam_train.weights.keymaps import sam_state_to_official
@@ -120,7 +124,9 @@ def make_step(
     return step
 
 
-def bench_size(size: int, masks: int, rounds: int, reps: int, model: str = "b") -> dict:
+def bench_size(
+    size: int, masks: int, rounds: int, reps: int, model: str = "b", bf16: bool = False
+) -> dict:
     torch.manual_seed(0)
     ours = build_sam_vit(model, image_size=size)
     theirs = official_sam(ours)
@@ -129,17 +135,31 @@ def bench_size(size: int, masks: int, rounds: int, reps: int, model: str = "b") 
     for i in range(masks):  # one square object per mask
         a = (i * 7) % (size // 2)
         gt[i, a : a + size // 4, a : a + size // 3] = True
+    sides = {
+        "ours": (ours, lambda s, x: s.embed_images(x), decode_ours),
+        "segment_anything": (theirs, lambda s, x: s.image_encoder(x), decode_official),
+    }
+    dtypes = {"": None, "_bf16": torch.bfloat16} if bf16 else {"": None}
     steps = {
-        "ours": make_step(ours, lambda s, x: s.embed_images(x), decode_ours, images, gt, rounds),
-        "segment_anything": make_step(
-            theirs, lambda s, x: s.image_encoder(x), decode_official, images, gt, rounds
-        ),
+        name + suffix: make_step(*side, images, gt, rounds, autocast_dtype=dtype)
+        for suffix, dtype in dtypes.items()
+        for name, side in sides.items()
     }
     times = common.interleaved(steps, reps=reps, warmup=1)
     memory = {name: common.peak_cpu_bytes(fn) for name, fn in steps.items()}
     enc = encoder_flops(ours, size)
     t_ours, t_theirs = common.median(times["ours"]), common.median(times["segment_anything"])
-    return {
+    extra = {}
+    if bf16:
+        t = {name: common.median(v) for name, v in times.items()}
+        extra = {
+            "step_s_bf16": {"ours": t["ours_bf16"], "segment_anything": t["segment_anything_bf16"]},
+            "speed_ratio_bf16_ours_over_theirs": t["segment_anything_bf16"] / t["ours_bf16"],
+            "speedup_bf16_over_fp32_ours": t["ours"] / t["ours_bf16"],
+            "speedup_bf16_over_fp32_segment_anything": t["segment_anything"]
+            / t["segment_anything_bf16"],
+        }
+    return extra | {
         "model": f"sam_vit_{model}",
         "image_size": size,
         "masks": masks,
@@ -162,13 +182,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decoder", action="store_true", help="decoder step only, per mask")
     parser.add_argument("--masks", type=int, default=16, help="prompts per --decoder step")
     parser.add_argument("--threads", type=int, default=1, help=common.THREADS_HELP)
+    parser.add_argument("--model", default="b", help="SAM size of the step: tiny, b, l, h")
+    parser.add_argument("--precisions", default="fp32", help="fp32, or fp32,bf16 (CPU autocast)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    bf16 = "bf16" in args.precisions.split(",")
     torch.set_num_threads(args.threads)
     common.quiet_profiler_logs()
     rate = common.matmul_rate()
     results = {
-        "machine": common.machine(),
+        "machine": common.machine() | {"bf16_matmul_units": cpu_bf16_units()},
         "matmul_fp32_flops_per_s": rate["flops_per_s"],
         "runs": [],
     }
@@ -178,13 +201,22 @@ def main(argv: list[str] | None = None) -> None:
         results["runs"].append(decoder(args.masks, args.reps))
     else:
         for size in [int(s) for s in args.sizes.split(",")]:
-            r = bench_size(size, masks=1, rounds=1, reps=args.reps)
+            r = bench_size(size, masks=1, rounds=1, reps=args.reps, model=args.model, bf16=bf16)
             r["encoder_flops_fraction_of_matmul_rate"] = (
                 r["encoder_train_flops"] / r["step_s"]["ours"] / rate["flops_per_s"]
             )
             results["runs"].append(r)
+            if bf16:
+                print(
+                    f"bf16 @ {size}: ours {r['step_s_bf16']['ours']:.2f} s/step, "
+                    f"segment-anything {r['step_s_bf16']['segment_anything']:.2f} s/step -> "
+                    f"{r['speed_ratio_bf16_ours_over_theirs']:.2f}x; bf16 over fp32: ours "
+                    f"{r['speedup_bf16_over_fp32_ours']:.2f}x, segment-anything "
+                    f"{r['speedup_bf16_over_fp32_segment_anything']:.2f}x",
+                    flush=True,
+                )
             print(
-                f"sam_vit_b @ {size}: ours {r['step_s']['ours']:.2f} s/step, segment-anything "
+                f"sam_vit_{args.model} @ {size}: ours {r['step_s']['ours']:.2f} s/step, segment-anything "
                 f"{r['step_s']['segment_anything']:.2f} s/step -> {r['speed_ratio_ours_over_theirs']:.2f}x; "
                 f"peak memory {common.fmt_si(r['peak_step_bytes']['ours'], 'B')} vs "
                 f"{common.fmt_si(r['peak_step_bytes']['segment_anything'], 'B')} "
@@ -224,20 +256,27 @@ def scaling(reps: int, threads: int) -> dict:
     return out
 
 
-def decoder_steps(masks: int, device: str = "cpu", autocast_dtype: torch.dtype | None = None):
+def decoder_steps(
+    masks: int,
+    device: str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    image_size: int = 1024,
+):
     """Closures for prompt encoder + mask decoder + losses + backward for `masks` prompts on one
-    1024-px image embedding (2 points and a mask prompt each, single-mask output), ours and
-    segment-anything's (same weights), and the max |logit difference| between them."""
+    image embedding (of an `image_size` px image; 2 points and a mask prompt each,
+    single-mask output), ours and segment-anything's (same weights), and the max |logit
+    difference| between them."""
     torch.manual_seed(0)
-    ours = build_sam_vit("b", image_size=1024).to(device)
+    ours = build_sam_vit("b", image_size=image_size).to(device)
     theirs = official_sam(ours).to(device)
+    grid = image_size // 16
     gen = torch.Generator().manual_seed(0)
-    emb0 = torch.randn(1, 256, 64, 64, generator=gen).to(device)
-    coords = (torch.rand(masks, 2, 2, generator=gen) * 1024).to(device)
+    emb0 = torch.randn(1, 256, grid, grid, generator=gen).to(device)
+    coords = (torch.rand(masks, 2, 2, generator=gen) * image_size).to(device)
     labels = torch.ones(masks, 2, dtype=torch.long, device=device)
-    mask_in = torch.randn(masks, 1, 256, 256, generator=gen).to(device)
-    gt = torch.zeros(masks, 256, 256, device=device)
-    gt[:, 25:100, 50:150] = 1.0
+    mask_in = torch.randn(masks, 1, 4 * grid, 4 * grid, generator=gen).to(device)
+    gt = torch.zeros(masks, 4 * grid, 4 * grid, device=device)
+    gt[:, grid * 25 // 64 : grid * 100 // 64, grid * 50 // 64 : grid * 150 // 64] = 1.0
 
     def run(sam, decode):
         def step():

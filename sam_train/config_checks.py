@@ -16,6 +16,8 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_object
 from omegaconf import DictConfig
 
+from sam_train import cpu_precision
+
 
 class ConfigError(ValueError):
     """A run config that cannot work; the message names the key and the fix."""
@@ -24,11 +26,16 @@ class ConfigError(ValueError):
 def check_config(cfg: DictConfig) -> None:
     problems: list[str] = []
     trainer = cfg.trainer
-    precision = str(trainer.get("precision", "32-true"))
-    if trainer.get("accelerator") == "cpu" and ("bf16" in precision or precision.startswith("16")):
+    if trainer.get("accelerator") == "cpu":
+        precision = str(trainer.get("precision", "32-true"))
+        problem = cpu_precision.cpu_precision_problem(precision, cpu_precision.cpu_bf16_units())
+        if problem:
+            problems.append(problem)
+    every = cfg.get("activation_checkpointing", False)
+    if not isinstance(every, bool) and not (isinstance(every, int) and every >= 1):
         problems.append(
-            f"trainer.precision={precision} on a CPU: half-precision matmuls run ~100x slower "
-            "on CPUs without bf16 hardware; use trainer.precision=32-true, or trainer=gpu"
+            f"activation_checkpointing={every}: give true (every encoder block), false, "
+            "or n >= 1 (every n-th block)"
         )
     stage = cfg.stage.name
     if cfg.get("peft") is not None and stage != "sam":

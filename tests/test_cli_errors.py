@@ -107,7 +107,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
         (["stage=mae", "ckpt_path={mae}"], ["other options", "model options"]),
         (["stage=sam", "model.init_from={notes}"], ["notes.txt", "text file"]),
         (["stage=sam", "model.init_from={garbage}"], ["garbage.ckpt", "not a PyTorch"]),
-        (["trainer.precision=bf16-mixed"], ["trainer.precision=bf16-mixed on a CPU"]),
+        (["trainer.precision=16-mixed"], ["trainer.precision=16-mixed on a CPU", "fp16"]),
         (["model.mask_ratio=1.5"], ["mask_ratio must lie strictly between 0 and 1"]),
         (["trainer.max_epochs=abc"], ["trainer.max_epochs=abc: expected an integer"]),
         (["optim.lr=fast"], ["optim.lr=fast: expected a number"]),
@@ -130,7 +130,7 @@ def test_sam_train_user_errors(tmp_path, files, args, fragments, monkeypatch, ca
     "args, fragments",
     [
         (["ckpt_path={garbage}"], ["not a PyTorch checkpoint"]),
-        (["trainer.precision=bf16-mixed"], ["bf16-mixed on a CPU"]),
+        (["trainer.precision=16-mixed"], ["16-mixed on a CPU"]),
     ],
 )
 def test_sam_train_console_script_exits_2_with_one_line(tmp_path, files, args, fragments):

@@ -93,7 +93,7 @@ def compose_run(tmp_path: Path, overrides: list[str]):
         (["model.mask_ratio=1.5"], "mask_ratio must lie strictly between 0 and 1"),
         (["data=images"], "needs data.root"),
         (["data=images", "data.root=/no/such/folder"], "does not exist"),
-        (["trainer.precision=bf16-mixed"], "trainer.precision=bf16-mixed on a CPU"),
+        (["trainer.precision=16-mixed"], "trainer.precision=16-mixed on a CPU"),
         (["ckpt_path=/no/such.ckpt"], "does not exist"),
         (["optim.schedule=linear"], "optim.schedule must be"),
     ],

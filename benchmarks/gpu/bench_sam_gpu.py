@@ -45,9 +45,9 @@ def alternate(steps: dict, reps: int, warmup: int, sync: bool) -> dict[str, floa
     return {k: median(v) for k, v in times.items()}
 
 
-def step_vs_official(size: int, reps: int, warmup: int, dev, dtype, peak) -> dict:
+def step_vs_official(size: int, reps: int, warmup: int, dev, dtype, peak, model: str = "b") -> dict:
     torch.manual_seed(0)
-    ours = build_sam_vit("b", image_size=size).to(dev)
+    ours = build_sam_vit(model, image_size=size).to(dev)
     theirs = official_sam(ours).to(dev)
     images = torch.randn(1, 3, size, size, device=dev)
     gt = torch.zeros(1, size, size, dtype=torch.bool)

@@ -48,13 +48,15 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 def apply_model_options(model: torch.nn.Module, cfg: DictConfig) -> None:
-    """Activation checkpointing in every ViT, and torch.compile, when the config asks."""
+    """Activation checkpointing in every ViT (of every block, or of every n-th), and
+    torch.compile, when the config asks."""
     from sam_train.models.vit import VisionTransformer
 
-    if cfg.get("activation_checkpointing"):
+    every = cfg.get("activation_checkpointing")
+    if every:
         for m in model.modules():
             if isinstance(m, VisionTransformer):
-                m.grad_checkpointing = True
+                m.grad_checkpointing = every
     if cfg.get("compile"):
         model.compile()
 

@@ -321,7 +321,9 @@ class VisionTransformer(nn.Module):
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
         self.grid_size = img_size // patch_size
         self.num_prefix_tokens = 1 if class_token else 0
-        self.grad_checkpointing = False
+        # recompute blocks in the backward instead of holding their activations: False, True
+        # (every block) or n (every n-th block: less recomputation, less memory saved)
+        self.grad_checkpointing: bool | int = False
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
@@ -395,8 +397,9 @@ class VisionTransformer(nn.Module):
 
     def forward_blocks(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         """Run every block then the final norm. `hw` is the token grid (needed for windows)."""
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training:
+        every = int(self.grad_checkpointing) if self.training else 0
+        for i, blk in enumerate(self.blocks):
+            if every and i % every == 0:
                 x = torch.utils.checkpoint.checkpoint(blk, x, hw, use_reentrant=False)
             else:
                 x = blk(x, hw)
