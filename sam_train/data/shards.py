@@ -113,6 +113,58 @@ def decode_image(sample: dict) -> Image.Image:
     raise KeyError(f"no image ({'/'.join(IMAGE_KEYS)}) in sample with keys {sorted(sample)}")
 
 
+# ---------------------------------------------------------------- reading and decoding
+
+
+def read_samples(urls: Iterable[str], handler: Callable[[BaseException], bool]) -> Iterator[dict]:
+    """Raw samples (`{ext: bytes, "__key__", "__url__"}`) of the shards, in order."""
+    return wds.tarfile_samples(({"url": u} for u in urls), handler=handler)
+
+
+class ShardErrorHandler:
+    """webdataset's error handler for shards that cannot be read: count, warn, go on.
+
+    webdataset reports a broken shard first from inside the tar reader (no URL yet), then
+    again with the URL appended: it is counted once, at the second report."""
+
+    def __init__(self, counter: SkipCounter) -> None:
+        self.counter = counter
+
+    def __call__(self, err: BaseException) -> bool:
+        if len(err.args) >= 2 and isinstance(err.args[-1], str):
+            self.counter.add("shard_error", err.args[-1], err.args[0])
+        return True
+
+
+def decoded(
+    samples: Iterable[dict],
+    decode: Callable[[dict, random.Random], Any],
+    rng: random.Random,
+    counter: SkipCounter,
+    max_consecutive_skips: int,
+) -> Iterator[Any]:
+    """`decode(sample, rng)` of each sample; an unusable one is skipped and counted, and a long
+    run of them (wrong shards for the stage) stops with a message."""
+    consecutive = 0
+    for sample in samples:
+        where = f"{sample.get('__url__')}:{sample.get('__key__')}"
+        try:
+            item = decode(sample, rng)
+        except SkipSample as skip:
+            counter.add(skip.reason, where, skip)
+        except Exception as err:  # a corrupt sample must never end the run
+            counter.add("corrupt", where, err)
+        else:
+            consecutive = 0
+            yield item
+            continue
+        consecutive += 1
+        if consecutive >= max_consecutive_skips:
+            raise RuntimeError(
+                f"{consecutive} unusable samples in a row (last: {where}); check the shards"
+            )
+
+
 # ---------------------------------------------------------------- the stream
 
 
@@ -219,11 +271,13 @@ class ShardStream(IterableDataset):
             urls: Iterable[str] = self._resampled_urls(rng)
         else:
             urls = self._split_urls(worker, workers)
-        samples = wds.tarfile_samples(({"url": u} for u in urls), handler=self._tar_error)
+        samples = read_samples(urls, handler=ShardErrorHandler(self.counter))
         if self.shuffle_buffer > 1:
             initial = min(self.shuffle_buffer, 100)
             samples = wds.filters.shuffle(self.shuffle_buffer, initial, rng=rng)(samples)
-        batches = self._batches(self._decoded(samples, rng))
+        batches = self._batches(
+            decoded(samples, self.decode, rng, self.counter, self.max_consecutive_skips)
+        )
         if self.resampled:
             batches = islice(batches, self.batches_per_worker())
         yield from batches
@@ -246,33 +300,6 @@ class ShardStream(IterableDataset):
             else:
                 urls = urls[self.rank :: self.world_size]
         return urls[worker::workers]
-
-    def _tar_error(self, err: BaseException) -> bool:
-        """webdataset reports a broken shard first from inside the tar reader (no URL yet), then
-        again with the URL appended: count it once, at the second report."""
-        if len(err.args) >= 2 and isinstance(err.args[-1], str):
-            self.counter.add("shard_error", err.args[-1], err.args[0])
-        return True
-
-    def _decoded(self, samples: Iterable[dict], rng: random.Random) -> Iterator[Any]:
-        consecutive = 0
-        for sample in samples:
-            where = f"{sample.get('__url__')}:{sample.get('__key__')}"
-            try:
-                item = self.decode(sample, rng)
-            except SkipSample as skip:
-                self.counter.add(skip.reason, where, skip)
-            except Exception as err:  # a corrupt sample must never end the run
-                self.counter.add("corrupt", where, err)
-            else:
-                consecutive = 0
-                yield item
-                continue
-            consecutive += 1
-            if consecutive >= self.max_consecutive_skips:
-                raise RuntimeError(
-                    f"{consecutive} unusable samples in a row (last: {where}); check the shards"
-                )
 
     def _batches(self, items: Iterable[Any]) -> Iterator[Any]:
         batch = []

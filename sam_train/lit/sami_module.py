@@ -66,11 +66,11 @@ class SamiModule(HoldsFrozen, MaeModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         images, features = self.images_and_targets(batch)
         noise = self.validation_noise(images, batch_idx)
         loss, _, _ = self.model(images, features, noise=noise)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=images.shape[0])
+        self.log_val_loss(loss, images.shape[0], dataloader_idx)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["sam_train"] = {"stage": "sami", "config": self.run_config}
