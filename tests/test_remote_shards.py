@@ -4,12 +4,17 @@ failures are retried with back-off; a scheme without its package is one line."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 
 import pytest
+from conftest import console_script, tree_pythonpath
 from http_helpers import serve_folder
-from test_prep_fixtures import as_list, image_folder, key_of
+from test_prep_fixtures import as_list, image_folder, key_of, make_coco
+from test_sam_stage import SAM_TINY
 
+from data_prep.coco import convert_coco
 from data_prep.images import convert_images
 from data_prep.shard_writer import ShardOptions
 from sam_train.data import remote
@@ -25,8 +30,8 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("remote")
     src = image_folder(root / "src", 11, size=(8, 8))
     convert_images(src, root / "shards", ShardOptions(maxcount=3, progress=False))
-    shutil.copytree(root / "shards", root / "bad")
-    (root / "bad" / "shard-000002.tar").write_bytes(b"not a tar file" * 100)
+    shutil.copytree(root / "shards", root / "shards_bad")
+    (root / "shards_bad" / "shard-000002.tar").write_bytes(b"not a tar file" * 100)
     return root
 
 
@@ -53,7 +58,9 @@ def test_http_and_pipe_curl_read_what_local_files_hold(served):
 @pytest.mark.parametrize("kind", ["http", "pipe"])
 def test_a_missing_and_a_corrupt_shard_are_skipped_and_counted(served, kind):
     with serve_folder(served) as (base, _):
-        names = [f"bad/shard-{i:06d}.tar" for i in range(N_SHARDS + 1)]  # the last is missing
+        names = [
+            f"shards_bad/shard-{i:06d}.tar" for i in range(N_SHARDS + 1)
+        ]  # the last is missing
         if kind == "http":
             urls = [f"{base}/{n}" for n in names]
         else:
@@ -93,3 +100,89 @@ def test_a_scheme_without_its_package_is_one_line():
             resolve_shards("s3://bucket/x.tar")
     with pytest.raises(RemoteError, match="unknown URL scheme 'nosuch'"):
         resolve_shards("nosuch://bucket/x.tar")
+
+
+# ---------------------------------------------------------------- both stages, end to end
+
+MAE_TINY = [
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=32",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "data.batch_size=2",
+]
+RUN = [
+    "data.num_workers=0",
+    "data.samples_per_epoch=6",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "callbacks.progress_bar.refresh_rate=0",
+    "callbacks.skipped_samples.every_n_steps=1",
+]
+
+
+def sources_arg(base: str, folder: str, first: int, last: int, good: list[int]) -> str:
+    """A mixture of the same shards over http:// (a pattern with a corrupt and a missing
+    shard) and over pipe:curl (the good ones), each validated on its own."""
+    pattern = f"{base}/{folder}_bad/shard-{{{first:06d}..{last:06d}}}.tar"
+    piped = [f"'pipe:curl -s -f {base}/{folder}/shard-{i:06d}.tar'" for i in good]
+    return (
+        f"data.sources=[{{name: web, path: '{pattern}', weight: 0.5, val_path: '{base}/{folder}'}},"
+        f" {{name: piped, path: [{', '.join(piped)}], weight: 0.5, val_path: [{piped[0]}]}}]"
+    )
+
+
+def sam_train(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": tree_pythonpath()}
+    return subprocess.run(
+        [console_script("sam-train"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def metric_names(run) -> list[str]:
+    return (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+
+
+@pytest.mark.slow
+def test_both_stages_train_from_http_and_pipe_curl_past_a_missing_and_a_corrupt_shard(
+    served, tmp_path
+):
+    images, ann = make_coco(tmp_path / "coco_src")
+    coco = convert_coco(images, ann, served / "coco", ShardOptions(maxcount=1, progress=False))
+    good = [int(s["name"][6:12]) for s in coco["shards"]]  # shards of skipped images are absent
+    shutil.copytree(served / "coco", served / "coco_bad")
+    missing = next(i for i in range(good[-1]) if i not in good)
+    corrupt = served / "coco_bad" / f"shard-{missing:06d}.tar"  # fill one gap with garbage
+    corrupt.write_bytes(b"garbage" * 200)
+    with serve_folder(served) as (base, hits):
+        mae = sam_train(
+            ["stage=mae", "data=mix_mae", *MAE_TINY, *RUN, f"hydra.run.dir={tmp_path / 'mae'}",
+             sources_arg(base, "shards", 0, N_SHARDS, list(range(N_SHARDS)))],
+            tmp_path,
+        )  # fmt: skip
+        sam = sam_train(
+            ["stage=sam", "data=mix", *SAM_TINY, *RUN, f"hydra.run.dir={tmp_path / 'sam'}",
+             sources_arg(base, "coco", 0, good[-1], good)],
+            tmp_path,
+        )  # fmt: skip
+    for res in (mae, sam):
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "(shard_error)" in res.stdout + res.stderr, res.stdout[-3000:]  # named in the log
+    assert hits["shards_bad/shard-000004.tar"] >= 1  # asked for, missing (404)
+    mae_metrics, sam_metrics = metric_names(tmp_path / "mae"), metric_names(tmp_path / "sam")
+    assert {"data/skipped_shard_error", "val/web/loss", "val/piped/loss", "val/loss"} <= set(
+        mae_metrics
+    )
+    assert {"data/skipped_shard_error", "val/web/miou_point_oracle", "val/miou_point_oracle"} <= (
+        set(sam_metrics)
+    )
+    assert "val/piped/miou_box" in sam_metrics

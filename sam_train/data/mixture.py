@@ -80,6 +80,15 @@ def default_name(path: str | list[str]) -> str:
     return parts[-1] if parts else first
 
 
+def _plain(path: Any) -> str | list[str] | None:
+    """A path, or a list of them (a config's ListConfig as a plain list)."""
+    if path is None or isinstance(path, str):
+        return path
+    if isinstance(path, Sequence):
+        return [str(p) for p in path]
+    return str(path)
+
+
 def parse_sources(sources: Sequence[Mapping[str, Any]] | None) -> list[Source]:
     """Config entries (`{path: ..., weight: ..., name: ..., val_path: ...}`) as `Source`s;
     MixtureError, naming the source, for a bad weight, an unknown key or a repeated name."""
@@ -117,7 +126,7 @@ def parse_sources(sources: Sequence[Mapping[str, Any]] | None) -> list[Source]:
             raise MixtureError(
                 f"two sources are called {name!r}; give one of them its own name: (name: other)"
             )
-        out.append(Source(name, entry["path"], weight, entry.get("val_path")))
+        out.append(Source(name, _plain(entry["path"]), weight, _plain(entry.get("val_path"))))
     return out
 
 
