@@ -264,3 +264,39 @@ def test_default_names_are_the_folder_names():
     assert default_name("https://host/coco/shard-{000000..000009}.tar") == "coco"
     assert default_name("pipe:curl -s http://h/lvis/shard-000000.tar") == "lvis"
     assert default_name(["/x/mine/shard-000000.tar"]) == "mine"
+
+
+@pytest.mark.parametrize(
+    ("stage", "spec", "fragments"),
+    [
+        ("mae", "[{{path: {a}, weight: 1}}, {{name: zero, path: {b}, weight: 0}}]",
+         ["data: source 'zero' has weight 0"]),
+        ("mae", "[{{path: {a}, weight: -1}}]", ["source 'shards' has weight -1.0"]),
+        ("mae", "[{{path: /no/such/gone, weight: 1}}]", ["source 'gone' (train)", "does not exist"]),
+        ("sam", "[{{name: photos, path: {a}, weight: 1}}]", ["'photos' has no samples for stage=sam"]),
+        ("mae", "[{{path: 's3://bucket/shard-{{000000..000009}}.tar', weight: 1}}]",
+         ["reading s3:// needs s3fs"]),
+    ],
+)  # fmt: skip
+def test_sam_train_refuses_a_bad_mixture_in_one_line(
+    sources, tmp_path, stage, spec, fragments, monkeypatch, capfd
+):
+    from test_cli_errors import assert_one_line_error, call_main, sam_train_main
+    from test_cli_mae import TINY
+
+    if "s3://" in spec:
+        try:
+            import s3fs  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            pytest.skip("s3fs is installed: s3:// has its reader")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAM_TRAIN_OUTPUT", str(tmp_path / "outputs"))
+    monkeypatch.setattr("sys.argv", ["sam-train"])
+    data = "data=mix_mae" if stage == "mae" else "data=mix"
+    arg = "data.sources=" + spec.format(a=sources["a"], b=sources["b"])
+    tiny = TINY if stage == "mae" else []
+    res = call_main(sam_train_main, [f"stage={stage}", data, *tiny, arg], capfd)
+    assert_one_line_error(res, "sam-train", *fragments)
+    assert not (tmp_path / "outputs").exists()
