@@ -142,6 +142,9 @@ class RecordKeys(L.LightningModule):
         return (self.w**2).sum()
 
     def configure_optimizers(self):
+        # as the stage modules do: Lightning builds the training loader here, before it
+        # restores the loop counters of a checkpoint
+        assert self.trainer.estimated_stepping_batches > 0
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
@@ -300,3 +303,41 @@ def test_sam_train_refuses_a_bad_mixture_in_one_line(
     res = call_main(sam_train_main, [f"stage={stage}", data, *tiny, arg], capfd)
     assert_one_line_error(res, "sam-train", *fragments)
     assert not (tmp_path / "outputs").exists()
+
+
+# ---------------------------------------------------------------- kill -9 and resume
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(sources, tmp_path):
+    from test_cli_mae import TINY
+    from test_resume_and_ddp import sam_train
+
+    exact = [
+        *TINY,
+        "data=mix_mae",
+        f"data.sources=[{{name: a, path: {sources['a']}, weight: 0.6, val_path: {sources['b']}}},"
+        f" {{name: b, path: {sources['b']}, weight: 0.4}}]",
+        "data.num_workers=1",  # the replay runs inside a loader worker
+        "data.samples_per_epoch=24",
+        "trainer.max_epochs=2",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        "trainer.deterministic=true",
+    ]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    res = sam_train([*exact, f"hydra.run.dir={straight}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    kill = ["+callbacks.kill._target_=run_helpers.SigkillAtStep", "+callbacks.kill.step=9"]
+    res = sam_train([*exact, f"hydra.run.dir={killed}", *kill], tmp_path)
+    assert res.returncode == -9, "the run was meant to die by SIGKILL"
+    step = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 6 < step < 12, step  # mid second epoch (6 steps per epoch)
+    res = sam_train([*exact, f"hydra.run.dir={killed}"], tmp_path)  # same folder: auto resume
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming from" in res.stdout
+    a, b = final_weights(straight), final_weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"

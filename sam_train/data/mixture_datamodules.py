@@ -25,7 +25,6 @@ from sam_train.data.mixture import (
 )
 from sam_train.data.shard_datamodules import ShardMaeDataModule, ShardSamDataModule
 from sam_train.data.shards import IMAGE_KEYS
-from sam_train.lit.progress import epoch_position
 
 
 class MixtureLoaders:
@@ -53,7 +52,7 @@ class MixtureLoaders:
         """The names of the validation loaders, in order (`val/<name>/...`)."""
         return [s.name for s in self.val_sources]
 
-    def mixture_stream(self) -> MixtureStream:
+    def train_stream(self) -> MixtureStream:
         per_epoch = self.samples_per_epoch or _known_sum(self.train_sources)
         if not per_epoch:
             raise MixtureError("no manifest gives the sources' sizes; set data.samples_per_epoch")
@@ -71,11 +70,6 @@ class MixtureLoaders:
             num_workers=self.num_workers,
             counter=self.skip_counter,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        stream = self.mixture_stream()
-        stream.resume(*epoch_position(getattr(self, "trainer", None)))
-        return self._loader(stream)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(self.stream(list(s.urls), train=False)) for s in self.val_sources]
