@@ -15,6 +15,7 @@ from test_prep_fixtures import as_list, image_folder, key_of, make_coco
 from test_sam_stage import SAM_TINY
 
 from data_prep.coco import convert_coco
+from data_prep.common import PrepError
 from data_prep.images import convert_images
 from data_prep.shard_writer import ShardOptions
 from sam_train.data import remote
@@ -100,6 +101,21 @@ def test_a_scheme_without_its_package_is_one_line():
             resolve_shards("s3://bucket/x.tar")
     with pytest.raises(RemoteError, match="unknown URL scheme 'nosuch'"):
         resolve_shards("nosuch://bucket/x.tar")
+
+
+def test_inspect_reads_a_shard_folder_over_http(served, tmp_path):
+    from data_prep.inspect_shards import shard_stats, write_overlay
+
+    images, ann = make_coco(tmp_path / "src")
+    convert_coco(images, ann, served / "inspect", ShardOptions(maxcount=1, progress=False))
+    local = shard_stats(served / "inspect")
+    with serve_folder(served) as (base, _):
+        remote_stats = shard_stats(f"{base}/inspect/")
+        png = write_overlay(f"{base}/inspect", tmp_path / "overlay.png", n=2)
+        with pytest.raises(PrepError, match="nowhere/manifest.json' cannot be read"):
+            shard_stats(f"{base}/nowhere")
+    assert {**remote_stats, "folder": ""} == {**local, "folder": ""}
+    assert local["masks"] > 0 and png.is_file()
 
 
 # ---------------------------------------------------------------- both stages, end to end
