@@ -12,6 +12,7 @@ from conftest import tiny_sam
 from formats_helpers import save_label, shard_bytes
 from test_prep_fixtures import image_folder, make_coco, make_sa1b, write_image
 
+from data_prep.clip_embed import convert_clip_embed
 from data_prep.coco import convert_coco
 from data_prep.images import convert_images
 from data_prep.labelme import convert_labelme
@@ -57,6 +58,20 @@ def embed_teacher(root: Path, out: Path, options: ShardOptions) -> dict:
     return convert_teacher_embed(root / "src", out, teacher, 64, options)
 
 
+def embed_clip(root: Path, out: Path, options: ShardOptions) -> dict:
+    """A tiny CLIP's region embeddings added to stage-2 shards (inputs made once)."""
+    pytest.importorskip("open_clip")
+    from text_helpers import tiny_clip_files
+
+    if not (root / "src").is_dir():
+        quiet = ShardOptions(maxcount=1, progress=False)
+        convert_coco(*make_coco(root / "coco"), root / "src", quiet)
+    cfg, ckpt = tiny_clip_files(root / "clip")
+    return convert_clip_embed(
+        root / "src", out, cfg, ckpt, image_size=64, min_area=4, options=options
+    )
+
+
 CONVERTERS = {
     "images": lambda r, out, o: convert_images(image_folder(r / "in", 5), out, o),
     "coco": lambda r, out, o: convert_coco(*make_coco(r / "in"), out, o),
@@ -64,6 +79,7 @@ CONVERTERS = {
     "masks": lambda r, out, o: convert_masks(*label_folder(r / "in"), out, o),
     "labelme": lambda r, out, o: convert_labelme(labelme_folder(r / "in"), out, o),
     "teacher-embed": lambda r, out, o: embed_teacher(r / "in", out, o),
+    "clip-embed": lambda r, out, o: embed_clip(r / "in", out, o),
 }
 # a process pool costs ~15 s to start on a loaded 2-core machine: the default run checks one
 # stage-2 converter, the slow run every one

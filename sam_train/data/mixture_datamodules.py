@@ -85,9 +85,15 @@ def _known_sum(sources: Sequence[ResolvedSource]) -> int | None:
 
 
 def _no_val_path(kwargs: dict) -> None:
+    """Refuse the single-source options a mixture does not read."""
     if kwargs.pop("val_path", None) is not None:
         raise MixtureError(
             "data.val_path is not read by a mixture; give each source its own val_path"
+        )
+    if kwargs.get("resampled") is False:
+        raise MixtureError(
+            "data.resampled=false: a mixture always draws with replacement; "
+            "set data.samples_per_epoch for the epoch length"
         )
 
 
