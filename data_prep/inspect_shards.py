@@ -19,6 +19,7 @@ from PIL import Image
 from data_prep.common import PrepError
 from data_prep.rle import decode_masks, json_to_rle
 from data_prep.shard_writer import MANIFEST
+from sam_train.data.remote import is_remote, open_shard, read_text
 
 AREA_BINS = (0.001, 0.01, 0.1, 0.5)  # fractions of the image area
 AREA_LABELS = ("<0.1%", "0.1-1%", "1-10%", "10-50%", ">50%")
@@ -29,21 +30,37 @@ _PALETTE = np.array(
 )  # fmt: skip
 
 
-def read_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST
+def _folder(folder: str | Path) -> str:
+    """A local folder with `~` expanded, or a URL as given (without a trailing slash)."""
+    text = str(folder)
+    return text.rstrip("/") if is_remote(text) else str(Path(text).expanduser())
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The folder's manifest, local or at a URL (`https://host/shards`)."""
+    path = f"{_folder(folder)}/{MANIFEST}"
     try:
-        return json.loads(path.read_text())
+        text = read_text(path)
+        if text is None:
+            raise FileNotFoundError("no such file")
+        return json.loads(text)
     except (OSError, ValueError) as err:
         raise PrepError(
-            f"{str(path)!r} cannot be read ({err}); pass a folder written by sam-prep"
+            f"{path!r} cannot be read ({err}); pass a folder written by sam-prep"
         ) from err
 
 
 def iter_samples(folder: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) of every sample, shard by shard in manifest order."""
-    folder = Path(folder).expanduser()
+    """(key, {ext: bytes}) of every sample, shard by shard in manifest order; the shards are
+    streamed, so a folder on a server (http(s)://, s3://, ...) is read the same way."""
+    folder = _folder(folder)
     for shard in read_manifest(folder)["shards"]:
-        with tarfile.open(folder / shard["name"]) as tar:
+        url = f"{folder}/{shard['name']}"
+        try:
+            stream = open_shard(url)
+        except OSError as err:
+            raise PrepError(f"{url!r} cannot be opened ({err})") from err
+        with stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             key, files = None, {}
             for member in tar:
                 k, _, ext = member.name.partition(".")
@@ -58,7 +75,7 @@ def iter_samples(folder: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 def shard_stats(folder: str | Path) -> dict:
     """Counts over every sample of the folder (one pass, masks are not decoded)."""
-    folder = Path(folder).expanduser()
+    folder = _folder(folder)
     manifest = read_manifest(folder)
     per_image, areas, fractions, cats = [], [], [], Counter()
     tiles, sources = 0, set()

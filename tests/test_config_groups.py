@@ -34,9 +34,11 @@ STAGE_OF = {
         "sample": "mae",
         "images": "mae",
         "shards_mae": "mae",
+        "mix_mae": "mae",
         "sam_sample": "sam",
         "coco": "sam",
         "sa1b": "sam",
+        "mix": "sam",
     },
     "experiment": {
         "demo_mae": "mae",
@@ -93,6 +95,27 @@ def test_each_model_builds_tiny_with_its_stage(option, tmp_path):
     assert isinstance(module, L.LightningModule) and module.model is model
 
 
+def mixture_sources(root: Path, masks: bool) -> str:
+    """`data.sources=...` over two tiny shard folders (with masks for stage 2)."""
+    from test_prep_fixtures import image_folder, make_coco
+
+    from data_prep.coco import convert_coco
+    from data_prep.images import convert_images
+    from data_prep.shard_writer import ShardOptions
+
+    for name in ("a", "b"):
+        if masks:
+            convert_coco(
+                *make_coco(root / f"{name}_src"), root / name, ShardOptions(progress=False)
+            )
+        else:
+            convert_images(image_folder(root / f"{name}_src", 2), root / name, ShardOptions())
+    return (
+        f"data.sources=[{{path: {root / 'a'}, weight: 0.7}},"
+        f" {{path: {root / 'b'}, weight: 0.3, val_path: {root / 'b'}}}]"
+    )
+
+
 @pytest.mark.parametrize("option", options("data"))
 def test_each_data_config_builds_with_its_stage(option, tmp_path):
     stage = stage_of("data", option)
@@ -104,6 +127,8 @@ def test_each_data_config_builds_with_its_stage(option, tmp_path):
             Image.new("RGB", (40, 30), (i * 90, 20, 20)).save(tmp_path / f"{i}.tif")
     if option in ("shards_mae", "coco", "sa1b"):
         extra = [f"data.path={tmp_path}"]
+    if option in ("mix", "mix_mae"):  # two sources, written as on a command line
+        extra = [mixture_sources(tmp_path, masks=option == "mix")]
     cfg = compose_run([f"stage={stage}", f"data={option}", *extra], tmp_path)
     check_stage_pairing(cfg, cfg.hydra.runtime.choices)
     dm = instantiate(cfg.data)

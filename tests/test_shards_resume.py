@@ -39,6 +39,9 @@ class RecordKeys(L.LightningModule):
         return (self.w**2).sum()
 
     def configure_optimizers(self):
+        # as the stage modules do: Lightning builds the training loader here, before it
+        # restores the loop counters of a checkpoint
+        assert self.trainer.estimated_stepping_batches > 0
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 

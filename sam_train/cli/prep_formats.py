@@ -46,7 +46,10 @@ def _run_inspect(a: argparse.Namespace) -> None:
     stats = shard_stats(a.shards)
     print(json.dumps(stats, indent=1) if a.json else format_stats(stats))
     if a.samples > 0 and stats["samples"]:
-        path = write_overlay(a.shards, a.overlay or Path(a.shards) / "inspect.png", a.samples)
+        from sam_train.data.remote import is_remote
+
+        beside = Path("inspect.png") if is_remote(a.shards) else Path(a.shards) / "inspect.png"
+        path = write_overlay(a.shards, a.overlay or beside, a.samples)
         print(f"overlay: {path}")
 
 
@@ -102,7 +105,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     text = "shard folder -> counts, mask statistics, skips, and an overlay PNG"
     p = subparsers.add_parser("inspect", help=text, description=text)
-    p.add_argument("shards", help="shard folder (with manifest.json)")
+    p.add_argument(
+        "shards", help="shard folder (with manifest.json), local or a URL (https://host/shards)"
+    )
     p.add_argument(
         "--overlay",
         default=None,

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA
 from sam_train.data.machine import fit_pin_memory, fit_workers
+from sam_train.data.resumable import seeded
 from sam_train.data.sam_samples import SamSamplePrep, collate_sam
 from sam_train.data.shards import ShardStream, decode_image, resolve_shards
 from sam_train.data.skipped import SkipCounter
@@ -28,14 +29,17 @@ from sam_train.lit.progress import epoch_position
 
 
 class MaeDecode:
-    """Shard sample -> transformed image tensor [3, S, S] (picklable for workers)."""
+    """Shard sample -> transformed image tensor [3, S, S] (picklable for workers). The random
+    crop and flip are drawn from the stream's `rng` (torchvision draws from torch's global
+    generator, seeded here for the one sample), so augmentation replays on resume."""
 
     def __init__(self, transform) -> None:
         self.transform = transform
 
     def __call__(self, sample: dict, rng: random.Random) -> torch.Tensor:
         img: Image.Image = decode_image(sample)
-        return self.transform(img)
+        with seeded(rng.getrandbits(63)):
+            return self.transform(img)
 
 
 def stack_images(items: list[torch.Tensor]) -> torch.Tensor:
@@ -80,6 +84,7 @@ class ShardDataModule(L.LightningDataModule):
         self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
         self.samples_per_epoch, self.seed = samples_per_epoch, seed
         self.skip_counter = SkipCounter()
+        self._restored: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     def decoder(self, train: bool):
         raise NotImplementedError
@@ -113,7 +118,7 @@ class ShardDataModule(L.LightningDataModule):
             counter=self.skip_counter,
         )
 
-    def _loader(self, stream: ShardStream) -> DataLoader:
+    def _loader(self, stream) -> DataLoader:
         return DataLoader(
             stream,
             batch_size=None,  # the stream batches inside each worker
@@ -122,10 +127,31 @@ class ShardDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,  # workers keep their epoch counter
         )
 
+    def train_stream(self) -> ShardStream:
+        """The training stream (a subclass may read several sources)."""
+        return self.stream(self.path, train=True)
+
     def train_dataloader(self) -> DataLoader:
-        stream = self.stream(self.path, train=True)
-        stream.resume(*epoch_position(getattr(self, "trainer", None)))
+        stream = self.train_stream()
+        position = self._restored or epoch_position(getattr(self, "trainer", None))
+        self._restored = None
+        stream.resume(*position)
         return self._loader(stream)
+
+    # Where training stands goes into checkpoints through the datamodule: Lightning builds the
+    # training loader, and starts its workers, for the optimiser set-up
+    # (estimated_stepping_batches) before it restores the loop counters, but restores the
+    # datamodule before that.
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        epoch, batches_done = epoch_position(trainer)
+        return {"epoch": epoch, "batches_done": batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "epoch" in state:
+            self._restored = (int(state["epoch"]), int(state["batches_done"]))
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.stream(self.val_path, train=False)) if self.val_path else []

@@ -1,7 +1,10 @@
 """Reading webdataset shards on any number of ranks and DataLoader workers.
 
 - `resolve_shards` accepts a shard folder (its `manifest.json` lists the shards and the sample
-  count), a manifest file, a brace pattern (`shard-{000000..000099}.tar`), `pipe:` URLs, or a list.
+  count), a manifest file, a brace pattern (`shard-{000000..000099}.tar`), `pipe:` URLs,
+  `http(s)://`, `s3://`, ... URLs of shards or of a folder with a manifest, or a list of them.
+- `read_samples` opens each shard wherever it is (`sam_train.data.remote`: retries with
+  back-off) and counts one that cannot be opened or read as a skipped shard.
 - `ShardStream` is the IterableDataset: it splits shards by rank and by worker (or resamples
   them), shuffles samples in a buffer, decodes them, and yields whole batches.
 - Resampled mode draws shards with replacement forever and cuts each worker's stream at a fixed
@@ -28,6 +31,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from sam_train.data.remote import check_scheme, is_remote, open_shard, read_text, scheme_of
 from sam_train.data.resumable import dist_rank_world
 from sam_train.data.skipped import SkipCounter, SkipSample
 
@@ -41,7 +45,14 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 def read_manifest(path: str | Path) -> dict | None:
-    """The manifest of a shard folder (or the manifest file itself), None when there is none."""
+    """The manifest of a shard folder (or the manifest file itself), local or a URL; None when
+    there is none."""
+    text = str(path)
+    if is_remote(text):
+        if not text.endswith(".json"):
+            text = text.rstrip("/") + "/" + MANIFEST
+        body = read_text(text)
+        return json.loads(body) if body is not None else None
     path = Path(path)
     file = path / MANIFEST if path.is_dir() else path
     if not file.is_file():
@@ -53,25 +64,53 @@ def _is_url_spec(spec: str) -> bool:
     return spec.startswith("pipe:") or "://" in spec or "{" in spec or "::" in spec
 
 
+def _folder_manifest(folder: str) -> dict | None:
+    """The manifest of the folder holding some shards (None for pipes, or when unreadable)."""
+    if folder.startswith("pipe:") or "{" in folder:
+        return None
+    try:
+        return read_manifest(folder or ".")
+    except (OSError, ValueError) as err:  # the shards themselves will say what is wrong
+        log.warning("no sample count from %s/%s: %s", folder, MANIFEST, err)
+        return None
+
+
 def _known_total(urls: list[str]) -> int | None:
-    """Sample count of local shards whose folder manifest lists every one of them."""
+    """Sample count of shards whose folder manifest lists every one of them."""
     counts: dict[str, int] = {}
     for folder in {os.path.dirname(u) for u in urls}:
-        manifest = read_manifest(folder or ".") if not _is_url_spec(folder) else None
-        for shard in (manifest or {}).get("shards", []):
-            counts[os.path.join(folder, shard["name"])] = shard["count"]
+        for shard in (_folder_manifest(folder) or {}).get("shards", []):
+            counts[f"{folder}/{shard['name']}" if folder else shard["name"]] = shard["count"]
     return sum(counts[u] for u in urls) if all(u in counts for u in urls) else None
+
+
+def _remote_folder(url: str) -> tuple[list[str], int]:
+    """The shards a remote folder's (or manifest URL's) manifest lists, and their total."""
+    folder = url[: -len(MANIFEST)] if url.endswith(MANIFEST) else url
+    folder = folder.rstrip("/")
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise FileNotFoundError(
+            f"no {MANIFEST} at {folder}/; give the shards as a pattern "
+            f"({folder}/shard-{{000000..000099}}.tar) or serve the folder's manifest"
+        )
+    return [f"{folder}/{s['name']}" for s in manifest["shards"]], int(manifest["total"])
 
 
 def resolve_shards(spec: str | Path | Sequence[str | Path]) -> tuple[list[str], int | None]:
     """Shard URLs and the total sample count (None when no manifest says it).
 
-    Raises FileNotFoundError naming the path when nothing is found.
+    Raises FileNotFoundError naming the path when nothing is found, RemoteError (a
+    ValueError) for a URL scheme with no reader installed.
     """
     if isinstance(spec, (list, tuple)):
         urls = [u for s in spec for u in resolve_shards(s)[0]]
         return urls, _known_total(urls)
     text = os.path.expanduser(str(spec))
+    check_scheme(text)
+    if is_remote(text) and scheme_of(text) != "pipe" and "{" not in text:
+        if not text.endswith(".tar"):  # a folder (or its manifest) on a server
+            return _remote_folder(text)
     if _is_url_spec(text):
         urls = wds.shardlists.expand_urls(text)
         return urls, _known_total(urls)
@@ -111,6 +150,73 @@ def decode_image(sample: dict) -> Image.Image:
             with Image.open(io.BytesIO(sample[key])) as img:
                 return img.convert("RGB")
     raise KeyError(f"no image ({'/'.join(IMAGE_KEYS)}) in sample with keys {sorted(sample)}")
+
+
+# ---------------------------------------------------------------- reading and decoding
+
+
+def opened_shards(urls: Iterable[str], handler: Callable[[BaseException], bool]) -> Iterator[dict]:
+    """`{"url", "stream"}` for each shard that opens (local, pipe: or remote, see
+    `sam_train.data.remote`); one that does not is handed to `handler` with its URL."""
+    for url in urls:
+        try:
+            stream = open_shard(url)
+        except Exception as err:
+            err.args = (*err.args, url)
+            if not handler(err):
+                return
+            continue
+        yield {"url": url, "stream": stream}
+
+
+def read_samples(urls: Iterable[str], handler: Callable[[BaseException], bool]) -> Iterator[dict]:
+    """Raw samples (`{ext: bytes, "__key__", "__url__"}`) of the shards, in order."""
+    files = wds.tariterators.tar_file_expander(opened_shards(urls, handler), handler=handler)
+    return wds.tariterators.group_by_keys(files, handler=handler)
+
+
+class ShardErrorHandler:
+    """webdataset's error handler for shards that cannot be read: count, warn, go on.
+
+    webdataset reports a broken shard first from inside the tar reader (no URL yet), then
+    again with the URL appended: it is counted once, at the second report."""
+
+    def __init__(self, counter: SkipCounter) -> None:
+        self.counter = counter
+
+    def __call__(self, err: BaseException) -> bool:
+        if len(err.args) >= 2 and isinstance(err.args[-1], str):
+            self.counter.add("shard_error", err.args[-1], err.args[0])
+        return True
+
+
+def decoded(
+    samples: Iterable[dict],
+    decode: Callable[[dict, random.Random], Any],
+    rng: random.Random,
+    counter: SkipCounter,
+    max_consecutive_skips: int,
+) -> Iterator[Any]:
+    """`decode(sample, rng)` of each sample; an unusable one is skipped and counted, and a long
+    run of them (wrong shards for the stage) stops with a message."""
+    consecutive = 0
+    for sample in samples:
+        where = f"{sample.get('__url__')}:{sample.get('__key__')}"
+        try:
+            item = decode(sample, rng)
+        except SkipSample as skip:
+            counter.add(skip.reason, where, skip)
+        except Exception as err:  # a corrupt sample must never end the run
+            counter.add("corrupt", where, err)
+        else:
+            consecutive = 0
+            yield item
+            continue
+        consecutive += 1
+        if consecutive >= max_consecutive_skips:
+            raise RuntimeError(
+                f"{consecutive} unusable samples in a row (last: {where}); check the shards"
+            )
 
 
 # ---------------------------------------------------------------- the stream
@@ -219,11 +325,13 @@ class ShardStream(IterableDataset):
             urls: Iterable[str] = self._resampled_urls(rng)
         else:
             urls = self._split_urls(worker, workers)
-        samples = wds.tarfile_samples(({"url": u} for u in urls), handler=self._tar_error)
+        samples = read_samples(urls, handler=ShardErrorHandler(self.counter))
         if self.shuffle_buffer > 1:
             initial = min(self.shuffle_buffer, 100)
             samples = wds.filters.shuffle(self.shuffle_buffer, initial, rng=rng)(samples)
-        batches = self._batches(self._decoded(samples, rng))
+        batches = self._batches(
+            decoded(samples, self.decode, rng, self.counter, self.max_consecutive_skips)
+        )
         if self.resampled:
             batches = islice(batches, self.batches_per_worker())
         yield from batches
@@ -246,33 +354,6 @@ class ShardStream(IterableDataset):
             else:
                 urls = urls[self.rank :: self.world_size]
         return urls[worker::workers]
-
-    def _tar_error(self, err: BaseException) -> bool:
-        """webdataset reports a broken shard first from inside the tar reader (no URL yet), then
-        again with the URL appended: count it once, at the second report."""
-        if len(err.args) >= 2 and isinstance(err.args[-1], str):
-            self.counter.add("shard_error", err.args[-1], err.args[0])
-        return True
-
-    def _decoded(self, samples: Iterable[dict], rng: random.Random) -> Iterator[Any]:
-        consecutive = 0
-        for sample in samples:
-            where = f"{sample.get('__url__')}:{sample.get('__key__')}"
-            try:
-                item = self.decode(sample, rng)
-            except SkipSample as skip:
-                self.counter.add(skip.reason, where, skip)
-            except Exception as err:  # a corrupt sample must never end the run
-                self.counter.add("corrupt", where, err)
-            else:
-                consecutive = 0
-                yield item
-                continue
-            consecutive += 1
-            if consecutive >= self.max_consecutive_skips:
-                raise RuntimeError(
-                    f"{consecutive} unusable samples in a row (last: {where}); check the shards"
-                )
 
     def _batches(self, items: Iterable[Any]) -> Iterator[Any]:
         batch = []

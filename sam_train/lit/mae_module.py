@@ -10,6 +10,7 @@ import torch
 from sam_train.lit.base import StageModule
 from sam_train.lit.optim import DerivedSchedule, OptimConfig, encoder_layer_id, param_groups
 from sam_train.lit.progress import batches_started
+from sam_train.lit.val_sources import SourceMeans, val_source_names
 from sam_train.models.mae import MaskedAutoencoder
 from sam_train.seeding import sample_seed
 
@@ -48,6 +49,7 @@ class MaeModule(StageModule, stage="mae", level=1):
         self.model = model
         self.optim = optim
         self.val_seed = val_seed
+        self._val_sources: SourceMeans | None = None  # a mixture's per-source val/loss
         self.val_mask_ratio = val_mask_ratio
         self.derived: DerivedSchedule | None = None
         # read by Lightning's ThroughputMonitor; unknown here (benchmarks/ count FLOPs)
@@ -70,10 +72,35 @@ class MaeModule(StageModule, stage="mae", level=1):
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         # masks depend only on val_seed and the batch index: comparable between epochs and runs
         loss, n = self.loss(batch, self.val_seed + batch_idx, self.val_mask_ratio)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log_val_loss(loss, n, dataloader_idx)
+
+    def log_val_loss(self, loss: torch.Tensor, batch_size: int, dataloader_idx: int) -> None:
+        """`val/loss`; with several validation sources (a mixture) also `val/<source>/loss`,
+        logged at the epoch end."""
+        if self._val_sources is None:
+            self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
+        else:
+            self._val_sources.add(dataloader_idx, loss, batch_size)
+
+    def on_validation_epoch_start(self) -> None:
+        names = val_source_names(self.trainer)
+        self._val_sources = SourceMeans(len(names)) if names else None
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_sources is None:
+            return
+        strategy = self.trainer.strategy
+        names = val_source_names(self.trainer)
+        per_source, overall = self._val_sources.compute(
+            names, reduce=lambda t: strategy.reduce(t.to(self.device), reduce_op="sum")
+        )
+        for name, value in per_source.items():
+            self.log(f"val/{name}/loss", value)
+        if overall is not None:
+            self.log("val/loss", overall, prog_bar=True)
 
     def masking_noise(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         """Noise that decides the masks, from a seeded generator: [B, L]."""

@@ -23,6 +23,7 @@ from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch, ima
 from sam_train.lit.base import StageModule
 from sam_train.lit.optim import DerivedSchedule, OptimConfig, encoder_layer_id, param_groups
 from sam_train.lit.progress import batches_started
+from sam_train.lit.val_sources import val_source_names
 from sam_train.metrics import PromptMetrics, evaluate_prompts, evaluate_text_prompts, mask_iou
 from sam_train.models.frozen import FrozenHelper
 from sam_train.models.lora import merge_lora_state
@@ -95,6 +96,7 @@ class SamModule(StageModule, stage="sam", level=2):
             layout.update(iou_text=1, iou_text_wrong=1, iou_whole_image=1, iou_region=1)
         self.val_metrics = PromptMetrics(layout=layout)
         self.last_val_metrics: dict[str, float] = {}
+        self.source_metrics: list[PromptMetrics] = []
         self.derived: DerivedSchedule | None = None
         self.flops_per_batch: int | None = None
 
@@ -174,7 +176,7 @@ class SamModule(StageModule, stage="sam", level=2):
             self.log("train/text_prompt_share", share, batch_size=bs)
         return loss
 
-    def validation_step(self, batch: SamBatch, batch_idx: int) -> None:
+    def validation_step(self, batch: SamBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         gen = torch.Generator().manual_seed(sample_seed(self.seed, 0, batch_idx))
         targets = select_masks(
             batch, self.val_max_masks, self.max_mask_fraction, self.min_mask_area, gen
@@ -191,10 +193,12 @@ class SamModule(StageModule, stage="sam", level=2):
             image_hw=targets.image_hw,
             max_clicks=self.val_max_clicks,
         )
-        self.val_metrics.update(results)
+        self._update_val_metrics(results, dataloader_idx)
         self.on_validation_results(batch, batch_idx, targets, embeddings, results)
         if self.text is not None:
-            self.val_metrics.update(self._validate_text(batch, targets, embeddings))
+            self._update_val_metrics(
+                self._validate_text(batch, targets, embeddings), dataloader_idx
+            )
         categories = batch.category_ids[targets.image_index, targets.slot]
         if self.coco is not None and is_coco_like(categories):
             masks, scores = box_prompt_predictions(
@@ -257,16 +261,30 @@ class SamModule(StageModule, stage="sam", level=2):
         score("iou_region", region_emb, region_ok)
         return out
 
+    def _update_val_metrics(self, results: dict[str, torch.Tensor], source: int) -> None:
+        self.val_metrics.update(results)
+        if self.source_metrics:
+            self.source_metrics[source].update(results)
+
     def on_validation_epoch_start(self) -> None:
         self.val_metrics.reset()
+        # a mixture's validation sources, each reported as val/<source>/...
+        names = val_source_names(self.trainer)
+        self.source_metrics = [PromptMetrics(layout=self.val_metrics.layout) for _ in names]
         if self.coco is not None:
             self.coco.reset()
 
     def on_validation_epoch_end(self) -> None:
         strategy = self.trainer.strategy
-        metrics = self.val_metrics.compute(
-            reduce=lambda t: strategy.reduce(t.to(self.device), reduce_op="sum")
-        )
+
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            return strategy.reduce(t.to(self.device), reduce_op="sum")
+
+        names = val_source_names(self.trainer)
+        for name, source in zip(names, self.source_metrics):  # every rank, in the same order
+            for metric, value in source.compute(reduce=reduce).items():
+                self.log(f"val/{name}/{metric}", value)
+        metrics = self.val_metrics.compute(reduce=reduce)
         if self.coco is not None:
             metrics.update(self.coco.compute(gather=all_gather_objects))
         if not metrics:
