@@ -11,8 +11,10 @@ prompt has 3 points or more (padding included), so the reference picks the same 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ import torch
 import yaml
 from annotation_tools import RecordingSession, load_tool_module
 from conftest import console_script, tiny_sam
+from PIL import Image, ImageDraw
 
 from sam_train.predictor import SamPredictor
 from sam_train.weights.safetensors_io import save_weights
@@ -101,7 +104,9 @@ def tool_paths(out):
     """The graph paths the tools resolve from model.yaml (relative to its folder)."""
     config_file = out / "anylabeling" / "model.yaml"
     config = yaml.safe_load(config_file.read_text(encoding="utf-8-sig"))
-    return config, [config_file.parent / config[k] for k in ("encoder_model_path", "decoder_model_path")]
+    return config, [
+        config_file.parent / config[k] for k in ("encoder_model_path", "decoder_model_path")
+    ]
 
 
 def test_model_yaml_is_what_both_tools_accept(exported):
@@ -141,6 +146,7 @@ def test_tool_masks_equal_the_predictor_in_the_tool_frame(exported, tool):
     assert np.abs(embedding["image_embedding"] - predictor.embedding.numpy()).max() < 1e-4
     scale = min(TOOL_CANVAS[0] / PHOTO.shape[0], TOOL_CANVAS[1] / PHOTO.shape[1])
 
+    shown_masks = {}
     for name, prompt in PROMPTS.items():
         marks = [
             {"type": "point", "data": xy, "label": lab}
@@ -154,6 +160,37 @@ def test_tool_masks_equal_the_predictor_in_the_tool_frame(exported, tool):
         assert tool_masks.shape == (1, 1, *TOOL_CANVAS) and low_res.shape == (1, 1, 256, 256)
         ref_mask, ref_score = reference(predictor, prompt, scale)
         assert_same_mask(tool_masks[0, 0], tool_iou[0, 0], ref_mask, ref_score)
+        shown_masks[name] = shown[0][0] > 0  # what the app turns into a polygon
+
+    pictures = os.environ.get("SAM_TRAIN_PICTURES")
+    if pictures and tool == "anylabeling":
+        size = sam.image_encoder.img_size
+        save_prompts_picture(Path(pictures) / f"labelling_anylabeling_{size}px.png", shown_masks)
+
+
+def save_prompts_picture(path: Path, masks: dict[str, np.ndarray]) -> None:
+    """One tile per prompt: the photo, the app's mask (magenta outline over a light fill) and
+    the prompt (yellow clicks, blue background click, yellow box); 2 tiles a row."""
+    from sam_train.viz.labels import save_png
+    from sam_train.viz.sam_masks import PRED_COLOUR, draw_box, draw_outline, draw_point
+
+    tiles = []
+    for name, mask in masks.items():
+        rgb = PHOTO.copy()
+        rgb[mask] = (0.65 * rgb[mask] + 0.35 * np.array(PRED_COLOUR)).astype(np.uint8)
+        draw_outline(rgb, mask, PRED_COLOUR)
+        tile = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(tile)
+        prompt = PROMPTS[name]
+        if "box" in prompt:
+            draw_box(draw, prompt["box"])
+        for (x, y), label in zip(prompt.get("points", []), prompt.get("labels", [])):
+            draw_point(draw, x, y, positive=label == 1)
+        draw.text((6, 4), name, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
+        tiles.append(np.asarray(tile))
+    rows = [np.concatenate(tiles[i : i + 2], axis=1) for i in range(0, len(tiles), 2)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(np.concatenate(rows, axis=0), path)
 
 
 # ----------------------------------------------------------------------------------------------

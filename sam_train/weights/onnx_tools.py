@@ -65,11 +65,12 @@ def _f64(value: float) -> torch.Tensor:
 PIL_PRECISION_BITS = 22  # PIL's fixed-point coefficients for 8-bit images (32 - 8 - 2)
 
 
-def bilinear_resize_matrix(
+def bilinear_taps(
     in_size: torch.Tensor, out_size: torch.Tensor, rows: int
-) -> torch.Tensor:
-    """PIL's bilinear resize of one axis as a float64 [rows, in_size] matrix of its fixed-point
-    coefficients (integers, 2**22 = weight 1); rows >= out_size are zero.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL's bilinear resize of one axis: for each of `rows` outputs the input pixels it reads,
+    int64 [rows, K], and their fixed-point coefficients (integers, 2**22 = weight 1), float64
+    [rows, K]; rows >= out_size get zero coefficients.
 
     PIL (Image.resize(..., BILINEAR)) weighs input pixel x for output pixel i with a triangle
     of half-width max(scale, 1) around the centre (i + 0.5) * scale, scale = in / out, and
@@ -77,20 +78,30 @@ def bilinear_resize_matrix(
     arithmetic follows PIL's order so that the rounded coefficients are PIL's.
     """
     scale = in_size.to(torch.float64) / out_size.to(torch.float64)  # [1]
-    inv_support = _f64(1.0) / torch.clamp(scale, min=1.0)  # [1]
+    support = torch.clamp(scale, min=1.0)  # [1]
     i = torch.arange(rows, dtype=torch.float64)  # [rows]
-    x = torch.arange(in_size[0], dtype=torch.float64)  # [in]
     center = (i + 0.5) * scale  # [rows]
-    w = torch.clamp(1 - torch.abs((x[None, :] - center[:, None] + 0.5) * inv_support), min=0)
-    w = w * (i < out_size).to(torch.float64)[:, None]  # [rows, in]
+    first = torch.clamp(torch.floor(center - support + 0.5), min=0.0)  # [rows]
+    num_taps = torch.floor(2 * support) + 2  # [1]: more than PIL's widest window
+    x = first[:, None] + torch.arange(num_taps[0], dtype=torch.float64)[None, :]  # [rows, K]
+    w = torch.clamp(1 - torch.abs((x - center[:, None] + 0.5) * (_f64(1.0) / support)), min=0)
+    w = w * (x < in_size).to(torch.float64) * (i < out_size).to(torch.float64)[:, None]
     w = w / torch.clamp(w.sum(dim=1, keepdim=True), min=1e-12)
-    return torch.floor(w * _f64(2.0**PIL_PRECISION_BITS) + 0.5)
+    index = torch.minimum(x, in_size.to(torch.float64) - 1).to(torch.int64)
+    return index, torch.floor(w * _f64(2.0**PIL_PRECISION_BITS) + 0.5)
 
 
-def _resample_8bit(x: torch.Tensor, coefficients: torch.Tensor, right: bool) -> torch.Tensor:
-    """One PIL resampling pass on 8-bit values held in float64: fixed-point sum, round half up,
-    clip to 0-255 (PIL keeps 8-bit images 8-bit after each pass)."""
-    acc = torch.matmul(x, coefficients.t()) if right else torch.matmul(coefficients, x)
+def _resample_8bit(
+    x: torch.Tensor, index: torch.Tensor, coefficients: torch.Tensor
+) -> torch.Tensor:
+    """One PIL resampling pass along the first axis of 8-bit values held in float64 [in, ...]
+    -> [rows, ...]: fixed-point sum (exact in float64), round half up, clip to 0-255 (PIL
+    keeps 8-bit images 8-bit after each pass). Gathering whole rows along the first axis keeps
+    the copy contiguous."""
+    taps = x.index_select(0, index.reshape(-1))  # [rows * K, ...]
+    taps = taps.reshape(*index.shape, -1)  # [rows, K, rest]
+    acc = torch.matmul(coefficients[:, None, :], taps)[:, 0]  # [rows, rest]
+    acc = acc.reshape(index.shape[0], *x.shape[1:])  # [rows, ...]
     one = _f64(2.0**PIL_PRECISION_BITS)
     acc = torch.floor((acc + _f64(2.0 ** (PIL_PRECISION_BITS - 1))) / one)
     return torch.clamp(acc, 0.0, 255.0)
@@ -117,12 +128,12 @@ class ToolEncoder(nn.Module):
         s = self.image_size
         hw = shape_as_tensor(image)[:2]  # int64 [2]
         new_hw = resized_sides(hw, s)  # float64 [2]
-        x = torch.clamp(torch.floor(image + 0.5), 0.0, 255.0).to(torch.float64)
-        x = x.permute(2, 0, 1)  # [3, H, W] 8-bit values
-        resize_w = bilinear_resize_matrix(hw[1:2], new_hw[1:2], s)  # [S, W]
-        resize_h = bilinear_resize_matrix(hw[0:1], new_hw[0:1], s)  # [S, H]
-        x = _resample_8bit(x, resize_w, right=True)  # [3, H, S], horizontal pass first
-        x = _resample_8bit(x, resize_h, right=False)  # [3, S, S]
+        x = torch.clamp(torch.floor(image + 0.5), 0.0, 255.0).to(torch.float64)  # 8-bit values
+        x = x.transpose(0, 1)  # [W, H, 3]: each pass resamples the first axis
+        x = _resample_8bit(x, *bilinear_taps(hw[1:2], new_hw[1:2], s))  # [S, H, 3]
+        x = x.transpose(0, 1)  # [H, S, 3]; horizontal pass first, as PIL
+        x = _resample_8bit(x, *bilinear_taps(hw[0:1], new_hw[0:1], s))  # [S, S, 3]
+        x = x.permute(2, 0, 1)  # [3, S, S]
         x = (x.to(torch.float32) - self.mean) / self.std
         idx = torch.arange(s, dtype=torch.float64)
         inside = (idx[:, None] < new_hw[0:1]) & (idx[None, :] < new_hw[1:2])  # [S, S]
