@@ -66,6 +66,7 @@ def exported(request, tmp_path_factory):
         text=True,
     )
     assert run.returncode == 0, run.stderr
+    assert f"{out}/anylabeling/model.yaml" in run.stdout  # where to point the tools
     return sam, out
 
 
@@ -126,6 +127,18 @@ def test_model_yaml_is_what_both_tools_accept(exported):
     decoder_inputs = {i.name for i in onnx.load(str(paths[1])).graph.input}
     # AnyLabeling picks its SAM 1 code unless it sees SAM 2 / SAM 3 decoder inputs
     assert not decoder_inputs & {"high_res_feats_0", "backbone_fpn_0", "language_mask"}
+
+
+@pytest.mark.parametrize("hw", [(300, 451), (451, 300), (684, 1024), (17, 33)])
+def test_tool_encoder_embeds_any_picture_size_as_the_predictor(exported, hw):
+    sam, out = exported
+    _, (encoder_path, _) = tool_paths(out)
+    session = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
+    picture = np.asarray(Image.fromarray(PHOTO).resize(hw[::-1], Image.BILINEAR))
+    (embedding,) = session.run(None, {"input_image": picture.astype(np.float32)})
+    predictor = SamPredictor(sam)
+    predictor.set_image(picture)
+    assert np.abs(embedding - predictor.embedding.numpy()).max() < 1e-4
 
 
 @pytest.mark.parametrize("tool", ["anylabeling", "x-anylabeling"])
