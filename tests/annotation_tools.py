@@ -17,7 +17,9 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 TOOLS_DIR = Path(sys.prefix) / "annotation-tools"
 SAM_MODULE = "anylabeling.services.auto_labeling.sam_onnx"
@@ -62,3 +64,28 @@ class RecordingSession:
         outputs = self.session.run(output_names, feeds, *args, **kwargs)
         self.calls.append(({k: v.copy() for k, v in feeds.items()}, [o.copy() for o in outputs]))
         return outputs
+
+
+def draw_prompts_picture(photo: np.ndarray, prompts: dict, masks: dict) -> np.ndarray:
+    """One tile per prompt: the photo, the mask the app shows (magenta outline over a light
+    fill) and the prompt (yellow clicks, blue background clicks, yellow box); 2 tiles a row.
+    prompts: name -> dict(points, labels, box) in photo pixels; masks: name -> [H, W] bool."""
+    from sam_train.viz.sam_masks import PRED_COLOUR, draw_box, draw_outline, draw_point
+
+    tiles = []
+    for name, mask in masks.items():
+        rgb = photo.copy()
+        rgb[mask] = (0.65 * rgb[mask] + 0.35 * np.array(PRED_COLOUR)).astype(np.uint8)
+        draw_outline(rgb, mask, PRED_COLOUR)
+        tile = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(tile)
+        prompt = prompts[name]
+        if "box" in prompt:
+            draw_box(draw, prompt["box"])
+        for (x, y), label in zip(prompt.get("points", []), prompt.get("labels", [])):
+            draw_point(draw, x, y, positive=label == 1)
+        draw.text((6, 4), name, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
+        tiles.append(np.asarray(tile))
+    tiles += [np.zeros_like(tiles[0])] * (len(tiles) % 2)
+    rows = [np.concatenate(tiles[i : i + 2], axis=1) for i in range(0, len(tiles), 2)]
+    return np.concatenate(rows, axis=0)

@@ -21,11 +21,12 @@ import pytest
 import skimage.data
 import torch
 import yaml
-from annotation_tools import RecordingSession, load_tool_module
+from annotation_tools import RecordingSession, draw_prompts_picture, load_tool_module
 from conftest import console_script, tiny_sam
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from sam_train.predictor import SamPredictor
+from sam_train.viz.labels import save_png
 from sam_train.weights.safetensors_io import save_weights
 
 ort = pytest.importorskip("onnxruntime")
@@ -178,32 +179,8 @@ def test_tool_masks_equal_the_predictor_in_the_tool_frame(exported, tool):
     pictures = os.environ.get("SAM_TRAIN_PICTURES")
     if pictures and tool == "anylabeling":
         size = sam.image_encoder.img_size
-        save_prompts_picture(Path(pictures) / f"labelling_anylabeling_{size}px.png", shown_masks)
-
-
-def save_prompts_picture(path: Path, masks: dict[str, np.ndarray]) -> None:
-    """One tile per prompt: the photo, the app's mask (magenta outline over a light fill) and
-    the prompt (yellow clicks, blue background click, yellow box); 2 tiles a row."""
-    from sam_train.viz.labels import save_png
-    from sam_train.viz.sam_masks import PRED_COLOUR, draw_box, draw_outline, draw_point
-
-    tiles = []
-    for name, mask in masks.items():
-        rgb = PHOTO.copy()
-        rgb[mask] = (0.65 * rgb[mask] + 0.35 * np.array(PRED_COLOUR)).astype(np.uint8)
-        draw_outline(rgb, mask, PRED_COLOUR)
-        tile = Image.fromarray(rgb)
-        draw = ImageDraw.Draw(tile)
-        prompt = PROMPTS[name]
-        if "box" in prompt:
-            draw_box(draw, prompt["box"])
-        for (x, y), label in zip(prompt.get("points", []), prompt.get("labels", [])):
-            draw_point(draw, x, y, positive=label == 1)
-        draw.text((6, 4), name, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
-        tiles.append(np.asarray(tile))
-    rows = [np.concatenate(tiles[i : i + 2], axis=1) for i in range(0, len(tiles), 2)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(np.concatenate(rows, axis=0), path)
+        picture = draw_prompts_picture(PHOTO, PROMPTS, shown_masks)
+        save_png(picture, Path(pictures) / f"labelling_anylabeling_{size}px.png")
 
 
 # ----------------------------------------------------------------------------------------------
