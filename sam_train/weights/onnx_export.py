@@ -54,6 +54,12 @@ DECODER_INPUTS = [
 DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
 
 
+def model_image_size(sam: Sam) -> int:
+    """S: side of the square the model's prompts and embeddings refer to. Read from the prompt
+    encoder, so that any image encoder mapping [B, 3, S, S] to the embedding exports."""
+    return int(sam.prompt_encoder.input_image_size[0])
+
+
 class OnnxEncoder(nn.Module):
     """The image encoder alone: normalised padded images -> embeddings."""
 
@@ -76,7 +82,7 @@ class OnnxDecoder(nn.Module):
     def __init__(self, sam: Sam) -> None:
         super().__init__()
         self.sam = sam
-        self.image_size = sam.image_encoder.img_size
+        self.image_size = model_image_size(sam)
 
     def _resized_hw(self, orig_im_size: torch.Tensor) -> torch.Tensor:
         """The image's size after resizing its long side to S (before padding): int64 [2]."""
@@ -127,27 +133,24 @@ class OnnxDecoder(nn.Module):
 
 def decoder_example_inputs(sam: Sam, num_points: int = 3) -> dict[str, torch.Tensor]:
     """Inputs of the decoder interface for a model of `sam`'s shape (the export's trace)."""
-    grid = sam.image_encoder.img_size // sam.image_encoder.patch_size
+    size = model_image_size(sam)
+    grid = sam.prompt_encoder.image_embedding_size[0]
     dim = sam.prompt_encoder.embed_dim
     g = torch.Generator().manual_seed(0)
     return {
         "image_embeddings": torch.randn(1, dim, grid, grid, generator=g),
-        "point_coords": torch.randint(
-            0, sam.image_encoder.img_size, (1, num_points, 2), generator=g
-        ).float(),
+        "point_coords": torch.randint(0, size, (1, num_points, 2), generator=g).float(),
         "point_labels": torch.randint(0, 4, (1, num_points), generator=g).float(),
         "mask_input": torch.randn(1, 1, 4 * grid, 4 * grid, generator=g),
         "has_mask_input": torch.tensor([1.0]),
-        "orig_im_size": torch.tensor(
-            [0.75 * sam.image_encoder.img_size, sam.image_encoder.img_size]
-        ),
+        "orig_im_size": torch.tensor([0.75 * size, size]),
     }
 
 
 def preprocessing(sam: Sam) -> dict:
     """What a runtime does to an RGB image and to prompts before calling the two graphs."""
     return {
-        "image_size": sam.image_encoder.img_size,
+        "image_size": model_image_size(sam),
         "resize": "scale the longer side to image_size (bilinear), keep the aspect ratio; "
         "new side = floor(side * image_size / longer_side + 0.5)",
         "pixel_scale": 1 / 255,
@@ -175,7 +178,7 @@ def export_graph(module: nn.Module, args: tuple, path: Path, **kwargs) -> None:
 
 def export_encoder(sam: Sam, path: Path) -> Path:
     """encoder.onnx: images [B, 3, S, S] -> image_embeddings [B, C, h, w]."""
-    size = sam.image_encoder.img_size
+    size = model_image_size(sam)
     export_graph(
         OnnxEncoder(sam).eval(),
         (torch.zeros(1, 3, size, size),),

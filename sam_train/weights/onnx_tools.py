@@ -36,15 +36,11 @@ from sam_train.weights.onnx_export import (
     OnnxDecoder,
     OnnxEncoder,
     export_graph,
+    model_image_size,
 )
 
 TOOL_FRAME = 1024  # long side of the frame AnyLabeling / X-AnyLabeling put points and images in
 TOOL_MASK_INPUT = 256  # side of the low-res mask the tools pass (1024 / 4)
-
-
-def model_image_size(sam: Sam) -> int:
-    """S: side of the square the model's prompts and embeddings refer to."""
-    return int(sam.prompt_encoder.input_image_size[0])
 
 
 def resized_sides(hw: torch.Tensor, long_side: int) -> torch.Tensor:
