@@ -142,6 +142,49 @@ def test_tool_encoder_embeds_any_picture_size_as_the_predictor(exported, hw):
     assert np.abs(embedding - predictor.embedding.numpy()).max() < 1e-4
 
 
+@pytest.mark.parametrize("clicks", [1, 3])
+def test_tool_decoder_is_the_official_decoder_in_the_tool_frame_with_a_mask_prompt(
+    exported, clicks
+):
+    """A mask prompt (which the tools' SAM code never sends, but their decoder interface has):
+    the tool decoder equals decoder.onnx fed the points and the mask converted by hand to the
+    model's frame, then the tools' one-mask rule."""
+    sam, out = exported
+    size, grid = sam.image_encoder.img_size, sam.prompt_encoder.image_embedding_size[0]
+    g = torch.Generator().manual_seed(3)
+    embedding = torch.randn(1, 32, grid, grid, generator=g).numpy()
+    mask = (torch.randn(1, 1, 256, 256, generator=g) * 3).numpy()
+    orig = np.array(TOOL_CANVAS, np.float32)
+    coords = np.array([[[300.0, 200.0], [520.0, 410.0], [80.0, 600.0], [0.0, 0.0]]], np.float32)
+    coords = np.concatenate([coords[:, :clicks], coords[:, 3:]], axis=1)
+    labels = np.array([[1.0, 0.0, 1.0][:clicks] + [-1.0]], np.float32)
+    feeds = dict(
+        image_embeddings=embedding,
+        point_coords=coords,
+        point_labels=labels,
+        mask_input=mask,
+        has_mask_input=np.array([1.0], np.float32),
+        orig_im_size=orig,
+    )
+    _, (_, decoder_path) = tool_paths(out)
+    masks, iou, low_res = ort.InferenceSession(str(decoder_path)).run(None, feeds)
+
+    model_hw = [int(side * size / 1024 + 0.5) for side in TOOL_CANVAS]  # the canvas at S
+    small = torch.nn.functional.interpolate(
+        torch.from_numpy(mask), size=(4 * grid,) * 2, mode="bilinear", align_corners=False
+    )
+    official = {
+        **feeds,
+        "point_coords": coords * np.array([model_hw[1] / 1024, model_hw[0] / 684], np.float32),
+        "mask_input": small.numpy(),
+    }
+    all_masks, all_iou, _ = ort.InferenceSession(str(out / "decoder.onnx")).run(None, official)
+    best = int(np.argmax(all_iou[0, 1:])) + 1 if clicks == 1 else 0
+    assert masks.shape == (1, 1, *TOOL_CANVAS) and low_res.shape == (1, 1, 256, 256)
+    assert abs(iou[0, 0] - all_iou[0, best]) < 1e-5
+    assert np.abs(masks[0, 0] - all_masks[0, best]).max() < 1e-4
+
+
 @pytest.mark.parametrize("tool", ["anylabeling", "x-anylabeling"])
 def test_tool_masks_equal_the_predictor_in_the_tool_frame(exported, tool):
     sam, out = exported
