@@ -240,6 +240,7 @@ def test_osam_runs_the_export_by_name(exported, tmp_path, monkeypatch):
     size = sam.image_encoder.img_size
     model_type = register_osam_model(out, name=f"sam-train:test{size}")
     assert osam.apis.get_model_type_by_name(f"sam-train:test{size}") is model_type
+    assert model_type.get_size() is not None  # labelme's test for "downloaded already"
     model = model_type()  # osam finds both graphs in its cache by hash: nothing downloaded
     decoder = RecordingSession(model._inference_sessions["decoder"])
     model._inference_sessions["decoder"] = decoder
