@@ -7,7 +7,7 @@ DEMO   ?= outputs/demo
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install annotation-tools system-deps demo demo-run test test-fast test-long lint format bench clean
+.PHONY: install system-deps demo demo-run test test-fast test-long lint format bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 # both ship a package named `anylabeling` and both require PyQt, which that code does not use,
 # so each wheel goes without its dependencies into its own folder (tests/annotation_tools.py).
 ANNOTATION_TOOLS := anylabeling:anylabeling==0.4.43 x-anylabeling:x-anylabeling-cvhub==4.2.1
+.PHONY: annotation-tools
 annotation-tools:
 	@for spec in $(ANNOTATION_TOOLS); do \
 		$(BIN)/python -m pip install --quiet --no-deps --upgrade \
