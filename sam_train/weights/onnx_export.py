@@ -171,6 +171,7 @@ def preprocessing(sam: Sam) -> dict:
 
 
 def export_graph(module: nn.Module, args: tuple, path: Path, **kwargs) -> None:
+    """`module` traced at `args` into `path` with the exporter and opset named above."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings, none actionable here
         torch.onnx.export(module, args, str(path), opset_version=OPSET, dynamo=False, **kwargs)
