@@ -17,7 +17,19 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,onnx,hf,app]"
+	$(MAKE) --no-print-directory annotation-tools
 	touch $(STAMP)
+
+# AnyLabeling and X-AnyLabeling, whose SAM code tests/test_onnx_tools.py runs on our ONNX export:
+# both ship a package named `anylabeling` and both require PyQt, which that code does not use,
+# so each wheel goes without its dependencies into its own folder (tests/annotation_tools.py).
+ANNOTATION_TOOLS := anylabeling:anylabeling==0.4.43 x-anylabeling:x-anylabeling-cvhub==4.2.1
+.PHONY: annotation-tools
+annotation-tools:
+	@for spec in $(ANNOTATION_TOOLS); do \
+		$(BIN)/python -m pip install --quiet --no-deps --upgrade \
+			--target $(VENV)/annotation-tools/$${spec%%:*} "$${spec#*:}" || exit 1; \
+	done
 
 # Stage 1 (MAE) -> stage 2 (SAM, encoder from stage 1) -> exports -> a predicted picture,
 # then the before/after table. `make demo-run BIN=<venv>/bin` runs the steps without installing.

@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sam-export: error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
     print(f"sam-export: wrote {args.format} weights to {path}")
+    if args.format == "onnx":
+        print(
+            f"  AnyLabeling / X-AnyLabeling: Load Custom Model -> {path}/anylabeling/model.yaml\n"
+            f"  osam / labelme: register_osam_model({str(path)!r}) (docs/labelling.md)"
+        )
     return 0
 
 

@@ -11,7 +11,8 @@ Formats:
   adapter      a LoRA fine-tune's own tensors, with its base checkpoint's path and sha256
                (`sam_train.weights.adapters`); every other format folds the adapters in
   onnx         a folder: encoder.onnx + decoder.onnx (segment-anything's decoder interface)
-               + preprocess.json (sam_train.weights.onnx_export)
+               + preprocess.json (sam_train.weights.onnx_export), and anylabeling/ + osam/ for
+               annotation tools (sam_train.weights.onnx_tools)
   hf           a folder Hugging Face transformers loads: SamModel (SAM) or ViTMAEForPreTraining
                (MAE) (sam_train.weights.hf)
 """

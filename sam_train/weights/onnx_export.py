@@ -13,6 +13,10 @@ DIR/decoder.onnx      segment-anything's decoder interface, the one annotation t
 DIR/decoder_quantized.onnx   (--quantize) the decoder with int8 dynamically quantised weights
 DIR/preprocess.json   how to turn an RGB image into the encoder input, and points into the
                       decoder's frame
+DIR/anylabeling/      encoder.onnx, decoder.onnx, model.yaml: the graphs AnyLabeling and
+                      X-AnyLabeling load as they are ("Load custom model" -> model.yaml)
+DIR/osam/             encoder.onnx, decoder.onnx for osam (labelme's engine); see
+                      sam_train.weights.osam_model (sam_train.weights.onnx_tools: the details)
 
 Graphs come from torch's TorchScript-based exporter (`torch.onnx.export(dynamo=False)`), the
 method of segment-anything's own export script. torch 2.14's default, the dynamo exporter,
@@ -50,6 +54,12 @@ DECODER_INPUTS = [
 DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
 
 
+def model_image_size(sam: Sam) -> int:
+    """S: side of the square the model's prompts and embeddings refer to. Read from the prompt
+    encoder, so that any image encoder mapping [B, 3, S, S] to the embedding exports."""
+    return int(sam.prompt_encoder.input_image_size[0])
+
+
 class OnnxEncoder(nn.Module):
     """The image encoder alone: normalised padded images -> embeddings."""
 
@@ -72,12 +82,39 @@ class OnnxDecoder(nn.Module):
     def __init__(self, sam: Sam) -> None:
         super().__init__()
         self.sam = sam
-        self.image_size = sam.image_encoder.img_size
+        self.image_size = model_image_size(sam)
 
     def _resized_hw(self, orig_im_size: torch.Tensor) -> torch.Tensor:
         """The image's size after resizing its long side to S (before padding): int64 [2]."""
         size = orig_im_size.to(torch.float32)
         return torch.floor(size * (self.image_size / size.max()) + 0.5).to(torch.int64)
+
+    def low_res_masks(
+        self,
+        image_embeddings: torch.Tensor,  # [1, C, h, w]
+        point_coords: torch.Tensor,  # [1, N, 2] (x, y) in the resized S-frame
+        point_labels: torch.Tensor,  # [1, N]
+        mask_input: torch.Tensor,  # [1, 1, 4h, 4w]
+        has_mask_input: torch.Tensor,  # [1]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All four mask outputs at low resolution [1, 4, 4h, 4w] and their IoU [1, 4]."""
+        pe = self.sam.prompt_encoder
+        sparse = pe._embed_points(
+            point_coords, point_labels, pad=False, input_size=(self.image_size,) * 2
+        )  # [1, N, C]
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = has_mask_input * pe.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
+        return self.sam.mask_decoder.predict_masks(
+            image_embeddings, pe.get_dense_pe(), sparse, dense
+        )
+
+    def upscale(self, low_res: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
+        """Low-res logits [1, m, 4h, 4w] -> [1, m, H, W] at orig_im_size (padding cropped)."""
+        full = F.interpolate(low_res, size=(self.image_size,) * 2, mode="bilinear")
+        resized = self._resized_hw(orig_im_size)
+        full = full[..., : resized[0], : resized[1]]
+        orig = orig_im_size.to(torch.int64)
+        return F.interpolate(full, size=(orig[0], orig[1]), mode="bilinear")
 
     def forward(
         self,
@@ -88,46 +125,32 @@ class OnnxDecoder(nn.Module):
         has_mask_input: torch.Tensor,  # [1]
         orig_im_size: torch.Tensor,  # [2]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pe = self.sam.prompt_encoder
-        sparse = pe._embed_points(
-            point_coords, point_labels, pad=False, input_size=(self.image_size,) * 2
-        )  # [1, N, C]
-        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        dense = has_mask_input * pe.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
-        low_res, iou = self.sam.mask_decoder.predict_masks(
-            image_embeddings, pe.get_dense_pe(), sparse, dense
+        low_res, iou = self.low_res_masks(
+            image_embeddings, point_coords, point_labels, mask_input, has_mask_input
         )  # [1, 4, 4h, 4w], [1, 4]
-        full = F.interpolate(low_res, size=(self.image_size,) * 2, mode="bilinear")
-        resized = self._resized_hw(orig_im_size)
-        full = full[..., : resized[0], : resized[1]]
-        orig = orig_im_size.to(torch.int64)
-        masks = F.interpolate(full, size=(orig[0], orig[1]), mode="bilinear")
-        return masks, iou, low_res
+        return self.upscale(low_res, orig_im_size), iou, low_res
 
 
 def decoder_example_inputs(sam: Sam, num_points: int = 3) -> dict[str, torch.Tensor]:
     """Inputs of the decoder interface for a model of `sam`'s shape (the export's trace)."""
-    grid = sam.image_encoder.img_size // sam.image_encoder.patch_size
+    size = model_image_size(sam)
+    grid = sam.prompt_encoder.image_embedding_size[0]
     dim = sam.prompt_encoder.embed_dim
     g = torch.Generator().manual_seed(0)
     return {
         "image_embeddings": torch.randn(1, dim, grid, grid, generator=g),
-        "point_coords": torch.randint(
-            0, sam.image_encoder.img_size, (1, num_points, 2), generator=g
-        ).float(),
+        "point_coords": torch.randint(0, size, (1, num_points, 2), generator=g).float(),
         "point_labels": torch.randint(0, 4, (1, num_points), generator=g).float(),
         "mask_input": torch.randn(1, 1, 4 * grid, 4 * grid, generator=g),
         "has_mask_input": torch.tensor([1.0]),
-        "orig_im_size": torch.tensor(
-            [0.75 * sam.image_encoder.img_size, sam.image_encoder.img_size]
-        ),
+        "orig_im_size": torch.tensor([0.75 * size, size]),
     }
 
 
 def preprocessing(sam: Sam) -> dict:
     """What a runtime does to an RGB image and to prompts before calling the two graphs."""
     return {
-        "image_size": sam.image_encoder.img_size,
+        "image_size": model_image_size(sam),
         "resize": "scale the longer side to image_size (bilinear), keep the aspect ratio; "
         "new side = floor(side * image_size / longer_side + 0.5)",
         "pixel_scale": 1 / 255,
@@ -147,7 +170,8 @@ def preprocessing(sam: Sam) -> dict:
     }
 
 
-def _export_graph(module: nn.Module, args: tuple, path: Path, **kwargs) -> None:
+def export_graph(module: nn.Module, args: tuple, path: Path, **kwargs) -> None:
+    """`module` traced at `args` into `path` with the exporter and opset named above."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings, none actionable here
         torch.onnx.export(module, args, str(path), opset_version=OPSET, dynamo=False, **kwargs)
@@ -155,8 +179,8 @@ def _export_graph(module: nn.Module, args: tuple, path: Path, **kwargs) -> None:
 
 def export_encoder(sam: Sam, path: Path) -> Path:
     """encoder.onnx: images [B, 3, S, S] -> image_embeddings [B, C, h, w]."""
-    size = sam.image_encoder.img_size
-    _export_graph(
+    size = model_image_size(sam)
+    export_graph(
         OnnxEncoder(sam).eval(),
         (torch.zeros(1, 3, size, size),),
         path,
@@ -170,7 +194,7 @@ def export_encoder(sam: Sam, path: Path) -> Path:
 def export_decoder(sam: Sam, path: Path) -> Path:
     """decoder.onnx with the official interface; the number of points is dynamic."""
     inputs = decoder_example_inputs(sam)
-    _export_graph(
+    export_graph(
         OnnxDecoder(sam).eval(),
         tuple(inputs.values()),
         path,
@@ -196,7 +220,8 @@ def quantize_decoder(src: Path, dst: Path) -> Path:
 
 
 def export_onnx(sam: Sam, out: Path, quantize: bool = False, metadata: dict | None = None) -> Path:
-    """Write encoder.onnx, decoder.onnx (+ decoder_quantized.onnx) and preprocess.json."""
+    """Write encoder.onnx, decoder.onnx (+ decoder_quantized.onnx), preprocess.json and the
+    annotation tools' folders anylabeling/ and osam/."""
     try:
         import onnx  # noqa: F401
     except ImportError as err:
@@ -210,6 +235,10 @@ def export_onnx(sam: Sam, out: Path, quantize: bool = False, metadata: dict | No
         export_decoder(sam, tmp / "decoder.onnx")
         if quantize:
             quantize_decoder(tmp / "decoder.onnx", tmp / "decoder_quantized.onnx")
+        from sam_train.weights.onnx_tools import export_tool_folders, tool_model_name
+
+        source = str((metadata or {}).get("source", ""))
+        export_tool_folders(sam, tmp, tool_model_name(source))
         info = {**preprocessing(sam), "source": metadata or {}}
         (tmp / "preprocess.json").write_text(json.dumps(info, indent=2, default=str))
     return out
