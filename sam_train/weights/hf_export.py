@@ -9,11 +9,11 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from sam_train.files import atomic_dir
+from sam_train.weights.export_folder import check_output_folder
 from sam_train.weights.hf import import_transformers, mae_hf_config, sam_hf_config
 from sam_train.weights.hf_keymap import mae_to_hf, sam_to_hf
 from sam_train.weights.keymaps import mae_from_official
 from sam_train.weights.loaded import LoadedWeights, WeightsError
-from sam_train.weights.onnx_export import check_output_folder
 from sam_train.weights.safetensors_io import cast_floats
 from sam_train.weights.sam_loading import load_sam
 

@@ -41,6 +41,7 @@ from sam_train.files import atomic_dir
 from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 from sam_train.models.sam.sam import Sam
 from sam_train.weights.checkpoints import LoadedWeights, WeightsError
+from sam_train.weights.export_folder import check_output_folder
 
 OPSET = 17
 DECODER_INPUTS = [
@@ -242,18 +243,6 @@ def export_onnx(sam: Sam, out: Path, quantize: bool = False, metadata: dict | No
         info = {**preprocessing(sam), "source": metadata or {}}
         (tmp / "preprocess.json").write_text(json.dumps(info, indent=2, default=str))
     return out
-
-
-def check_output_folder(out: Path, marker: str, fmt: str) -> None:
-    """Folder exports replace `out` whole: only a new or empty folder, or a previous export of
-    the same format (it holds `marker`), may be replaced."""
-    if out.exists() and not out.is_dir():
-        raise WeightsError(f"--format {fmt} writes a folder; {out} is a file (pick --out DIR/)")
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
-        raise WeightsError(
-            f"--out {out} is a folder with other files in it; --format {fmt} replaces its "
-            "folder whole, so pick a new folder name"
-        )
 
 
 def export_onnx_weights(
