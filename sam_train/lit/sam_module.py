@@ -330,7 +330,7 @@ class SamModule(StageModule):
                 encoder,
                 {
                     **meta,
-                    "format": "sam_train.vit",
+                    "format": f"sam_train.{self.model.architecture.get('encoder', 'vit')}",
                     "architecture": self.model.image_encoder.architecture,
                 },
             ),

@@ -33,3 +33,13 @@ def normalise_pixels(rgb: torch.Tensor, pixel_norm: str = "imagenet") -> torch.T
     mean = (torch.tensor(IMAGENET_MEAN, dtype=torch.float64) * 255).float()[:, None, None]
     std = (torch.tensor(IMAGENET_STD, dtype=torch.float64) * 255).float()[:, None, None]
     return (x - mean) / std
+
+
+def denormalise_pixels(x: torch.Tensor, pixel_norm: str = "imagenet") -> torch.Tensor:
+    """Model inputs [..., 3, h, w] -> RGB in 0-1 units (min-max inputs are their own 0-1 RGB,
+    up to the image's contrast stretch, which min-max normalising again undoes)."""
+    if check_pixel_norm(pixel_norm) == "min_max":
+        return x
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype)[:, None, None]
+    return x * std + mean

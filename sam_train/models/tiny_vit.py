@@ -297,7 +297,9 @@ class TinyViT(nn.Module):
         drop_path_rate: float = 0.0,
         out_chans: int = 256,
     ) -> None:
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        self.architecture = {"encoder": "tiny_vit", **args}  # stored with encoder exports
         if not len(embed_dims) == len(depths) == len(num_heads) == len(window_sizes) == 4:
             raise ValueError(
                 "TinyViT has four stages: give four embed_dims, depths, num_heads, window_sizes"
