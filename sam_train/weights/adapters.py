@@ -82,7 +82,7 @@ def export_adapter(weights: LoadedWeights, out: Path, dtype: str = "fp32") -> Pa
     from sam_train.weights.sam_loading import sam_architecture
 
     sd = weights.state_dict
-    if weights.layout != "sam_train_sam" or not adapted_layers(sd):
+    if weights.layout not in ("sam_train_sam", "tiny_vit_sam") or not adapted_layers(sd):
         raise WeightsError(
             f"--format adapter needs a stage-2 checkpoint trained with peft=lora; {weights.path} "
             "holds no adapter tensors (use --format sam for the whole model)"
