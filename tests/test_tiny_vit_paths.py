@@ -154,3 +154,22 @@ def test_sam_predict_segments_nuclei_with_a_box(image, tmp_path):
     m, _, _ = predictor.predict(box=[int(v) for v in box.split(",")], multimask_output=False)
     truth = crop == nucleus
     assert (m[0] & truth).sum() / (m[0] | truth).sum() > 0.7  # a real model: it segments
+
+
+def test_lite_medsam_as_a_teacher_gets_its_own_normalisation(ours):
+    """A student's ImageNet-normalised batch reaches a LiteMedSAM teacher min-max scaled; a
+    ViT/16 student at 256 px (a 16 x 16 grid) is refused with the sizes that would fit."""
+    from sam_train.lit.teacher_models import embedding_grid_problem
+    from sam_train.models.pixels import normalise_pixels
+    from sam_train.models.teacher import SamTeacher
+
+    rgb, _ = stardist_nuclei()
+    x = torch.from_numpy(rgb[100:356, 50:306].copy()).permute(2, 0, 1)[None]  # [1, 3, 256, 256]
+    teacher = SamTeacher(ours)
+    with torch.no_grad():
+        expected = ours.embed_images(normalise_pixels(x, "min_max"))
+    got = teacher.embeddings(normalise_pixels(x, "imagenet"))
+    assert (got - expected).abs().max() < 1e-3
+    assert teacher.features(normalise_pixels(x, "imagenet")).shape == (1, 320, 64, 64)
+    problem = embedding_grid_problem(256, 16, teacher)
+    assert problem and "model.image_size=1024" in problem and "model.patch_size=4" in problem

@@ -337,12 +337,16 @@ class TinyViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] (H, W divisible by the patch size) -> [B, out_chans, H/p, W/p]."""
+    def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> the last stage's features before the neck [B, C3, H/p, W/p]."""
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        return self.neck(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] (H, W divisible by the patch size) -> [B, out_chans, H/p, W/p]."""
+        return self.neck(self.forward_grid(x))
 
     def train(self, mode: bool = True) -> TinyViT:
         """Batch norms whose weights are all frozen stay in eval mode: a frozen encoder (or one
