@@ -173,3 +173,25 @@ def test_lite_medsam_as_a_teacher_gets_its_own_normalisation(ours):
     assert teacher.features(normalise_pixels(x, "imagenet")).shape == (1, 320, 64, 64)
     problem = embedding_grid_problem(256, 16, teacher)
     assert problem and "model.image_size=1024" in problem and "model.patch_size=4" in problem
+
+
+def test_the_page_answers_a_box_with_the_predictors_masks(ours, image, tmp_path):
+    """sam-app's service on lite_medsam.pth: a box on an uploaded nuclei image gives
+    `SamPredictor.predict`'s masks."""
+    pytest.importorskip("fastapi")
+    import io
+
+    from sam_train.app.server import ImageStore, Prompt, SegmentService
+
+    service = SegmentService(lite_medsam_path(), ImageStore(None))
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    image_id = service.images.add(buf.getvalue(), "nuclei.png")
+    box = [30.0, 40.0, 90.0, 100.0]
+    out = service.segment(image_id, Prompt(points=[], labels=[], box=box))
+    predictor = SamPredictor(ours)
+    predictor.set_image(image)
+    masks, scores, _ = predictor.predict(box=np.array(box))
+    assert len(out["masks"]) == len(masks) == 3
+    for page, m in zip(out["masks"], masks):
+        assert np.array_equal(mask_utils.decode(page["rle"]).astype(bool), m)
