@@ -160,3 +160,21 @@ def test_sam_train_fine_tunes_a_mobile_sam_layout_file_with_lora(tmp_path):
         assert torch.allclose(v.float(), adapted.state_dict()[k].float(), atol=1e-6), k
     with pytest.raises(WeightsError, match="sha256"):
         load_sam_with_adapter(lite_medsam_path(), tmp_path / "a.safetensors")
+
+
+def test_layer_decay_numbers_tiny_vit_blocks_across_stages():
+    sam = build_tiny_vit_sam(
+        image_size=64,
+        stem_stride=1,
+        embed_dims=(8, 16, 16, 32),
+        depths=(1, 2, 1, 1),
+        num_heads=(1, 1, 1, 2),
+    )
+    enc = sam.image_encoder
+    assert enc.layer_id("patch_embed.seq.0.c.weight") == 0
+    assert enc.layer_id("layers.0.blocks.0.conv1.c.weight") == 1
+    assert enc.layer_id("layers.1.blocks.1.attn.qkv.weight") == 3
+    assert enc.layer_id("layers.1.downsample.conv1.c.weight") == 3  # with its stage's last block
+    assert enc.layer_id("layers.3.blocks.0.mlp.fc1.weight") == 5 == enc.depth
+    assert enc.layer_id("neck.0.weight") == enc.depth + 1
+    assert "image_encoder.layers.1.blocks.0.attn.attention_biases" in sam.no_weight_decay()

@@ -22,6 +22,7 @@ q, k, v sit next to each other in `qkv`'s output (head-major, not timm's q|k|v s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -336,6 +337,21 @@ class TinyViT(nn.Module):
             nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(out_chans),
         )
+
+    def layer_id(self, name: str) -> int:
+        """Layer index of a parameter name (no `image_encoder.` prefix) for layer-wise lr
+        decay: the stem 0, the k-th block overall k (1-based), a stage's merge as its last
+        block, the neck `depth + 1` (MobileSAM's rule, the neck added)."""
+        if name.startswith("patch_embed."):
+            return 0
+        m = re.match(r"layers\.(\d+)\.(blocks\.(\d+)|downsample)\.", name)
+        if m is None:
+            return self.depth + 1
+        stage = int(m.group(1))
+        before = sum(len(layer.blocks) for layer in self.layers[:stage])
+        if m.group(3) is not None:
+            return before + int(m.group(3)) + 1
+        return before + len(self.layers[stage].blocks)
 
     def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> the last stage's features before the neck [B, C3, H/p, W/p]."""

@@ -56,7 +56,15 @@ class Sam(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay besides 1-D ones: positional tables and
         learned token / prompt embeddings."""
-        tables = ("pos_embed", "rel_pos_h", "rel_pos_w", "_embed", "embeddings.", "_token")
+        tables = (
+            "pos_embed",
+            "rel_pos_h",
+            "rel_pos_w",
+            "_embed",
+            "embeddings.",
+            "_token",
+            "attention_biases",  # TinyViT's per-offset attention biases
+        )
         return {n for n, _ in self.named_parameters() if any(t in n for t in tables)}
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
