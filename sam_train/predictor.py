@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
+from sam_train.models.pixels import normalise_pixels
 from sam_train.models.sam.sam import Sam
 from sam_train.weights.sam_loading import load_sam
 
@@ -81,17 +81,16 @@ class SamPredictor:
 
         Exactly segment-anything's preprocessing, so that masks agree with its `SamPredictor`:
         the short side is rounded half up, the image resized with PIL's bilinear filter, and
-        normalised in 0-255 units.
+        normalised in 0-255 units, as the model records (`Sam.pixel_norm`: SAM's mean / std,
+        or LiteMedSAM's min-max of the resized image).
         """
         pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
         pil = pil.convert("RGB")
         w, h = pil.size
         nh, nw = resized_shape(h, w, self.image_size)
         resized = torch.from_numpy(np.asarray(pil.resize((nw, nh), Image.BILINEAR)).copy())
-        x = resized.permute(2, 0, 1).float()  # [3, nh, nw], 0-255
-        mean = (torch.tensor(IMAGENET_MEAN, dtype=torch.float64) * 255).float()[:, None, None]
-        std = (torch.tensor(IMAGENET_STD, dtype=torch.float64) * 255).float()[:, None, None]
-        x = F.pad((x - mean) / std, (0, self.image_size - nw, 0, self.image_size - nh))
+        x = normalise_pixels(resized.permute(2, 0, 1), self.model.pixel_norm)  # [3, nh, nw]
+        x = F.pad(x, (0, self.image_size - nw, 0, self.image_size - nh))
         self._embedding = self.model.embed_images(x[None].to(self.device))
         self._orig_hw, self._input_hw = (h, w), (nh, nw)
 

@@ -35,11 +35,14 @@ def validation_settings(cfg: DictConfig, ckpt: Path) -> dict:
     return out
 
 
-def build_datamodule(cfg: DictConfig, image_size: int) -> L.LightningDataModule:
+def build_datamodule(
+    cfg: DictConfig, image_size: int, pixel_norm: str = "imagenet"
+) -> L.LightningDataModule:
     data = cfg.data
     with open_dict(data):
         if data.get("img_size") is None:
             data.img_size = image_size
+        data.pixel_norm = pixel_norm  # the checkpoint's preprocessing, whatever the data says
         if "SampleSam" not in str(data.get("_target_")):
             if data.get("val_path") is None:
                 raise EvalError("no data.val_path: give the shards to evaluate, data.val_path=DIR")
@@ -60,7 +63,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     ckpt = Path(cfg.ckpt)
     model = load_sam(ckpt)
-    datamodule = build_datamodule(cfg, model.image_encoder.img_size)
+    datamodule = build_datamodule(cfg, model.image_encoder.img_size, model.pixel_norm)
     settings = validation_settings(cfg, ckpt)
     module = EvalModule(
         model,

@@ -23,7 +23,7 @@ from torch.utils.data import get_worker_info
 from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch
 from sam_train.data.shards import decode_image
 from sam_train.data.skipped import SkipSample
-from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
+from sam_train.models.pixels import check_pixel_norm, normalise_pixels
 
 
 @dataclass
@@ -66,14 +66,12 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def normalise_image(img: Image.Image, size: int) -> torch.Tensor:
-    """RGB image (already resized) -> [3, size, size] normalised, zero-padded right/bottom."""
+def normalise_image(img: Image.Image, size: int, pixel_norm: str = "imagenet") -> torch.Tensor:
+    """RGB image (already resized) -> [3, size, size] normalised as the model expects
+    (`sam_train.models.pixels`), zero-padded right/bottom."""
     arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, h, w]
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
     out = torch.zeros(3, size, size)
-    view = out[:, : arr.shape[1], : arr.shape[2]]
-    view.copy_(arr).sub_(mean).div_(std)
+    out[:, : arr.shape[1], : arr.shape[2]] = normalise_pixels(arr, pixel_norm)
     return out
 
 
@@ -86,6 +84,7 @@ class SamSamplePrep:
     max_mask_fraction: masks covering more than this fraction of the image are dropped.
     hflip: flip image and masks horizontally with probability 0.5 (within the image, before
         padding, so the image stays top-left).
+    pixel_norm: the model's pixel normalisation (`Sam.pixel_norm`).
     """
 
     def __init__(
@@ -95,8 +94,10 @@ class SamSamplePrep:
         min_mask_area: int = MIN_MASK_AREA,
         max_mask_fraction: float = MAX_MASK_FRACTION,
         hflip: bool = False,
+        pixel_norm: str = "imagenet",
     ) -> None:
         self.img_size, self.max_masks = img_size, max_masks
+        self.pixel_norm = check_pixel_norm(pixel_norm)
         self.min_mask_area, self.max_mask_fraction, self.hflip = (
             min_mask_area,
             max_mask_fraction,
@@ -125,7 +126,7 @@ class SamSamplePrep:
             )
         image_id = record.get("image", {}).get("id")
         return SamItem(
-            image=normalise_image(img, self.img_size),
+            image=normalise_image(img, self.img_size, self.pixel_norm),
             masks=torch.from_numpy(masks),
             boxes=torch.from_numpy(masks_to_boxes(masks)),
             category_ids=torch.tensor(

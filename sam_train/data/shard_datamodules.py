@@ -192,6 +192,7 @@ class ShardSamDataModule(ShardDataModule):
     img_size: side S of the padded square. max_masks: masks per image at most.
     min_mask_area: pixels (after resizing) a mask needs. max_mask_fraction: larger masks dropped.
     hflip: random horizontal flip of training images (masks and boxes follow).
+    pixel_norm: the model's pixel normalisation (`Sam.pixel_norm`; stage sam passes the model's).
     """
 
     feeds_stage: ClassVar[str] = "sam"  # the stage whose batches it makes (config_checks)
@@ -204,10 +205,12 @@ class ShardSamDataModule(ShardDataModule):
         min_mask_area: int = MIN_MASK_AREA,
         max_mask_fraction: float = MAX_MASK_FRACTION,
         hflip: bool = True,
+        pixel_norm: str = "imagenet",
         **kwargs,
     ) -> None:
         super().__init__(path, **kwargs)
         self.img_size, self.max_masks, self.hflip = img_size, max_masks, hflip
+        self.pixel_norm = pixel_norm
         self.min_mask_area, self.max_mask_fraction = min_mask_area, max_mask_fraction
 
     def decoder(self, train: bool) -> SamSamplePrep:
@@ -217,6 +220,7 @@ class ShardSamDataModule(ShardDataModule):
             self.min_mask_area,
             self.max_mask_fraction,
             hflip=train and self.hflip,
+            pixel_norm=self.pixel_norm,
         )
 
     def collate(self, items: list):

@@ -13,12 +13,12 @@ import torch
 from sam_train.automatic import MaskGenerator
 from sam_train.data.batch import SamBatch
 from sam_train.data.resumable import sample_seed
-from sam_train.data.transforms import denormalise
 from sam_train.evaluation.prompts import evaluate_random_point
 from sam_train.evaluation.proposals import ProposalRecall
 from sam_train.lit.optim import OptimConfig
 from sam_train.lit.sam_module import SamModule, all_gather_objects
 from sam_train.metrics import center_points
+from sam_train.models.pixels import denormalise_pixels
 from sam_train.models.sam.sam import Sam, upscale_logits
 from sam_train.predictor import SamPredictor
 from sam_train.training.prompts import PromptTargets
@@ -121,7 +121,8 @@ class EvalModule(SamModule):
         self.worst = sorted(self.worst, key=lambda t: t[0])[: self.num_worst]
 
     def _segment_everything(self, batch: SamBatch) -> None:
-        rgb = (denormalise(batch.images).clamp(0, 1) * 255).round().byte()  # [B, 3, S, S]
+        rgb = denormalise_pixels(batch.images, self.model.pixel_norm)  # [B, 3, S, S], 0-1
+        rgb = (rgb.clamp(0, 1) * 255).round().byte()
         size = batch.image_size
         for b in range(batch.batch_size):
             h, w = batch.image_hw[b].tolist() if batch.image_hw is not None else (size, size)

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 
 from sam_train.models.lora import LoraConfig, add_lora, count_parameters
-from sam_train.models.sam.sam import Sam, build_sam
+from sam_train.models.sam.sam import Sam, build_from_architecture
 from sam_train.training.freezing import freeze_parts
 from sam_train.weights.init import init_sam_from
 
@@ -27,7 +27,8 @@ def trainable_sam(
     peft: LoraConfig | None = None,
     **architecture,
 ) -> Sam:
-    """`build_sam(**architecture)`, then load `init_from` (a stage-1 checkpoint, exported
+    """`build_from_architecture(architecture)` (`encoder: tiny_vit` for a MobileSAM-family
+    model, a ViT otherwise), then load `init_from` (a stage-1 checkpoint, exported
     encoder, timm / official MAE / official SAM weights), add adapters (`peft`) and freeze.
 
     Args:
@@ -36,7 +37,7 @@ def trainable_sam(
         freeze_encoder: the older switch, the same as `freeze=[image_encoder]`.
         peft: LoRA settings; the base weights of every part holding an adapter are frozen.
     """
-    sam = build_sam(**architecture)
+    sam = build_from_architecture(architecture)
     provided = None
     if init_from:
         report = init_sam_from(sam, init_from)

@@ -296,10 +296,13 @@ class SamModule(StageModule, stage="sam", level=2):
     # ------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
         depth = self.model.image_encoder.depth
+        # an encoder with its own block numbering (TinyViT's stages) says it; a ViT's is shared
+        encoder_layer = getattr(self.model.image_encoder, "layer_id", None)
 
         def layer_of(name: str) -> int:
             if name.startswith("image_encoder."):
-                return encoder_layer_id(name.removeprefix("image_encoder."), depth)
+                name = name.removeprefix("image_encoder.")
+                return encoder_layer(name) if encoder_layer else encoder_layer_id(name, depth)
             return depth + 1  # prompt encoder and mask decoder: full lr
 
         groups = param_groups(
@@ -339,7 +342,7 @@ class SamModule(StageModule, stage="sam", level=2):
                 encoder,
                 {
                     **meta,
-                    "format": "sam_train.vit",
+                    "format": f"sam_train.{self.model.architecture.get('encoder', 'vit')}",
                     "architecture": self.model.image_encoder.architecture,
                 },
             ),

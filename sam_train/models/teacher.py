@@ -7,7 +7,10 @@ segment-anything files). It gives two targets:
   SAMI reconstructs);
 - `embeddings`: the image embeddings after the neck, [B, C, h, w] (what MobileSAM distils).
 
-Images arrive normalised at the student's input size; the teacher sees them resized to its own.
+Images arrive normalised at the student's input size (ImageNet mean / std: every student here);
+the teacher sees them resized to its own, and renormalised when it takes another normalisation
+(LiteMedSAM's per-image min-max, taken over the whole padded square: padding counts as the
+ImageNet mean colour, so on a padded image the stretch is slightly narrower than the predictor's).
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sam_train.models.pixels import denormalise_pixels, normalise_pixels
 from sam_train.models.sam.sam import Sam
+
+STUDENT_PIXEL_NORM = "imagenet"
 
 
 class SamTeacher(nn.Module):
@@ -61,11 +67,15 @@ class SamTeacher(nn.Module):
         return self.sam.image_encoder.out_chans
 
     def teacher_input(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] at the student's size -> [B, 3, T, T] at the teacher's."""
-        if images.shape[-1] == self.input_size and images.shape[-2] == self.input_size:
-            return images
-        size = (self.input_size, self.input_size)
-        return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        """[B, 3, S, S] at the student's size and normalisation -> [B, 3, T, T] at the
+        teacher's."""
+        if images.shape[-1] != self.input_size or images.shape[-2] != self.input_size:
+            size = (self.input_size, self.input_size)
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        if self.sam.pixel_norm != STUDENT_PIXEL_NORM:
+            rgb = denormalise_pixels(images, STUDENT_PIXEL_NORM) * 255  # [B, 3, T, T], 0-255
+            images = normalise_pixels(rgb, self.sam.pixel_norm)
+        return images
 
     @torch.inference_mode()
     def _run(self, images: torch.Tensor, before_neck: bool) -> torch.Tensor:

@@ -23,7 +23,7 @@ from sam_train.models.lora import (
     is_lora_key,
     merge_lora_state,
 )
-from sam_train.models.sam.sam import Sam, build_sam
+from sam_train.models.sam.sam import Sam, build_from_architecture
 from sam_train.weights.checkpoints import LoadedWeights, WeightsError, file_sha256, read_weights
 from sam_train.weights.init import init_sam_from
 from sam_train.weights.safetensors_io import save_weights
@@ -49,7 +49,7 @@ def _base_path(weights: LoadedWeights) -> Path:
 
 def _base_model(architecture: dict, base: Path) -> tuple[Sam, set[str]]:
     """A `Sam` of `architecture` initialised from `base`, and the keys `base` provided."""
-    sam = build_sam(**architecture)
+    sam = build_from_architecture(architecture)
     report = init_sam_from(sam, base)
     return sam, set(report.loaded)
 
@@ -82,7 +82,7 @@ def export_adapter(weights: LoadedWeights, out: Path, dtype: str = "fp32") -> Pa
     from sam_train.weights.sam_loading import sam_architecture
 
     sd = weights.state_dict
-    if weights.layout != "sam_train_sam" or not adapted_layers(sd):
+    if weights.layout not in ("sam_train_sam", "tiny_vit_sam") or not adapted_layers(sd):
         raise WeightsError(
             f"--format adapter needs a stage-2 checkpoint trained with peft=lora; {weights.path} "
             "holds no adapter tensors (use --format sam for the whole model)"
@@ -134,6 +134,8 @@ def _architecture_difference(base: Path, architecture: dict) -> str:
     from sam_train.weights.checkpoints import encoder_state
     from sam_train.weights.init import vit_depth
 
+    if architecture.get("encoder", "vit") != "vit":
+        return f" (the adapter belongs to a {architecture['encoder']} SAM)"
     try:
         enc = encoder_state(read_weights(base))
     except WeightsError:

@@ -4,6 +4,8 @@ Layouts:
   sam_train_mae   our MaskedAutoencoder state (`encoder.*`, `decoder_*`, `mask_token`)
   sam_train_sam   our Sam state (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`)
   sam_official    the official segment-anything checkpoint (same prefixes, official encoder names)
+  tiny_vit_sam    a SAM on MobileSAM's TinyViT encoder (MobileSAM, LiteMedSAM, and our TinyViT
+                  SAMs: `image_encoder.layers.N.*`; our TinyViT uses MobileSAM's names)
   mae_official    the official MAE checkpoint (`{"model": ...}`: encoder keys at the top level)
   vit             a bare ViT encoder in timm / our layout (`patch_embed.proj.*`, `blocks.N.*`)
 A Hugging Face folder (SamModel / ViTMAE) is read into our layout (`sam_train.weights.hf`).
@@ -36,8 +38,14 @@ def file_sha256(path: str | Path, limit: int | None = None) -> str:
     return h.hexdigest()[:limit] if limit else h.hexdigest()
 
 
+TINY_VIT_KEY = "image_encoder.layers.0.blocks.0.conv1.c.weight"  # MobileSAM's first MBConv
+SAM_LAYOUTS = ("sam_train_sam", "sam_official", "tiny_vit_sam")
+
+
 def detect_layout(sd: dict[str, torch.Tensor]) -> str:
     keys = list(sd)
+    if TINY_VIT_KEY in sd:
+        return "tiny_vit_sam"
     if any(k.startswith("image_encoder.") for k in keys):
         ours = any(".mlp.fc1." in k for k in keys if k.startswith("image_encoder."))
         return "sam_train_sam" if ours else "sam_official"
@@ -50,7 +58,7 @@ def detect_layout(sd: dict[str, torch.Tensor]) -> str:
     return "unknown"
 
 
-STAGE_OF_LAYOUT = {"sam_train_mae": "mae", "sam_train_sam": "sam"}
+STAGE_OF_LAYOUT = {"sam_train_mae": "mae", "sam_train_sam": "sam", "tiny_vit_sam": "sam"}
 PICKLE_PROTOCOL_BYTE = 0x80  # the first byte of a pickle written with protocol 2 or later
 
 
@@ -142,7 +150,9 @@ def read_weights(path: str | Path) -> LoadedWeights:
     layout = detect_layout(sd)
     if layout == "unknown":
         raise WeightsError(
-            f"{str(path)!r} is not a ViT, MAE or SAM checkpoint (first keys: {list(sd)[:3]})"
+            f"{str(path)!r} is not a checkpoint layout sam_train reads (expected a SAM: official "
+            "segment-anything, MobileSAM / LiteMedSAM or sam_train's; an MAE or a ViT encoder; "
+            f"first keys: {list(sd)[:3]})"
         )
     return LoadedWeights(sd, layout, metadata, path)
 
@@ -174,6 +184,11 @@ def encoder_state(weights: LoadedWeights) -> dict[str, torch.Tensor]:
             if k.startswith("image_encoder.")
         }
         return enc if layout == "sam_train_sam" else sam_encoder_state_from_official(enc)
+    if layout == "tiny_vit_sam":
+        raise WeightsError(
+            f"{weights.path} holds a TinyViT (MobileSAM-family) SAM, whose encoder is not a ViT: "
+            "use it as a whole SAM (model=lite_medsam or model=mobile_sam)"
+        )
     raise WeightsError(f"no encoder in a {layout} checkpoint")
 
 

@@ -29,6 +29,7 @@ import torch
 from sam_train.files import atomic_path
 from sam_train.weights.adapters import export_adapter, without_adapters
 from sam_train.weights.checkpoints import (
+    SAM_LAYOUTS,
     LoadedWeights,
     WeightsError,
     encoder_state,
@@ -37,8 +38,6 @@ from sam_train.weights.checkpoints import (
 )
 from sam_train.weights.keymaps import mae_to_official
 from sam_train.weights.safetensors_io import cast_floats, save_weights
-
-SAM_LAYOUTS = ("sam_train_sam", "sam_official")
 
 
 def _metadata(weights: LoadedWeights, fmt: str, dtype: str) -> dict[str, Any]:
@@ -85,8 +84,10 @@ def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
     meta = _metadata(weights, "sam", dtype)
     # shapes give all but the decoder's head count; a checkpoint's own record wins
     meta["architecture"] = sam_architecture(ours, weights.metadata)
+    # a TinyViT SAM's names are MobileSAM's already: its official layout is ours
+    official = ours if weights.layout == "tiny_vit_sam" else sam_state_to_official(ours)
     with atomic_path(out) as tmp:
-        torch.save(cast_floats(sam_state_to_official(ours), dtype), tmp)
+        torch.save(cast_floats(official, dtype), tmp)
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, default=str))
     return out

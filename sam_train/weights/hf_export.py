@@ -20,6 +20,11 @@ from sam_train.weights.sam_loading import load_sam
 
 def export_hf_weights(weights: LoadedWeights, out: Path, dtype: str) -> Path:
     """EXPORTERS entry: a SAM or MAE checkpoint -> a transformers folder (fp32 or cast)."""
+    if weights.layout == "tiny_vit_sam":
+        raise WeightsError(
+            f"--format hf: {weights.path} is a TinyViT (MobileSAM-family) SAM and transformers' "
+            "SamModel has no TinyViT encoder; use --format sam, onnx or safetensors"
+        )
     transformers = import_transformers()
     check_output_folder(out, "config.json", "hf")
     if weights.layout in ("sam_train_sam", "sam_official"):

@@ -103,6 +103,20 @@ def init_sam_from(sam: nn.Module, path: str | Path) -> InitReport:
 
     weights = read_weights(path)
     report = InitReport(str(path), weights.layout)
+    tiny_model = sam.architecture.get("encoder") == "tiny_vit"
+    if tiny_model != (weights.layout == "tiny_vit_sam"):
+        raise WeightsError(
+            f"{path} is a {'TinyViT (MobileSAM-family) SAM' if not tiny_model else weights.layout} "
+            f"checkpoint and the model a {'TinyViT' if tiny_model else 'ViT'} SAM: pick "
+            + (
+                "a ViT model (model=sam_vit_b, ...)"
+                if tiny_model
+                else "model=lite_medsam or model=mobile_sam"
+            )
+        )
+    if tiny_model:
+        load_matching(sam, merge_lora_state(weights.state_dict), report)
+        return report
     if weights.layout in ("sam_official", "sam_train_sam"):
         sd = weights.state_dict
         if weights.layout == "sam_official":

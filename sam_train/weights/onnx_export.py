@@ -148,16 +148,30 @@ def decoder_example_inputs(sam: Sam, num_points: int = 3) -> dict[str, torch.Ten
     }
 
 
+def _normalisation(pixel_norm: str) -> dict:
+    """preprocess.json's description of `Sam.pixel_norm`."""
+    if pixel_norm == "min_max":  # LiteMedSAM-family
+        return {
+            "pixel_norm": pixel_norm,
+            "normalize": "(pixel - min) / max(max - min, 1e-8), min and max over every pixel "
+            "and channel of the resized image (0-255 units), giving [0, 1]",
+        }
+    return {
+        "pixel_norm": pixel_norm,
+        "pixel_scale": 1 / 255,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "normalize": "(pixel * pixel_scale - mean) / std per RGB channel",
+    }
+
+
 def preprocessing(sam: Sam) -> dict:
     """What a runtime does to an RGB image and to prompts before calling the two graphs."""
     return {
         "image_size": model_image_size(sam),
         "resize": "scale the longer side to image_size (bilinear), keep the aspect ratio; "
         "new side = floor(side * image_size / longer_side + 0.5)",
-        "pixel_scale": 1 / 255,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "normalize": "(pixel * pixel_scale - mean) / std per RGB channel",
+        **_normalisation(sam.pixel_norm),
         "padding": {"side": "bottom-right", "value": 0.0, "after": "normalize"},
         "layout": "NCHW float32",
         "point_coords": "multiply (x, y) pixels of the original image by the resize scale; "

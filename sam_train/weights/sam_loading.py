@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from sam_train.models.lora import merge_lora_state
-from sam_train.models.sam.sam import Sam, build_sam
-from sam_train.weights.checkpoints import WeightsError, read_weights
+from sam_train.models.sam.sam import Sam, build_from_architecture
+from sam_train.weights.checkpoints import SAM_LAYOUTS, WeightsError, read_weights
 from sam_train.weights.keymaps import sam_state_from_official
 
 
@@ -39,6 +39,13 @@ def infer_sam_architecture(sd: dict[str, torch.Tensor]) -> dict:
         image_size=grid * patch,
         patch_size=patch,
         window_size=window,
+        **_prompt_architecture(sd),
+    )
+
+
+def _prompt_architecture(sd: dict[str, torch.Tensor]) -> dict:
+    """The prompt encoder's and mask decoder's `build_sam` arguments from their shapes."""
+    return dict(
         prompt_embed_dim=sd["prompt_encoder.no_mask_embed.weight"].shape[1],
         text_embed_dim=sd["prompt_encoder.text_proj.weight"].shape[1]
         if "prompt_encoder.text_proj.weight" in sd
@@ -55,19 +62,73 @@ def infer_sam_architecture(sd: dict[str, torch.Tensor]) -> dict:
     )
 
 
+def _count(sd: dict[str, torch.Tensor], pattern: str) -> int:
+    """1 + the largest index the regex's group matches in the keys (0 when none does)."""
+    found = [int(m.group(1)) for k in sd if (m := re.match(pattern, k))]
+    return 1 + max(found) if found else 0
+
+
+# MobileSAM's TinyViT hard-codes a 64 x 64 embedding; its stem's kernel tells which family:
+# 3x3 stride-2 twice (MobileSAM, 1024 px, SAM's mean/std), 1x1 (LiteMedSAM, 256 px, min-max)
+TINY_VIT_STEMS = {3: (4, "imagenet"), 1: (1, "min_max")}
+TINY_VIT_GRID = 64
+
+
+def infer_tiny_vit_architecture(sd: dict[str, torch.Tensor]) -> dict:
+    """`build_tiny_vit_sam` arguments from a MobileSAM-layout state dict's shapes (our layout:
+    the names are MobileSAM's). The input size and the pixel normalisation are not in the
+    shapes; they are recognised from the stem (`TINY_VIT_STEMS`)."""
+    enc = "image_encoder."
+    kernel = sd[enc + "patch_embed.seq.0.c.weight"].shape[-1]
+    if kernel not in TINY_VIT_STEMS:
+        raise WeightsError(
+            f"a TinyViT stem with {kernel}x{kernel} convolutions is neither MobileSAM's (3x3) "
+            "nor LiteMedSAM's (1x1), and the file records no architecture"
+        )
+    stem_stride, pixel_norm = TINY_VIT_STEMS[kernel]
+    conv1 = sd[enc + "layers.0.blocks.0.conv1.c.weight"]  # [hidden, C0, 1, 1]
+    dims, depths, heads, windows = [conv1.shape[1]], [], [], []
+    for i in range(4):
+        depths.append(_count(sd, rf"image_encoder\.layers\.{i}\.blocks\.(\d+)\."))
+        if i:
+            biases = sd[f"{enc}layers.{i}.blocks.0.attn.attention_biases"]  # [heads, window^2]
+            dims.append(sd[f"{enc}layers.{i}.blocks.0.attn.norm.weight"].shape[0])
+            heads.append(biases.shape[0])
+            windows.append(int(round(biases.shape[1] ** 0.5)))
+    b1 = f"{enc}layers.1.blocks.0."
+    return dict(
+        encoder="tiny_vit",
+        image_size=TINY_VIT_GRID * 4 * stem_stride,
+        stem_stride=stem_stride,
+        embed_dims=dims,
+        depths=depths,
+        num_heads=[max(1, dims[0] // 32), *heads],  # stage 0 is convolutional: unused
+        window_sizes=[windows[0], *windows],  # stage 0: unused
+        mlp_ratio=sd[b1 + "mlp.fc1.weight"].shape[0] / dims[1],
+        mbconv_expand_ratio=conv1.shape[0] / dims[0],
+        local_conv_size=sd[b1 + "local_conv.c.weight"].shape[-1],
+        pixel_norm=pixel_norm,
+        **_prompt_architecture(sd),
+    )
+
+
 def sam_architecture(sd: dict[str, torch.Tensor], metadata: dict) -> dict:
-    """`build_sam` arguments: the checkpoint's own record over what the shapes say (a record
-    alone where the shapes cannot say it: an encoder without relative-position tables)."""
+    """Builder arguments (`build_from_architecture`): the checkpoint's own record over what the
+    shapes say (a record alone where the shapes cannot say it: a ViT encoder without
+    relative-position tables)."""
     stored = metadata.get("architecture") or {}
+    if "image_encoder.layers.0.blocks.0.conv1.c.weight" in sd:
+        return {**infer_tiny_vit_architecture(sd), **stored}
     if stored and "image_encoder.blocks.0.attn.rel_pos_h" not in sd:
         return dict(stored)
     return {**infer_sam_architecture(sd), **stored}
 
 
 def load_sam(path: str | Path) -> Sam:
-    """A `Sam` from a Lightning checkpoint, our export, or an official SAM checkpoint."""
+    """A `Sam` from a Lightning checkpoint, our export, an official SAM checkpoint, or a
+    MobileSAM-family one (MobileSAM, LiteMedSAM)."""
     weights = read_weights(path)
-    if weights.layout not in ("sam_train_sam", "sam_official"):
+    if weights.layout not in SAM_LAYOUTS:
         raise WeightsError(f"{path} holds a {weights.layout} checkpoint, not a SAM")
     sd = weights.state_dict
     if weights.layout == "sam_official":
@@ -75,7 +136,7 @@ def load_sam(path: str | Path) -> Sam:
     sd = merge_lora_state(sd)  # a LoRA-trained checkpoint: adapters folded into the weights
     try:
         arch = sam_architecture(sd, weights.metadata)
-        sam = build_sam(**arch)
+        sam = build_from_architecture(arch)
         missing, unexpected = sam.load_state_dict(sd, strict=False)
     except WeightsError as err:  # already says what is missing (an architecture to read)
         raise WeightsError(f"{path}: {err}") from err

