@@ -63,6 +63,7 @@ def test_short_run_then_resume_in_its_own_folder(tmp_path):
         assert noise not in printed, noise
     assert list((first / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (first / "checkpoints").iterdir()) == ["last.ckpt"]
+    started = (first / ".hydra" / "config.yaml").read_text()
 
     # resumed from its last.ckpt without naming a folder: it continues in `first`
     res = sam_train(
@@ -78,6 +79,10 @@ def test_short_run_then_resume_in_its_own_folder(tmp_path):
     assert f"run folder: {first}" in res.stdout
     assert [p.name for p in (tmp_path / "outputs" / "mae").iterdir()] == ["first"]
     assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    # the record of how the run was started is kept; the resumed part's config sits beside it
+    assert (first / ".hydra" / "config.yaml").read_text() == started
+    (resumed,) = (first / ".hydra").glob("resume-*/config.yaml")
+    assert "max_epochs: 2" in resumed.read_text() and "max_epochs: 2" not in started
     assert not list((first / "checkpoints").glob("last-v*.ckpt"))
     with open(first / "csv" / "metrics.csv") as f:
         steps = {int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")}

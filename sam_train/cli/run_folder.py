@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 from sam_train.config_checks import ConfigError
@@ -82,3 +83,18 @@ def resume_overrides(args: list[str]) -> list[str]:
         return args
     print(f"[sam-train] resuming in the run's own folder: {folder}", flush=True)
     return [*args, f"hydra.run.dir={hydra_value(str(folder))}"]
+
+
+def keep_first_record(args: list[str]) -> list[str]:
+    """`args` plus hydra.output_subdir=.hydra/resume-<time> when the run writes into a folder
+    that already holds a run's `.hydra/config.yaml` (a resume in the run's own folder): the
+    record of how the run was started stays as it was, each resumed part's config beside it."""
+    if any(a.startswith("-") or a.startswith("hydra.output_subdir=") for a in args):
+        return args
+    value = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    if value is None:
+        return args
+    folder = Path(value[1:-1].replace("\\'", "'") if value[:1] == "'" == value[-1:] else value)
+    if not (folder / ".hydra" / "config.yaml").is_file():
+        return args
+    return [*args, f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y%m%d_%H%M%S')}"]

@@ -18,7 +18,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 import sam_train.conf  # noqa: F401  (stores the code-default nodes the configs build on)
-from sam_train.cli.run_folder import remove_if_unused, resume_overrides
+from sam_train.cli.run_folder import keep_first_record, remove_if_unused, resume_overrides
 from sam_train.config_checks import (
     ConfigError,
     check_config,
@@ -243,7 +243,7 @@ def main() -> None:
             print(f"{PROG}: error: {problem}", file=sys.stderr)
             sys.exit(2)
     try:
-        sys.argv[1:] = resume_overrides(args)
+        sys.argv[1:] = keep_first_record(resume_overrides(args))
     except ConfigError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         sys.exit(2)
