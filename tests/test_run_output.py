@@ -110,3 +110,24 @@ def test_help_imports_no_torch_and_writes_no_cache(tmp_path):
     assert "stage=mae" in run.stdout and "code_defaults" not in run.stdout
     assert run.stdout.strip().splitlines()[-1] == "imported: []"
     assert not (tmp_path / "cache").exists() and not (tmp_path / ".cache").exists()
+
+
+@pytest.mark.slow
+def test_resuming_from_an_earlier_checkpoint_logs_each_step_once(tmp_path):
+    """The steps the first part logged after the checkpoint a run resumes from are logged
+    again by the resumed part; metrics.csv keeps each of them once."""
+    run = tmp_path / "outputs" / "mae" / "run"
+    common = [*SHORT, "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1"]
+    res = sam_train([*common, f"hydra.run.dir={run}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    first_epoch = run / "checkpoints" / "epoch000-step000002.ckpt"
+    assert first_epoch.is_file(), sorted(p.name for p in (run / "checkpoints").iterdir())
+
+    res = sam_train([*common, f"ckpt_path={first_epoch}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with open(run / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert steps == [0, 1, 2, 3]
+    val_steps = [int(r["step"]) for r in rows if r.get("val/loss")]
+    assert val_steps == [1, 3]  # each epoch's validation once

@@ -87,6 +87,18 @@ def instantiate_checked(node: Any, key: str, **kwargs: Any) -> Any:
         raise
 
 
+def forget_logged_after(trainer, ckpt_path: str) -> None:
+    """metrics.csv keeps the steps before the checkpoint a run resumes from, once: the rows
+    its first part logged after that checkpoint are logged again by this part."""
+    from sam_train.lit.loggers import ResumableCSVLogger
+    from sam_train.weights.checkpoints import read_checkpoint_object
+
+    step = int(read_checkpoint_object(ckpt_path).get("global_step", 0))
+    for logger in trainer.loggers:
+        if isinstance(logger, ResumableCSVLogger) and trainer.is_global_zero:
+            logger.forget_from_step(step)
+
+
 def train(cfg: DictConfig) -> float | None:
     check_stage_pairing(cfg, group_choices())
     check_config(cfg)
@@ -119,6 +131,8 @@ def train(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = instantiate_checked(
         cfg.trainer, "trainer", callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False
     )
+    if ckpt_path:
+        forget_logged_after(trainer, ckpt_path)
     if trainer.accelerator is not None and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     metric_name = cfg.get("optimized_metric")
