@@ -158,3 +158,13 @@ def test_the_demo_trains_in_fp32_unless_asked(tmp_path, experiment):
     # bf16 is opt-in: a CPU that has the units still runs the demo exactly as before
     cfg = compose_run(tmp_path, [f"experiment={experiment}"])
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "32-true"
+
+
+def test_without_proc_cpuinfo_x86_asks_torch(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu_precision, "CPUINFO", tmp_path / "absent")
+    monkeypatch.setattr(cpu_precision.platform, "machine", lambda: "AMD64")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert cpu_bf16_units() == "AVX512-BF16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert cpu_bf16_units() is None
