@@ -126,6 +126,7 @@ def train_losses(run_dir: Path, overrides: list[str]) -> list[float]:
     return [float(r["train/loss"]) for r in rows]
 
 
+@pytest.mark.slow
 @needs_bf16_units
 @pytest.mark.parametrize("stage", ["mae", "sam", "sami", "distill"])
 def test_every_stage_trains_in_bf16_close_to_fp32_and_keeps_fp32_checkpoints(
