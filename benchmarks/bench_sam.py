@@ -1,7 +1,7 @@
 """Stage-2 training step: our SAM modules against the `segment-anything` package's modules.
 
     python benchmarks/bench_sam.py [--sizes 256,1024] [--reps 3] [--model b]
-        [--precisions fp32,bf16] [--json out.json]
+        [--precisions fp32,bf16] [--no-peer] [--json out.json]
     python benchmarks/bench_sam.py --scaling            # 1 mask x 1 round vs 64 masks x 11 rounds
     python benchmarks/bench_sam.py --decoder [--masks 16]  # decoder + losses only, per mask
 
@@ -172,6 +172,31 @@ def bench_size(
     }
 
 
+def ours_bf16_over_fp32(size: int, reps: int, model: str = "b") -> dict:
+    """Our step (one mask, one round) in fp32 and under CPU bf16 autocast, alternating: the
+    precision ratio alone, without segment-anything's step beside it (at 1024 its N x N
+    attention matrices need ~8 GB, which a shared machine may not have)."""
+    torch.manual_seed(0)
+    ours = build_sam_vit(model, image_size=size)
+    images = torch.randn(1, 3, size, size)
+    gt = torch.zeros(1, size, size, dtype=torch.bool)
+    gt[0, : size // 4, : size // 3] = True
+    side = (ours, lambda s, x: s.embed_images(x), decode_ours)
+    steps = {
+        "fp32": make_step(*side, images, gt, 1),
+        "bf16": make_step(*side, images, gt, 1, autocast_dtype=torch.bfloat16),
+    }
+    times = common.interleaved(steps, reps=reps, warmup=1)
+    t = {k: common.median(v) for k, v in times.items()}
+    return {
+        "model": f"sam_vit_{model}",
+        "image_size": size,
+        "step_s": t,
+        "spread": {k: common.spread(v) for k, v in times.items()},
+        "speedup_bf16_over_fp32_ours": t["fp32"] / t["bf16"],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help=common.THREADS_HELP)
     parser.add_argument("--model", default="b", help="SAM size of the step: tiny, b, l, h")
     parser.add_argument("--precisions", default="fp32", help="fp32, or fp32,bf16 (CPU autocast)")
+    parser.add_argument(
+        "--no-peer", action="store_true", help="with --precisions fp32,bf16: our step only"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     bf16 = "bf16" in args.precisions.split(",")
@@ -199,6 +227,15 @@ def main(argv: list[str] | None = None) -> None:
         results["runs"].append(scaling(args.reps, args.threads))
     elif args.decoder:
         results["runs"].append(decoder(args.masks, args.reps))
+    elif args.no_peer:
+        for size in [int(s) for s in args.sizes.split(",")]:
+            r = ours_bf16_over_fp32(size, args.reps, args.model)
+            results["runs"].append(r)
+            print(
+                f"sam_vit_{args.model} @ {size}, ours: fp32 {r['step_s']['fp32']:.2f} s/step, "
+                f"bf16 {r['step_s']['bf16']:.2f} s/step -> {r['speedup_bf16_over_fp32_ours']:.2f}x",
+                flush=True,
+            )
     else:
         for size in [int(s) for s in args.sizes.split(",")]:
             r = bench_size(size, masks=1, rounds=1, reps=args.reps, model=args.model, bf16=bf16)

@@ -23,9 +23,12 @@ def cpu_bf16_units() -> str | None:
         if not flags:  # not Linux: torch's cpuinfo query (imported late: config checks are fast)
             import torch
 
-            if torch.cpu._is_amx_tile_supported():
+            def has(query: str) -> bool:  # private queries: absent from some torch builds
+                return bool(getattr(torch.cpu, query, lambda: False)())
+
+            if has("_is_amx_tile_supported"):
                 return "AMX"
-            return "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else None
+            return "AVX512-BF16" if has("_is_avx512_bf16_supported") else None
         if "amx_bf16" in flags:
             return "AMX"
         return "AVX512-BF16" if "avx512_bf16" in flags else None

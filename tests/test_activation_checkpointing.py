@@ -101,6 +101,7 @@ def trained_state(run_dir: Path, overrides: list[str]) -> dict[str, torch.Tensor
     return ckpt["state_dict"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("peft", ["none", "lora"])
 def test_stage2_run_ends_bit_identical_with_activation_checkpointing(tmp_path, peft):
     args = ["stage=sam", *SAM_TINY, f"peft={peft}", "model.drop_path_rate=0.2"]

@@ -126,6 +126,7 @@ def train_losses(run_dir: Path, overrides: list[str]) -> list[float]:
     return [float(r["train/loss"]) for r in rows]
 
 
+@pytest.mark.slow
 @needs_bf16_units
 @pytest.mark.parametrize("stage", ["mae", "sam", "sami", "distill"])
 def test_every_stage_trains_in_bf16_close_to_fp32_and_keeps_fp32_checkpoints(
@@ -158,3 +159,13 @@ def test_the_demo_trains_in_fp32_unless_asked(tmp_path, experiment):
     # bf16 is opt-in: a CPU that has the units still runs the demo exactly as before
     cfg = compose_run(tmp_path, [f"experiment={experiment}"])
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "32-true"
+
+
+def test_without_proc_cpuinfo_x86_asks_torch(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu_precision, "CPUINFO", tmp_path / "absent")
+    monkeypatch.setattr(cpu_precision.platform, "machine", lambda: "AMD64")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert cpu_bf16_units() == "AVX512-BF16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert cpu_bf16_units() is None

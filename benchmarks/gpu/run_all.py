@@ -5,7 +5,8 @@
 
 Five parts, each checked against fp32 (or against the peer in fp32) before it is timed, then
 timed in bf16 autocast against its peer in the same run, contenders alternating:
-1. stage-1 step (MAE ViT-tiny and ViT-B) against transformers' ViTMAE: images/s, MFU, memory;
+1. stage-1 step (MAE ViT-tiny and ViT-B, `bench_mae_gpu.py`'s batches) against transformers'
+   ViTMAE: images/s, MFU, memory;
 2. stage-2 step at sam_vit_b 1024 against segment-anything's modules: s/step, peak memory,
    the image encoder's MFU;
 3. the decoder per prompt (prompt encoder + mask decoder + losses + backward) against
@@ -109,12 +110,13 @@ def fmt_mfu(m: float | None) -> str:
 def stage1(preset: Preset, dev: torch.device, dtype, peak) -> Part:
     from benchmarks.bench_mae import SIZES, MaeSize, build_pair, same_function
     from benchmarks.common import interleaved, median
+    from benchmarks.gpu.bench_mae_gpu import SIZES as GPU_SIZES
     from benchmarks.gpu.cuda_timing import peak_memory, synced
 
     part = Part("stage-1 step")
     cuda = dev.type == "cuda"
     for name in preset.mae_sizes:
-        size = SIZES[name]
+        size = (GPU_SIZES if dev.type == "cuda" else SIZES)[name]  # GPU: batches that fill it
         if preset.mae_batch or preset.mae_img_size:
             size = MaeSize(
                 **asdict(size)
