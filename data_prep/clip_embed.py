@@ -30,10 +30,15 @@ from data_prep.shard_writer import Item, ShardOptions, options_dict, write_shard
 DECODE_CHUNK = 32  # masks decoded at full resolution at a time
 
 
-@functools.lru_cache(maxsize=2)
 def read_shard(url: str) -> dict[str, dict[str, bytes]]:
     """Members of a tar shard grouped by sample key: {key: {ext: bytes}} (two shards cached:
-    a planned output shard may span two input shards)."""
+    a planned output shard may span two input shards; a shard rewritten since is read again)."""
+    st = Path(url).stat()
+    return _read_shard(url, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_shard(url: str, size: int, mtime_ns: int) -> dict[str, dict[str, bytes]]:
     samples: dict[str, dict[str, bytes]] = {}
     with tarfile.open(url) as tar:
         for member in tar:
@@ -160,7 +165,7 @@ def convert_clip_embed(
         with tarfile.open(url) as tar:
             names = [m.name for m in tar if m.isfile()]
         keys = list(dict.fromkeys(n.split(".", 1)[0] for n in names))  # in shard order
-        items += [Item(k, 1, (url, k)) for k in keys]
+        items += [Item(k, 1, (url, k), sources=(url,)) for k in keys]
     if Path(pretrained or "").is_file():
         pretrained = str(Path(pretrained).resolve())
     threads = max(1, (torch.get_num_threads() // max(options.workers, 1)))

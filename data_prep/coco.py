@@ -118,6 +118,7 @@ def convert_coco(
             p.stat().st_size,
             (str(p), im, by_image.get(im.get("id"), [])),
             planned_samples(pixels, p, _hw(im)),
+            sources=(str(p),),
         )
         for k, (_, p, im) in zip(keys, found)
     ]
@@ -125,6 +126,7 @@ def convert_coco(
     args = {
         "kind": "coco",
         "annotations": str(Path(annotations).resolve()),
+        "categories": {str(i): n for i, n in sorted(categories.items(), key=str)},
         **pixels.content_args(),
         **options_dict(options),
     }

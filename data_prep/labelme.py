@@ -223,12 +223,13 @@ def convert_labelme(
         count = planned_samples(
             pixels, image[0] if image[1] is None else None, hw if all(hw) else None
         )
-        found.append((f, name, count))
+        sources = (str(f),) if image[1] is not None else (str(f), str(image[0]))
+        found.append((f, name, count, sources))
     category_ids = {name: i for i, name in enumerate(sorted(labels), start=1)}
-    keys = unique_keys([str(f.relative_to(src)) for f, _, _ in found])
+    keys = unique_keys([str(f.relative_to(src)) for f, *_ in found])
     items = [
-        Item(k, f.stat().st_size, (str(f), {"id": k, "file_name": name}), count)
-        for k, (f, name, count) in zip(keys, found)
+        Item(k, f.stat().st_size, (str(f), {"id": k, "file_name": name}), count, sources)
+        for k, (f, name, count, sources) in zip(keys, found)
     ]
     encode = functools.partial(
         encode_labelme_sample, category_ids=category_ids, pixels=pixels, keep_empty=keep_empty

@@ -179,6 +179,13 @@ def _semantic(
     return out
 
 
+def _mask_files(layout: str, masks: str | list | None) -> tuple[str, ...]:
+    """The mask files one image is read with: its label image, or its per-object masks."""
+    if layout == "label":
+        return (masks,)
+    return tuple(path for _, path in masks or ())
+
+
 def convert_masks(
     images: str | Path,
     masks: str | Path,
@@ -226,6 +233,7 @@ def convert_masks(
             f.stat().st_size,
             (str(f), layout, {"id": k, "file_name": rel}, m),
             planned_samples(pixels, f),
+            sources=(str(f), *_mask_files(layout, m)),
         )
         for k, rel, (f, layout, m) in zip(keys, rels, found)
     ]

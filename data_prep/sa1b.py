@@ -77,6 +77,7 @@ def convert_sa1b(
             img.stat().st_size + ann.stat().st_size,
             (str(img), str(ann)),
             planned_samples(pixels, img),
+            sources=(str(img), str(ann)),
         )
         for k, (img, ann) in zip(keys, pairs)
     ]

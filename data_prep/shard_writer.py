@@ -8,6 +8,11 @@ Why it is built this way:
   shards whose stats carry the same plan digest.
 - Tar members carry fixed metadata (mtime 0, uid/gid 0, no owner names), so two runs write
   byte-identical shards.
+- A shard's plan digest covers the content options, and for each of its samples the key, the
+  payload and the size and mtime of every file it is read from: a rerun after an input changed
+  (a mask fixed, an image removed) rewrites exactly the shards whose inputs changed.
+- A folder converted from another source (or by another converter) is refused unless
+  `overwrite` is set, so one dataset never silently replaces or mixes into another.
 - The manifest is written last, atomically; readers take the epoch length from it.
 """
 
@@ -27,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_prep.common import SkipSample
+from data_prep.common import PrepError, SkipSample
 
 MANIFEST = "manifest.json"
 FORMAT = "sam_train.shards/v1"
@@ -42,12 +47,14 @@ Encoder = Callable[[Any], tuple[dict[str, bytes] | list[tuple[str, dict[str, byt
 @dataclass
 class Item:
     """One input sample: its key in the shards, an estimate of its bytes, what `encode` needs,
-    and how many samples it is planned to make (tiles of a large image; 1 otherwise)."""
+    how many samples it is planned to make (tiles of a large image; 1 otherwise), and the
+    files it is read from (their size and mtime identify the input in the plan digest)."""
 
     key: str
     size: int
     payload: Any
     count: int = 1
+    sources: tuple[str, ...] = ()
 
 
 @dataclass
@@ -62,6 +69,8 @@ class ShardOptions:
     workers: worker processes (one shard at a time each); 1 runs in this process.
     prefix: shard file names are `{prefix}-{index:06d}.tar`.
     progress: show a tqdm bar (images/s).
+    overwrite: replace the shards of a folder converted from another source (without it,
+        such a folder is refused).
     """
 
     maxcount: int = 1000
@@ -69,6 +78,7 @@ class ShardOptions:
     workers: int = 1
     prefix: str = "shard"
     progress: bool = True
+    overwrite: bool = False
 
 
 @dataclass
@@ -197,9 +207,44 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _digest(content_args: dict, keys: list[str]) -> str:
-    blob = json.dumps([content_args, keys], sort_keys=True, default=str).encode()
+def _identity(item: Item) -> list:
+    """What one sample is made from: key, payload, and each source file's size and mtime."""
+    files = []
+    for path in item.sources:
+        try:
+            st = os.stat(path)
+            files.append([path, st.st_size, st.st_mtime_ns])
+        except OSError:
+            files.append([path, None, None])
+    return [item.key, item.payload, files]
+
+
+def _digest(content_args: dict, items: list[Item]) -> str:
+    blob = json.dumps(
+        [content_args, [_identity(it) for it in items]], sort_keys=True, default=str
+    ).encode()
     return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def _claim_folder(out: Path, source: str, kind: str | None, overwrite: bool) -> None:
+    """Refuse (or with `overwrite`, clear) a folder holding shards of another source."""
+    try:
+        old = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    old_kind = (old.get("args") or {}).get("kind")
+    if old.get("source") == source and old_kind == kind:
+        return
+    if not overwrite:
+        raise PrepError(
+            f"{str(out)!r} holds {old_kind or 'other'} shards converted from "
+            f"{old.get('source')!r}; pass --overwrite to replace them, or choose another folder"
+        )
+    for shard in old.get("shards", []):
+        (out / Path(shard.get("name", "")).name).unlink(missing_ok=True)
+    for part in (out / PARTS).glob("*.json"):
+        part.unlink()
+    (out / MANIFEST).unlink()
 
 
 def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[dict]:
@@ -236,6 +281,7 @@ def write_shards(
     pre_skipped: samples already rejected while listing the inputs (e.g. image missing).
     """
     out = Path(out)
+    _claim_folder(out, source, content_args.get("kind"), options.overwrite)
     (out / PARTS).mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
     groups = plan_groups(
@@ -244,7 +290,7 @@ def write_shards(
     tasks = []
     for i, group in enumerate(groups):
         group_items = [items[j] for j in group]
-        digest = _digest(content_args, [it.key for it in group_items])
+        digest = _digest(content_args, group_items)
         tasks.append(_Task(f"{options.prefix}-{i:06d}.tar", digest, group_items, str(out), encode))
     _remove_unplanned(out, options.prefix, {t.name for t in tasks})
     stats = {t.name: s for t in tasks if (s := _done_stats(out, t)) is not None}
@@ -271,8 +317,11 @@ def _manifest(stats: list[dict], source: str, content_args: dict, pre: Counter |
     skipped = Counter(pre or {})
     for s in stats:
         skipped.update(s["skipped"])
+    # digest: of the shard's options and inputs (keys, payloads, source sizes and mtimes)
     shards = [
-        {"name": s["name"], "count": s["count"], "bytes": s["bytes"]} for s in stats if s["count"]
+        {"name": s["name"], "count": s["count"], "bytes": s["bytes"], "digest": s["digest"]}
+        for s in stats
+        if s["count"]
     ]
     return {
         "format": FORMAT,

@@ -76,7 +76,7 @@ def convert_teacher_embed(
         with tarfile.open(url) as tar:
             names = [m.name for m in tar if m.isfile()]
         keys = list(dict.fromkeys(n.split(".", 1)[0] for n in names))
-        items += [Item(k, 1, (url, k)) for k in keys]
+        items += [Item(k, 1, (url, k), sources=(url,)) for k in keys]
     threads = max(1, torch.get_num_threads() // max(options.workers, 1))
     encode = functools.partial(
         encode_teacher_sample,

@@ -47,6 +47,12 @@ def add_shard_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix", default="shard", help="shard file prefix (default 'shard')")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the shards of an output folder converted from other inputs "
+        "(a rerun on the same inputs reconverts only what changed, without it)",
+    )
+    g.add_argument(
         "--max-side",
         type=int,
         default=None,
@@ -95,7 +101,12 @@ def shard_options(args: argparse.Namespace):
     from data_prep.shard_writer import ShardOptions
 
     return ShardOptions(
-        args.maxcount, args.maxsize, args.workers, args.prefix, not args.no_progress
+        args.maxcount,
+        args.maxsize,
+        args.workers,
+        args.prefix,
+        not args.no_progress,
+        args.overwrite,
     )
 
 
