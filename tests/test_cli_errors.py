@@ -218,10 +218,24 @@ def test_sam_export_user_errors(tmp_path, files, args, fragments, capfd):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["model.mask_ration=0.5"], ["model.mask_ration", "not in struct"]),
+        (["model.mask_ration=0.5"], ["model.mask_ration", "did you mean model.mask_ratio?"]),
         (["model=mae_vit_giant"], ["model/mae_vit_giant", "mae_vit_base"]),
         (["--help", "model=mae_vit_giant"], ["model/mae_vit_giant"]),
         (["optim.lr=1e-4,1e-3"], ["--multirun"]),
+        (["trainer.max_step=2"], ["did you mean trainer.max_steps?"]),
+        (["trainr.devices=1"], ["did you mean trainer.devices?"]),
+        (["model.foo=1"], ["model.foo is not a config key", "model has: "]),
+        # a path given to the embedded sample: never built there nor trained on
+        (["stage=sam", "data.path=/nonexistent/shards"], ["data=sam_sample", "data=shards_sam"]),
+        (["stage=mae", "data.root=/nonexistent/imgs"], ["data=sample", "data=images"]),
+        (["stage=sam", "data=shards_sam", "data.path=/nonexistent/s"], ["does not exist"]),
+        (["stage=sam", "data=shards_sam", "data.path=."], ["no shards in '.'"]),
+        (["stage=mae", "data=shards_mae", "data.path=/nonexistent/s"], ["does not exist"]),
+        (["stage=mae", "data=images", "data.root=/nonexistent/imgs"], ["not a folder"]),
+        (
+            ["stage=sam", "data=shards_sam", "data.path=.", "data.val_path=/nonexistent/v"],
+            ["data.val_path", "data.path"],
+        ),
     ],
 )
 def test_sam_train_override_mistakes(tmp_path, args, fragments, monkeypatch, capfd):

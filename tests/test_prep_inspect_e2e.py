@@ -72,7 +72,7 @@ def test_label_images_to_sam_training_end_to_end(label_folder, tmp_path):
         [
             console_script("sam-train"),
             "stage=sam",
-            "data=coco",
+            "data=shards_sam",
             f"data.path={out}",
             f"data.val_path={out}",
             "data.num_workers=0",

@@ -22,6 +22,7 @@ from sam_train.cli.run_folder import remove_if_unused, resume_overrides
 from sam_train.config_checks import (
     ConfigError,
     check_config,
+    check_data_paths,
     check_resume_checkpoint,
     check_resume_fits,
     check_stage_pairing,
@@ -88,11 +89,16 @@ def instantiate_checked(node: Any, key: str, **kwargs: Any) -> Any:
 def train(cfg: DictConfig) -> float | None:
     check_stage_pairing(cfg, group_choices())
     check_config(cfg)
+    check_data_paths(cfg)
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir, cfg.get("auto_resume", False))
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, cfg.stage.name)
     print(f"[sam-train] stage {cfg.stage.name} | run folder: {run_dir.resolve()}", flush=True)
+    from sam_train.cli.overrides import renamed_option_notices
+
+    for line in renamed_option_notices(group_choices()):
+        print(f"[sam-train] {line}", flush=True)
     if ckpt_path:
         print(f"[sam-train] resuming from {ckpt_path}", flush=True)
 
