@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from test_config_groups import compose_run
 from omegaconf import OmegaConf
+from test_config_groups import compose_run
 
 from sam_train.cli.overrides import renamed_option_notices
 
