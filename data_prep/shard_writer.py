@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,9 @@ class ShardOptions:
     progress: show a tqdm bar (images/s).
     overwrite: replace the shards of a folder converted from another source (without it,
         such a folder is refused).
+    val_fraction: hold out this fraction of the inputs (whole images, with all their tiles)
+        as `OUT/val`, the rest as `OUT/train`; which ones depends only on their keys.
+    val_keys: hold out exactly these sample keys instead (or as well).
     """
 
     maxcount: int = 1000
@@ -79,6 +82,8 @@ class ShardOptions:
     prefix: str = "shard"
     progress: bool = True
     overwrite: bool = False
+    val_fraction: float = 0.0
+    val_keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -265,6 +270,70 @@ def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[dict]:
             raise
 
 
+def _key_rank(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def split_items(
+    items: Sequence[Item], val_fraction: float, val_keys: Sequence[str] = ()
+) -> tuple[list[Item], list[Item]]:
+    """(train, validation) items: the `val_keys`, and the round(fraction x n) items whose
+    keys hash lowest. A function of the keys alone: a rerun, or another machine, splits the
+    same way, and adding images moves few others across."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise PrepError(f"--val-fraction {val_fraction:g}: give a fraction in [0, 1), e.g. 0.1")
+    keys = {it.key for it in items}
+    unknown = [k for k in val_keys if k not in keys]
+    if unknown:
+        raise PrepError(
+            f"--val-images: {len(unknown)} names match no input ({', '.join(unknown[:3])}"
+            f"{' ...' if len(unknown) > 3 else ''}); give input paths relative to the input "
+            f"folder, e.g. {sorted(keys)[0] if keys else 'img_001.jpg'}"
+        )
+    held = set(val_keys)
+    n_val = round(val_fraction * len(items))
+    if val_fraction > 0:
+        n_val = max(n_val, 1)
+    rest = sorted((it for it in items if it.key not in held), key=lambda it: _key_rank(it.key))
+    held |= {it.key for it in rest[: max(n_val - len(held), 0)]}
+    train = [it for it in items if it.key not in held]
+    val = [it for it in items if it.key in held]
+    if not train or not val:
+        raise PrepError(
+            f"a validation split of {len(val)} of {len(items)} inputs leaves "
+            f"{'no training' if not train else 'no validation'} data; give a smaller "
+            "--val-fraction / fewer --val-images, or more inputs"
+        )
+    return train, val
+
+
+def _write_split(
+    items: Sequence[Item],
+    encode: Encoder,
+    out: Path,
+    options: ShardOptions,
+    source: str,
+    content_args: dict,
+    pre_skipped: Counter | None,
+) -> dict:
+    """Write `OUT/train` and `OUT/val`; inputs skipped while listing count in train."""
+    if (out / MANIFEST).is_file():  # unsplit shards of an earlier run would be read too
+        if not options.overwrite:
+            raise PrepError(
+                f"{str(out)!r} holds unsplit shards; pass --overwrite to replace them with "
+                "OUT/train and OUT/val, or choose another folder"
+            )
+        _claim_folder(out, "", None, overwrite=True)
+    train, val = split_items(items, options.val_fraction, options.val_keys)
+    plain = replace(options, val_fraction=0.0, val_keys=())
+    split = {"val_fraction": options.val_fraction, "val_images": len(options.val_keys)}
+    manifests = {}
+    for name, part, pre in (("train", train, pre_skipped), ("val", val, None)):
+        args = {**content_args, "split": name, **split}
+        manifests[name] = write_shards(part, encode, out / name, plain, source, args, pre)
+    return {"splits": manifests}
+
+
 def write_shards(
     items: Sequence[Item],
     encode: Encoder,
@@ -279,8 +348,12 @@ def write_shards(
     content_args: every option that changes shard content (recorded in the manifest and in each
         shard's plan digest, so changing one rewrites the shards instead of mixing them).
     pre_skipped: samples already rejected while listing the inputs (e.g. image missing).
+    With `options.val_fraction` or `options.val_keys`: writes `out/train` and `out/val` and
+    returns `{"splits": {"train": manifest, "val": manifest}}`.
     """
     out = Path(out)
+    if options.val_fraction or options.val_keys:
+        return _write_split(items, encode, out, options, source, content_args, pre_skipped)
     _claim_folder(out, source, content_args.get("kind"), options.overwrite)
     (out / PARTS).mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
@@ -356,7 +429,9 @@ REASON_HINTS = {
 
 
 def report(manifest: dict) -> str:
-    """A short human summary of a finished conversion."""
+    """A short human summary of a finished conversion (of each split, when split)."""
+    if "splits" in manifest:
+        return "\n".join(f"{name}: {report(m)}" for name, m in manifest["splits"].items())
     lines = [f"wrote {manifest['total']} samples in {len(manifest['shards'])} shards"]
     if manifest.get("seconds"):
         lines[0] += f" ({manifest['seconds']:.1f} s)"

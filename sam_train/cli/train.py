@@ -110,6 +110,9 @@ def train(cfg: DictConfig) -> float | None:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate_checked(cfg.data, "data")
+    notice = no_validation_notice(datamodule, cfg.get("optimized_metric"))
+    if notice:
+        print(f"[sam-train] {notice}", flush=True)
     model = instantiate_checked(cfg.model, "model")
     if ckpt_path:
         check_resume_fits(ckpt_path, model)
@@ -144,6 +147,18 @@ def train(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         report_results(run_dir, metric_name, metric)
     return float(metric) if metric is not None else None
+
+
+def no_validation_notice(datamodule: Any, metric_name: str | None) -> str | None:
+    """One line when the data has no validation set (the run goes on without one)."""
+    if getattr(datamodule, "val_path", True) and getattr(datamodule, "val_set", True):
+        return None
+    fix = "data.val_fraction" if hasattr(datamodule, "val_set") else "data.val_path=VAL_SHARDS"
+    return (
+        f"no validation data: training runs without val/* metrics ({metric_name} is never "
+        f"computed, no best checkpoint is kept); give {fix} (sam-prep --val-fraction 0.1 "
+        "writes OUT/val)"
+    )
 
 
 def describe_checkpoints(folder: Path, metric_name: str | None) -> str:
