@@ -103,11 +103,11 @@ def convert_coco(
     by_image = defaultdict(list)
     for ann in coco.get("annotations", []):
         by_image[ann.get("image_id")].append(ann)
-    pre, found = Counter(), []
+    pre, found = [], []  # pre: (input, reason, detail) of images skipped while listing
     for im in coco["images"]:
         name, path = image_file(images, im)
         if path is None:
-            pre["image_missing"] += 1
+            pre.append((str(images / name), "image_missing", "listed in the json, not on disk"))
         else:
             found.append((name, path, {**im, "file_name": name}))
     found.sort(key=lambda f: f[0])

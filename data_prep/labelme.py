@@ -205,7 +205,7 @@ def convert_labelme(
     options, pixels = options or ShardOptions(), pixels or PixelOptions()
     src = Path(src).expanduser()
     files = list_files(src, (".json",), "labelme json", exclude=out)
-    pre, found, labels = Counter(), [], set()
+    pre, found, labels = [], [], set()  # pre: (input, reason, detail) skipped while listing
     for f in files:
         try:
             data = read_labelme(f)
@@ -213,7 +213,7 @@ def convert_labelme(
             if image is None:
                 raise SkipSample("image_missing")
         except SkipSample as skip:
-            pre[skip.reason] += 1
+            pre.append((str(f), skip.reason, skip.detail))
             continue
         labels.update(str(s.get("label")) for s in data["shapes"] if isinstance(s, dict))
         # the image's name as the record's file_name: relative to src when it is a file there

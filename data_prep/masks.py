@@ -214,7 +214,7 @@ def convert_masks(
         raise PrepError(f"mask folder {str(masks)!r} does not exist; pass --masks DIR")
     table = load_classes(classes) if classes else None
     labels, objects = find_masks(masks)
-    pre, found = Counter(), []
+    pre, found = [], []  # pre: (input, reason, detail) of images skipped while listing
     for f in files:
         stem = f.relative_to(images).with_suffix("").as_posix()
         if stem in labels:
@@ -224,7 +224,7 @@ def convert_masks(
         elif keep_empty:
             found.append((f, "none", None))
         else:
-            pre["image_without_masks"] += 1
+            pre.append((str(f), "image_without_masks", ""))
     rels = [str(f.relative_to(images)) for f, _, _ in found]
     keys = unique_keys(rels)
     items = [

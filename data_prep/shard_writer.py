@@ -35,6 +35,7 @@ from typing import Any
 from data_prep.common import PrepError, SkipSample
 
 MANIFEST = "manifest.json"
+SKIPPED = "skipped.jsonl"  # every input left out, one {"input", "reason", "detail"} per line
 FORMAT = "sam_train.shards/v1"
 PARTS = ".parts"
 
@@ -143,13 +144,15 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
 def _write_shard(task: _Task) -> dict:
     """Encode one shard's samples and publish the tar; returns the shard's stats."""
     out = Path(task.out)
-    samples, skipped = [], Counter()
+    samples, skipped, named = [], Counter(), []
     for item in task.items:
         try:
             files, ann_skips = task.encode(item.payload)
         except SkipSample as skip:
             skipped[skip.reason] += 1
             skipped.update(skip.also)
+            name = item.sources[0] if item.sources else item.key
+            named.append([name, skip.reason, skip.detail])
             continue
         skipped.update(ann_skips)
         if isinstance(files, list):
@@ -163,6 +166,7 @@ def _write_shard(task: _Task) -> dict:
         "bytes": 0,
         "inputs": len(task.items),
         "skipped": dict(skipped),
+        "skipped_inputs": named,
     }
     tmp = out / f"{task.name}.tmp-{os.getpid()}"
     if samples:
@@ -249,6 +253,7 @@ def _claim_folder(out: Path, source: str, kind: str | None, overwrite: bool) -> 
         (out / Path(shard.get("name", "")).name).unlink(missing_ok=True)
     for part in (out / PARTS).glob("*.json"):
         part.unlink()
+    (out / SKIPPED).unlink(missing_ok=True)
     (out / MANIFEST).unlink()
 
 
@@ -314,7 +319,7 @@ def _write_split(
     options: ShardOptions,
     source: str,
     content_args: dict,
-    pre_skipped: Counter | None,
+    pre_skipped: Sequence[tuple[str, str, str]] | None,
 ) -> dict:
     """Write `OUT/train` and `OUT/val`; inputs skipped while listing count in train."""
     if (out / MANIFEST).is_file():  # unsplit shards of an earlier run would be read too
@@ -341,13 +346,14 @@ def write_shards(
     options: ShardOptions,
     source: str,
     content_args: dict,
-    pre_skipped: Counter | None = None,
+    pre_skipped: Sequence[tuple[str, str, str]] | None = None,
 ) -> dict:
     """Write `items` as shards under `out` and return the manifest.
 
     content_args: every option that changes shard content (recorded in the manifest and in each
         shard's plan digest, so changing one rewrites the shards instead of mixing them).
-    pre_skipped: samples already rejected while listing the inputs (e.g. image missing).
+    pre_skipped: (input, reason, detail) of inputs already rejected while listing them (an
+        image missing). Every skipped input is named in `out/skipped.jsonl`.
     With `options.val_fraction` or `options.val_keys`: writes `out/train` and `out/val` and
     returns `{"splits": {"train": manifest, "val": manifest}}`.
     """
@@ -374,10 +380,27 @@ def write_shards(
         stats[s["name"]] = s
         bar.update(s["inputs"])
     bar.close()
-    manifest = _manifest([stats[t.name] for t in tasks], source, content_args, pre_skipped)
+    ordered = [stats[t.name] for t in tasks]
+    named = [list(p) for p in pre_skipped or ()]
+    named += [entry for st in ordered for entry in st.get("skipped_inputs", [])]
+    manifest = _manifest(ordered, source, content_args, Counter(p[1] for p in pre_skipped or ()))
+    _write_skipped(out / SKIPPED, named)
+    _atomic_write_json(out / MANIFEST, manifest)
+    # for the report only (not in the manifest file)
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
-    _atomic_write_json(out / MANIFEST, {k: v for k, v in manifest.items() if k != "seconds"})
+    manifest["skipped_inputs"], manifest["skipped_file"] = named, str(out / SKIPPED)
     return manifest
+
+
+def _write_skipped(path: Path, named: list[list[str]]) -> None:
+    """`skipped.jsonl`: every input left out, with its reason; none left when none was."""
+    if not named:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    lines = (json.dumps({"input": i, "reason": r, "detail": d}) for i, r, d in named)
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
@@ -428,6 +451,9 @@ REASON_HINTS = {
 }
 
 
+SHOWN_SKIPS = 5  # skipped inputs named in the report; skipped.jsonl names them all
+
+
 def report(manifest: dict) -> str:
     """A short human summary of a finished conversion (of each split, when split)."""
     if "splits" in manifest:
@@ -438,4 +464,10 @@ def report(manifest: dict) -> str:
     for reason, n in manifest["skipped"].items():
         hint = REASON_HINTS.get(reason)
         lines.append(f"  skipped {n:>7}  {reason}" + (f"  ({hint})" if hint else ""))
+    named = manifest.get("skipped_inputs") or []
+    for name, reason, detail in named[:SHOWN_SKIPS]:
+        lines.append(f"    {name}: {reason}" + (f" ({detail})" if detail else ""))
+    if named:
+        more = f"{len(named) - SHOWN_SKIPS} more; " if len(named) > SHOWN_SKIPS else ""
+        lines.append(f"    ({more}every skipped input: {manifest['skipped_file']})")
     return "\n".join(lines)
