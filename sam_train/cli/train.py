@@ -36,10 +36,17 @@ if TYPE_CHECKING:
 PROG = "sam-train"
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[L.Callback]:
+    """The configured callbacks; without a logger (logger=none) those that only log (the
+    learning-rate and throughput monitors, which Lightning refuses then) are left out."""
     from hydra.utils import instantiate
 
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if has_logger:
+        return callbacks
+    from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
+
+    return [c for c in callbacks if not isinstance(c, LearningRateMonitor | ThroughputMonitor)]
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -123,8 +130,12 @@ def train(cfg: DictConfig) -> float | None:
     module = make_module(
         model=model, optim=optim, run_config=OmegaConf.to_container(cfg, resolve=True)
     )
+    loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate_checked(
-        cfg.trainer, "trainer", callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False
+        cfg.trainer,
+        "trainer",
+        callbacks=build_callbacks(cfg, bool(loggers)),
+        logger=loggers or False,
     )
     if trainer.accelerator is not None and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
