@@ -86,6 +86,17 @@ class ShardOptions:
     val_fraction: float = 0.0
     val_keys: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        for name, value in (("maxcount", self.maxcount), ("workers", self.workers)):
+            if value < 1:
+                raise PrepError(f"--{name} {value}: give at least 1")
+        if self.maxsize is not None and self.maxsize < 1:
+            raise PrepError(f"--maxsize {self.maxsize}: give a size, e.g. 1G")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise PrepError(
+                f"--val-fraction {self.val_fraction:g}: give a fraction in [0, 1), e.g. 0.1"
+            )
+
 
 @dataclass
 class _Task:

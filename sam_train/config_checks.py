@@ -151,14 +151,22 @@ def _value(cfg: DictConfig, key: str):
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def data_path_problems(cfg: DictConfig) -> list[str]:
+def data_path_problems(cfg: DictConfig, need_path: bool = True) -> list[str]:
     """Data paths that cannot be read: a shard path (data.path, data.val_path) that does not
     exist or holds no shards, an image folder (data.root) that does not exist. URL and pipe:
     specs are left to the reader. Runs before anything is written, so a typo in a path never
-    leaves a run folder (nor falls back to other data)."""
+    leaves a run folder (nor falls back to other data). need_path: data.path must be given
+    (training; sam-eval reads only data.val_path)."""
     if "data" not in cfg:
         return []
     problems = []
+    from omegaconf import OmegaConf
+
+    if need_path and "path" in cfg.data.keys() and OmegaConf.is_missing(cfg.data, "path"):
+        problems.append(
+            "data.path is required: give the shard folder to train on, data.path=SHARDS "
+            "(made by sam-prep)"
+        )
     for key in ("path", "val_path"):
         spec = _value(cfg, f"data.{key}")
         if spec is None or spec == "???":

@@ -13,9 +13,11 @@ import socket
 import sys
 from pathlib import Path
 
+from sam_train.cli.arguments import OneLineParser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sam-app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

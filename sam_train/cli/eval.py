@@ -168,8 +168,22 @@ def _hydra_main(cfg: DictConfig) -> None:
             raise EvalError(f"checkpoint {cfg.ckpt} does not exist")
         evaluate(cfg)
     except (EvalError, WeightsError, ValueError) as err:
+        from sam_train.cli.run_folder import remove_if_unused
+
+        # nothing scored: no run folder left behind (Hydra made it before the run started)
+        remove_if_unused(Path(cfg.paths.run_dir), Path(cfg.paths.output_dir))
         print(f"sam-eval: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def checkpoint_problem(args: list[str]) -> str | None:
+    """No checkpoint given, or one that does not exist (one line), else None."""
+    given = [a.partition("=")[2] for a in args if a.startswith("ckpt=")]
+    if not given:
+        return "no checkpoint: sam-eval CKPT [overrides] (see sam-eval --help)"
+    if not Path(given[-1]).exists():
+        return f"checkpoint {given[-1]} does not exist"
+    return None
 
 
 def help_text() -> str:
@@ -221,6 +235,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args and "=" not in args[0] and not args[0].startswith("-"):
         args[0] = f"ckpt={args[0]}"
+    if not any(a.startswith("-") for a in args):  # before Hydra makes a run folder
+        from sam_train.cli.overrides import composition_error
+
+        problem = composition_error(args, "eval") or checkpoint_problem(args)
+        if problem:
+            print(f"sam-eval: error: {problem}", file=sys.stderr)
+            sys.exit(2)
     sys.argv = [sys.argv[0], *args]
     _hydra_main()
 

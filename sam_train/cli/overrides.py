@@ -113,5 +113,5 @@ def composition_error(args: list[str], config_name: str = "train") -> str | None
         cause = f"\n{err.__cause__}" if err.__cause__ is not None else ""
         text = f"{err}{cause}"
         return unknown_key_advice(args, text, config_name) or one_line(text)
-    problems = data_path_problems(cfg)
+    problems = data_path_problems(cfg, need_path=config_name == "train")
     return "; ".join(problems) if problems else None

@@ -36,10 +36,14 @@ def parameters_of(model: nn.Module, part: str) -> list[str]:
     try:
         module = model.get_submodule(part)
     except AttributeError:
+        import difflib
+
+        close = difflib.get_close_matches(part, part_names(model), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
         raise FreezeError(
-            f"model.freeze entry {part!r} names no part of the model; parts that fit: "
-            + ", ".join(part_names(model))
-            + " (or any deeper module name, e.g. image_encoder.blocks.0)"
+            f"model.freeze entry {part!r} names no part of the model; {hint}parts: "
+            + ", ".join(part_names(model, max_depth=1))
+            + " or any module inside one (e.g. mask_decoder.transformer, image_encoder.blocks.0)"
         ) from None
     return [f"{part}.{n}" for n, _ in module.named_parameters()]
 
