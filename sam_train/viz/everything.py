@@ -38,8 +38,5 @@ def draw_everything(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
         edges |= mask & ~ndimage.binary_erosion(mask)
     out[edges] = RIM
     pair = np.concatenate([image, out.round().clip(0, 255).astype(np.uint8)], axis=1)
-    caption = (
-        f"{len(masks)} automatic masks, each filled in its own colour and outlined "
-        "(larger masks drawn first)"
-    )
+    caption = f"{len(masks)} automatic masks, each filled in its own colour and outlined"
     return stack_rows([pair, text_bar(pair.shape[1], caption)])
