@@ -177,12 +177,31 @@ def data_path_problems(cfg: DictConfig, need_path: bool = True) -> list[str]:
             resolve_shards(spec)
         except FileNotFoundError as err:
             problems.append(f"data.{key}: {err}")
+            continue
+        if "SamDataModule" in str(cfg.data.get("_target_", "")):
+            problems += _maskless_shards(key, spec)
     root = _value(cfg, "data.root")
     if isinstance(root, str) and not Path(root).expanduser().is_dir():
         problems.append(
             f"data.root={root} does not exist or is not a folder; give your image folder"
         )
     return problems
+
+
+def _maskless_shards(key: str, spec) -> list[str]:
+    """Stage-2 data given shards that hold no masks (`sam-prep images` writes stage-1 ones)."""
+    from sam_train.data.shards import read_manifest
+
+    specs = spec if isinstance(spec, list) else [spec]
+    for one in specs:
+        path = Path(str(one)).expanduser()
+        manifest = read_manifest(path) if path.exists() else None
+        if manifest and (manifest.get("args") or {}).get("kind") == "images":
+            return [
+                f"data.{key}={one} holds image-only shards (sam-prep images, for stage 1); "
+                "stage 2 needs masks: sam-prep masks | coco | sa1b | labelme"
+            ]
+    return []
 
 
 def check_data_paths(cfg: DictConfig) -> None:

@@ -140,11 +140,12 @@ CORPUS = [
     ("sam-train", ["stage=sam", "data=shards_sam", "data.path=/nonexistent/s"], ["does not exist"]),
     ("sam-train", ["stage=sam", "data=shards_sam", "data.path={work}"], ["no shards in"]),
     ("sam-train", ["stage=sam", "data=shards_sam"], ["data.path"]),
+    ("sam-train", ["stage=sam", "data=shards_sam", "data.path={shards}"], ["image-only shards"]),
     ("sam-train", ["stage=mae", "data=shards_mae", "data.path=/nonexistent/s"], ["does not exist"]),
     ("sam-train", ["stage=mae", "data=images", "data.root=/nonexistent/i"], ["does not exist"]),
     (
         "sam-train",
-        ["stage=sam", "data=shards_sam", "data.path={shards}", "data.val_path=/nonexistent/v"],
+        ["stage=mae", "data=shards_mae", "data.path={shards}", "data.val_path=/nonexistent/v"],
         ["data.val_path", "does not exist"],
     ),
     # sam-predict
