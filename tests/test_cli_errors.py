@@ -140,6 +140,11 @@ CORPUS = [
     ("sam-train", ["stage=sam", "data=shards_sam", "data.path=/nonexistent/s"], ["does not exist"]),
     ("sam-train", ["stage=sam", "data=shards_sam", "data.path={work}"], ["no shards in"]),
     ("sam-train", ["stage=sam", "data=shards_sam"], ["data.path"]),
+    (
+        "sam-train",
+        ["-m", "stage=sam", "data=shards_sam", "data.path=/nonexistent/s", "seed=1,2"],
+        ["does not exist"],
+    ),  # a sweep: refused before its first trial
     ("sam-train", ["stage=sam", "data=shards_sam", "data.path={shards}"], ["image-only shards"]),
     ("sam-train", ["stage=mae", "data=shards_mae", "data.path=/nonexistent/s"], ["does not exist"]),
     ("sam-train", ["stage=mae", "data=images", "data.root=/nonexistent/i"], ["does not exist"]),
