@@ -123,7 +123,7 @@ def test_data_without_masks_is_refused(sam_file, tmp_path, monkeypatch, capsys) 
         monkeypatch, capsys, str(sam_file), "data=coco", f"data.val_path={tmp_path / 'shards'}",
         "data.num_workers=0", f"eval.out_dir={tmp_path / 'out'}",
     )  # fmt: skip
-    assert code == 2 and "no masks to evaluate" in err
+    assert code == 2 and "image-only shards" in err  # refused before anything runs
     code, err = run_eval(
         monkeypatch, capsys, str(sam_file), "data=coco", f"data.val_path={tmp_path / 'none'}",
         f"eval.out_dir={tmp_path / 'out'}",
