@@ -30,10 +30,15 @@ DECODE_CHUNK = 32  # masks decoded at full resolution at a time
 MemberFn = Callable[[torch.Tensor, torch.Tensor, list[dict]], tuple[bytes, Counter]]
 
 
-@functools.lru_cache(maxsize=2)
 def read_shard(url: str) -> dict[str, dict[str, bytes]]:
     """Members of a tar shard grouped by sample key: {key: {ext: bytes}} (two shards cached:
-    a planned output shard may span two input shards)."""
+    a planned output shard may span two input shards; a shard rewritten since is read again)."""
+    st = Path(url).stat()
+    return _read_shard(url, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_shard(url: str, size: int, mtime_ns: int) -> dict[str, dict[str, bytes]]:
     samples: dict[str, dict[str, bytes]] = {}
     with tarfile.open(url) as tar:
         for member in tar:
@@ -122,7 +127,7 @@ def copy_with_member(
         with tarfile.open(url) as tar:
             names = [m.name for m in tar if m.isfile()]
         keys = list(dict.fromkeys(n.split(".", 1)[0] for n in names))  # in shard order
-        items += [Item(k, 1, (url, k)) for k in keys]
+        items += [Item(k, 1, (url, k), sources=(url,)) for k in keys]
     encode = functools.partial(add_member_sample, member=member, image_size=image_size, make=make)
     manifest_args = {**args, "image_size": image_size, **options_dict(options)}
     return write_shards(items, encode, out, options, str(Path(src).resolve()), manifest_args)

@@ -103,11 +103,11 @@ def convert_coco(
     by_image = defaultdict(list)
     for ann in coco.get("annotations", []):
         by_image[ann.get("image_id")].append(ann)
-    pre, found = Counter(), []
+    pre, found = [], []  # pre: (input, reason, detail) of images skipped while listing
     for im in coco["images"]:
         name, path = image_file(images, im)
         if path is None:
-            pre["image_missing"] += 1
+            pre.append((str(images / name), "image_missing", "listed in the json, not on disk"))
         else:
             found.append((name, path, {**im, "file_name": name}))
     found.sort(key=lambda f: f[0])
@@ -118,6 +118,7 @@ def convert_coco(
             p.stat().st_size,
             (str(p), im, by_image.get(im.get("id"), [])),
             planned_samples(pixels, p, _hw(im)),
+            sources=(str(p),),
         )
         for k, (_, p, im) in zip(keys, found)
     ]
@@ -125,6 +126,7 @@ def convert_coco(
     args = {
         "kind": "coco",
         "annotations": str(Path(annotations).resolve()),
+        "categories": {str(i): n for i, n in sorted(categories.items(), key=str)},
         **pixels.content_args(),
         **options_dict(options),
     }

@@ -40,7 +40,8 @@ def convert_images(
     files = list_files(src, IMAGE_SUFFIXES, "image", exclude=out)
     keys = unique_keys([str(f.relative_to(src)) for f in files])
     items = [
-        Item(k, f.stat().st_size, str(f), planned_samples(pixels, f)) for k, f in zip(keys, files)
+        Item(k, f.stat().st_size, str(f), planned_samples(pixels, f), sources=(str(f),))
+        for k, f in zip(keys, files)
     ]
     encode = functools.partial(encode_image_sample, pixels=pixels)
     args = {"kind": "images", **pixels.content_args(), **options_dict(options)}

@@ -205,7 +205,7 @@ def convert_labelme(
     options, pixels = options or ShardOptions(), pixels or PixelOptions()
     src = Path(src).expanduser()
     files = list_files(src, (".json",), "labelme json", exclude=out)
-    pre, found, labels = Counter(), [], set()
+    pre, found, labels = [], [], set()  # pre: (input, reason, detail) skipped while listing
     for f in files:
         try:
             data = read_labelme(f)
@@ -213,7 +213,7 @@ def convert_labelme(
             if image is None:
                 raise SkipSample("image_missing")
         except SkipSample as skip:
-            pre[skip.reason] += 1
+            pre.append((str(f), skip.reason, skip.detail))
             continue
         labels.update(str(s.get("label")) for s in data["shapes"] if isinstance(s, dict))
         # the image's name as the record's file_name: relative to src when it is a file there
@@ -223,12 +223,13 @@ def convert_labelme(
         count = planned_samples(
             pixels, image[0] if image[1] is None else None, hw if all(hw) else None
         )
-        found.append((f, name, count))
+        sources = (str(f),) if image[1] is not None else (str(f), str(image[0]))
+        found.append((f, name, count, sources))
     category_ids = {name: i for i, name in enumerate(sorted(labels), start=1)}
-    keys = unique_keys([str(f.relative_to(src)) for f, _, _ in found])
+    keys = unique_keys([str(f.relative_to(src)) for f, *_ in found])
     items = [
-        Item(k, f.stat().st_size, (str(f), {"id": k, "file_name": name}), count)
-        for k, (f, name, count) in zip(keys, found)
+        Item(k, f.stat().st_size, (str(f), {"id": k, "file_name": name}), count, sources)
+        for k, (f, name, count, sources) in zip(keys, found)
     ]
     encode = functools.partial(
         encode_labelme_sample, category_ids=category_ids, pixels=pixels, keep_empty=keep_empty

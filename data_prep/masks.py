@@ -179,6 +179,13 @@ def _semantic(
     return out
 
 
+def _mask_files(layout: str, masks: str | list | None) -> tuple[str, ...]:
+    """The mask files one image is read with: its label image, or its per-object masks."""
+    if layout == "label":
+        return (masks,)
+    return tuple(path for _, path in masks or ())
+
+
 def convert_masks(
     images: str | Path,
     masks: str | Path,
@@ -207,7 +214,7 @@ def convert_masks(
         raise PrepError(f"mask folder {str(masks)!r} does not exist; pass --masks DIR")
     table = load_classes(classes) if classes else None
     labels, objects = find_masks(masks)
-    pre, found = Counter(), []
+    pre, found = [], []  # pre: (input, reason, detail) of images skipped while listing
     for f in files:
         stem = f.relative_to(images).with_suffix("").as_posix()
         if stem in labels:
@@ -217,7 +224,7 @@ def convert_masks(
         elif keep_empty:
             found.append((f, "none", None))
         else:
-            pre["image_without_masks"] += 1
+            pre.append((str(f), "image_without_masks", ""))
     rels = [str(f.relative_to(images)) for f, _, _ in found]
     keys = unique_keys(rels)
     items = [
@@ -226,6 +233,7 @@ def convert_masks(
             f.stat().st_size,
             (str(f), layout, {"id": k, "file_name": rel}, m),
             planned_samples(pixels, f),
+            sources=(str(f), *_mask_files(layout, m)),
         )
         for k, rel, (f, layout, m) in zip(keys, rels, found)
     ]

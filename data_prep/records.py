@@ -61,6 +61,10 @@ class PixelOptions:
 
     def __post_init__(self) -> None:
         check_tiling(self.tile, self.overlap)
+        if self.max_side is not None and self.max_side < 1:
+            raise PrepError(f"--max-side {self.max_side}: give a side in pixels, e.g. 1024")
+        if not 1 <= self.quality <= 100:
+            raise PrepError(f"--quality {self.quality}: give a JPEG quality from 1 to 100")
         if self.tile and self.max_side:
             raise PrepError("use --tile or --max-side, not both (tiles keep full resolution)")
 

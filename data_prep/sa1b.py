@@ -63,13 +63,13 @@ def convert_sa1b(
     options, pixels = options or ShardOptions(), pixels or PixelOptions()
     src = Path(src).expanduser()
     images = sorted(list_files(src, (".jpg", ".jpeg"), "SA-1B image", out), key=_natural)
-    pre, pairs = Counter(), []
+    pre, pairs = [], []  # pre: (input, reason, detail) of images skipped while listing
     for img in images:
         ann = img.with_suffix(".json")
         if ann.is_file():
             pairs.append((img, ann))
         else:
-            pre["annotation_missing"] += 1
+            pre.append((str(img), "annotation_missing", f"no {ann.name} beside it"))
     keys = unique_keys([str(p[0].relative_to(src)) for p in pairs])
     items = [
         Item(
@@ -77,6 +77,7 @@ def convert_sa1b(
             img.stat().st_size + ann.stat().st_size,
             (str(img), str(ann)),
             planned_samples(pixels, img),
+            sources=(str(img), str(ann)),
         )
         for k, (img, ann) in zip(keys, pairs)
     ]

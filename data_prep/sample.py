@@ -231,5 +231,5 @@ def _check_variants(root: Path, variants: int) -> None:
     if total is not None and total != expected:
         raise ValueError(
             f"{root} holds a sample built with another number of variants ({total} training "
-            f"images, {variants} variants give {expected}): give data.path another folder"
+            f"images, {variants} variants give {expected}): give data.sample_dir another folder"
         )

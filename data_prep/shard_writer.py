@@ -8,6 +8,11 @@ Why it is built this way:
   shards whose stats carry the same plan digest.
 - Tar members carry fixed metadata (mtime 0, uid/gid 0, no owner names), so two runs write
   byte-identical shards.
+- A shard's plan digest covers the content options, and for each of its samples the key, the
+  payload and the size and mtime of every file it is read from: a rerun after an input changed
+  (a mask fixed, an image removed) rewrites exactly the shards whose inputs changed.
+- A folder converted from another source (or by another converter) is refused unless
+  `overwrite` is set, so one dataset never silently replaces or mixes into another.
 - The manifest is written last, atomically; readers take the epoch length from it.
 """
 
@@ -23,13 +28,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from data_prep.common import SkipSample
+from data_prep.common import PrepError, SkipSample
 
 MANIFEST = "manifest.json"
+SKIPPED = "skipped.jsonl"  # every input left out, one {"input", "reason", "detail"} per line
 FORMAT = "sam_train.shards/v1"
 PARTS = ".parts"
 
@@ -42,12 +48,14 @@ Encoder = Callable[[Any], tuple[dict[str, bytes] | list[tuple[str, dict[str, byt
 @dataclass
 class Item:
     """One input sample: its key in the shards, an estimate of its bytes, what `encode` needs,
-    and how many samples it is planned to make (tiles of a large image; 1 otherwise)."""
+    how many samples it is planned to make (tiles of a large image; 1 otherwise), and the
+    files it is read from (their size and mtime identify the input in the plan digest)."""
 
     key: str
     size: int
     payload: Any
     count: int = 1
+    sources: tuple[str, ...] = ()
 
 
 @dataclass
@@ -62,6 +70,11 @@ class ShardOptions:
     workers: worker processes (one shard at a time each); 1 runs in this process.
     prefix: shard file names are `{prefix}-{index:06d}.tar`.
     progress: show a tqdm bar (images/s).
+    overwrite: replace the shards of a folder converted from another source (without it,
+        such a folder is refused).
+    val_fraction: hold out this fraction of the inputs (whole images, with all their tiles)
+        as `OUT/val`, the rest as `OUT/train`; which ones depends only on their keys.
+    val_keys: hold out exactly these sample keys instead (or as well).
     """
 
     maxcount: int = 1000
@@ -69,6 +82,20 @@ class ShardOptions:
     workers: int = 1
     prefix: str = "shard"
     progress: bool = True
+    overwrite: bool = False
+    val_fraction: float = 0.0
+    val_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, value in (("maxcount", self.maxcount), ("workers", self.workers)):
+            if value < 1:
+                raise PrepError(f"--{name} {value}: give at least 1")
+        if self.maxsize is not None and self.maxsize < 1:
+            raise PrepError(f"--maxsize {self.maxsize}: give a size, e.g. 1G")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise PrepError(
+                f"--val-fraction {self.val_fraction:g}: give a fraction in [0, 1), e.g. 0.1"
+            )
 
 
 @dataclass
@@ -128,13 +155,15 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
 def _write_shard(task: _Task) -> dict:
     """Encode one shard's samples and publish the tar; returns the shard's stats."""
     out = Path(task.out)
-    samples, skipped = [], Counter()
+    samples, skipped, named = [], Counter(), []
     for item in task.items:
         try:
             files, ann_skips = task.encode(item.payload)
         except SkipSample as skip:
             skipped[skip.reason] += 1
             skipped.update(skip.also)
+            name = item.sources[0] if item.sources else item.key
+            named.append([name, skip.reason, skip.detail])
             continue
         skipped.update(ann_skips)
         if isinstance(files, list):
@@ -148,6 +177,7 @@ def _write_shard(task: _Task) -> dict:
         "bytes": 0,
         "inputs": len(task.items),
         "skipped": dict(skipped),
+        "skipped_inputs": named,
     }
     tmp = out / f"{task.name}.tmp-{os.getpid()}"
     if samples:
@@ -197,9 +227,45 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _digest(content_args: dict, keys: list[str]) -> str:
-    blob = json.dumps([content_args, keys], sort_keys=True, default=str).encode()
+def _identity(item: Item) -> list:
+    """What one sample is made from: key, payload, and each source file's size and mtime."""
+    files = []
+    for path in item.sources:
+        try:
+            st = os.stat(path)
+            files.append([path, st.st_size, st.st_mtime_ns])
+        except OSError:
+            files.append([path, None, None])
+    return [item.key, item.payload, files]
+
+
+def _digest(content_args: dict, items: list[Item]) -> str:
+    blob = json.dumps(
+        [content_args, [_identity(it) for it in items]], sort_keys=True, default=str
+    ).encode()
     return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def _claim_folder(out: Path, source: str, kind: str | None, overwrite: bool) -> None:
+    """Refuse (or with `overwrite`, clear) a folder holding shards of another source."""
+    try:
+        old = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    old_kind = (old.get("args") or {}).get("kind")
+    if old.get("source") == source and old_kind == kind:
+        return
+    if not overwrite:
+        raise PrepError(
+            f"{str(out)!r} holds {old_kind or 'other'} shards converted from "
+            f"{old.get('source')!r}; pass --overwrite to replace them, or choose another folder"
+        )
+    for shard in old.get("shards", []):
+        (out / Path(shard.get("name", "")).name).unlink(missing_ok=True)
+    for part in (out / PARTS).glob("*.json"):
+        part.unlink()
+    (out / SKIPPED).unlink(missing_ok=True)
+    (out / MANIFEST).unlink()
 
 
 def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[dict]:
@@ -220,6 +286,70 @@ def _run_tasks(tasks: list[_Task], workers: int) -> Iterator[dict]:
             raise
 
 
+def _key_rank(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def split_items(
+    items: Sequence[Item], val_fraction: float, val_keys: Sequence[str] = ()
+) -> tuple[list[Item], list[Item]]:
+    """(train, validation) items: the `val_keys`, and the round(fraction x n) items whose
+    keys hash lowest. A function of the keys alone: a rerun, or another machine, splits the
+    same way, and adding images moves few others across."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise PrepError(f"--val-fraction {val_fraction:g}: give a fraction in [0, 1), e.g. 0.1")
+    keys = {it.key for it in items}
+    unknown = [k for k in val_keys if k not in keys]
+    if unknown:
+        raise PrepError(
+            f"--val-images: {len(unknown)} names match no input ({', '.join(unknown[:3])}"
+            f"{' ...' if len(unknown) > 3 else ''}); give input paths relative to the input "
+            f"folder, e.g. {sorted(keys)[0] if keys else 'img_001.jpg'}"
+        )
+    held = set(val_keys)
+    n_val = round(val_fraction * len(items))
+    if val_fraction > 0:
+        n_val = max(n_val, 1)
+    rest = sorted((it for it in items if it.key not in held), key=lambda it: _key_rank(it.key))
+    held |= {it.key for it in rest[: max(n_val - len(held), 0)]}
+    train = [it for it in items if it.key not in held]
+    val = [it for it in items if it.key in held]
+    if not train or not val:
+        raise PrepError(
+            f"a validation split of {len(val)} of {len(items)} inputs leaves "
+            f"{'no training' if not train else 'no validation'} data; give a smaller "
+            "--val-fraction / fewer --val-images, or more inputs"
+        )
+    return train, val
+
+
+def _write_split(
+    items: Sequence[Item],
+    encode: Encoder,
+    out: Path,
+    options: ShardOptions,
+    source: str,
+    content_args: dict,
+    pre_skipped: Sequence[tuple[str, str, str]] | None,
+) -> dict:
+    """Write `OUT/train` and `OUT/val`; inputs skipped while listing count in train."""
+    if (out / MANIFEST).is_file():  # unsplit shards of an earlier run would be read too
+        if not options.overwrite:
+            raise PrepError(
+                f"{str(out)!r} holds unsplit shards; pass --overwrite to replace them with "
+                "OUT/train and OUT/val, or choose another folder"
+            )
+        _claim_folder(out, "", None, overwrite=True)
+    train, val = split_items(items, options.val_fraction, options.val_keys)
+    plain = replace(options, val_fraction=0.0, val_keys=())
+    split = {"val_fraction": options.val_fraction, "val_images": len(options.val_keys)}
+    manifests = {}
+    for name, part, pre in (("train", train, pre_skipped), ("val", val, None)):
+        args = {**content_args, "split": name, **split}
+        manifests[name] = write_shards(part, encode, out / name, plain, source, args, pre)
+    return {"splits": manifests}
+
+
 def write_shards(
     items: Sequence[Item],
     encode: Encoder,
@@ -227,15 +357,21 @@ def write_shards(
     options: ShardOptions,
     source: str,
     content_args: dict,
-    pre_skipped: Counter | None = None,
+    pre_skipped: Sequence[tuple[str, str, str]] | None = None,
 ) -> dict:
     """Write `items` as shards under `out` and return the manifest.
 
     content_args: every option that changes shard content (recorded in the manifest and in each
         shard's plan digest, so changing one rewrites the shards instead of mixing them).
-    pre_skipped: samples already rejected while listing the inputs (e.g. image missing).
+    pre_skipped: (input, reason, detail) of inputs already rejected while listing them (an
+        image missing). Every skipped input is named in `out/skipped.jsonl`.
+    With `options.val_fraction` or `options.val_keys`: writes `out/train` and `out/val` and
+    returns `{"splits": {"train": manifest, "val": manifest}}`.
     """
     out = Path(out)
+    if options.val_fraction or options.val_keys:
+        return _write_split(items, encode, out, options, source, content_args, pre_skipped)
+    _claim_folder(out, source, content_args.get("kind"), options.overwrite)
     (out / PARTS).mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
     groups = plan_groups(
@@ -244,7 +380,7 @@ def write_shards(
     tasks = []
     for i, group in enumerate(groups):
         group_items = [items[j] for j in group]
-        digest = _digest(content_args, [it.key for it in group_items])
+        digest = _digest(content_args, group_items)
         tasks.append(_Task(f"{options.prefix}-{i:06d}.tar", digest, group_items, str(out), encode))
     _remove_unplanned(out, options.prefix, {t.name for t in tasks})
     stats = {t.name: s for t in tasks if (s := _done_stats(out, t)) is not None}
@@ -255,10 +391,27 @@ def write_shards(
         stats[s["name"]] = s
         bar.update(s["inputs"])
     bar.close()
-    manifest = _manifest([stats[t.name] for t in tasks], source, content_args, pre_skipped)
+    ordered = [stats[t.name] for t in tasks]
+    named = [list(p) for p in pre_skipped or ()]
+    named += [entry for st in ordered for entry in st.get("skipped_inputs", [])]
+    manifest = _manifest(ordered, source, content_args, Counter(p[1] for p in pre_skipped or ()))
+    _write_skipped(out / SKIPPED, named)
+    _atomic_write_json(out / MANIFEST, manifest)
+    # for the report only (not in the manifest file)
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
-    _atomic_write_json(out / MANIFEST, {k: v for k, v in manifest.items() if k != "seconds"})
+    manifest["skipped_inputs"], manifest["skipped_file"] = named, str(out / SKIPPED)
     return manifest
+
+
+def _write_skipped(path: Path, named: list[list[str]]) -> None:
+    """`skipped.jsonl`: every input left out, with its reason; none left when none was."""
+    if not named:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    lines = (json.dumps({"input": i, "reason": r, "detail": d}) for i, r, d in named)
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
@@ -271,8 +424,11 @@ def _manifest(stats: list[dict], source: str, content_args: dict, pre: Counter |
     skipped = Counter(pre or {})
     for s in stats:
         skipped.update(s["skipped"])
+    # digest: of the shard's options and inputs (keys, payloads, source sizes and mtimes)
     shards = [
-        {"name": s["name"], "count": s["count"], "bytes": s["bytes"]} for s in stats if s["count"]
+        {"name": s["name"], "count": s["count"], "bytes": s["bytes"], "digest": s["digest"]}
+        for s in stats
+        if s["count"]
     ]
     return {
         "format": FORMAT,
@@ -306,12 +462,23 @@ REASON_HINTS = {
 }
 
 
+SHOWN_SKIPS = 5  # skipped inputs named in the report; skipped.jsonl names them all
+
+
 def report(manifest: dict) -> str:
-    """A short human summary of a finished conversion."""
+    """A short human summary of a finished conversion (of each split, when split)."""
+    if "splits" in manifest:
+        return "\n".join(f"{name}: {report(m)}" for name, m in manifest["splits"].items())
     lines = [f"wrote {manifest['total']} samples in {len(manifest['shards'])} shards"]
     if manifest.get("seconds"):
         lines[0] += f" ({manifest['seconds']:.1f} s)"
     for reason, n in manifest["skipped"].items():
         hint = REASON_HINTS.get(reason)
         lines.append(f"  skipped {n:>7}  {reason}" + (f"  ({hint})" if hint else ""))
+    named = manifest.get("skipped_inputs") or []
+    for name, reason, detail in named[:SHOWN_SKIPS]:
+        lines.append(f"    {name}: {reason}" + (f" ({detail})" if detail else ""))
+    if named:
+        more = f"{len(named) - SHOWN_SKIPS} more; " if len(named) > SHOWN_SKIPS else ""
+        lines.append(f"    ({more}every skipped input: {manifest['skipped_file']})")
     return "\n".join(lines)

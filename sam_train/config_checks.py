@@ -129,6 +129,78 @@ def resolve_ckpt_path(
     return str(last)
 
 
+# ------------------------------------------------------------------ data paths
+def _value(cfg: DictConfig, key: str):
+    """The resolved value at `key`, or None when it is absent, missing or cannot be resolved
+    here (an interpolation only Hydra's running job knows)."""
+    from omegaconf import OmegaConf
+
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    except Exception:
+        return None
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def data_path_problems(cfg: DictConfig, need_path: bool = True) -> list[str]:
+    """Data paths that cannot be read: a shard path (data.path, data.val_path) that does not
+    exist or holds no shards, an image folder (data.root) that does not exist. URL and pipe:
+    specs are left to the reader. Runs before anything is written, so a typo in a path never
+    leaves a run folder (nor falls back to other data). need_path: data.path must be given
+    (training; sam-eval reads only data.val_path)."""
+    if "data" not in cfg:
+        return []
+    problems = []
+    from omegaconf import OmegaConf
+
+    if need_path and "path" in cfg.data.keys() and OmegaConf.is_missing(cfg.data, "path"):
+        problems.append(
+            "data.path is required: give the shard folder to train on, data.path=SHARDS "
+            "(made by sam-prep)"
+        )
+    for key in ("path", "val_path"):
+        spec = _value(cfg, f"data.{key}")
+        if spec is None or spec == "???":
+            continue
+        from sam_train.data.shards import resolve_shards
+
+        try:
+            resolve_shards(spec)
+        except FileNotFoundError as err:
+            problems.append(f"data.{key}: {err}")
+            continue
+        if "SamDataModule" in str(cfg.data.get("_target_", "")):
+            problems += _maskless_shards(key, spec)
+    root = _value(cfg, "data.root")
+    if isinstance(root, str) and not Path(root).expanduser().is_dir():
+        problems.append(
+            f"data.root={root} does not exist or is not a folder; give your image folder"
+        )
+    return problems
+
+
+def _maskless_shards(key: str, spec) -> list[str]:
+    """Stage-2 data given shards that hold no masks (`sam-prep images` writes stage-1 ones)."""
+    from sam_train.data.shards import read_manifest
+
+    specs = spec if isinstance(spec, list) else [spec]
+    for one in specs:
+        path = Path(str(one)).expanduser()
+        manifest = read_manifest(path) if path.exists() else None
+        if manifest and (manifest.get("args") or {}).get("kind") == "images":
+            return [
+                f"data.{key}={one} holds image-only shards (sam-prep images, for stage 1); "
+                "stage 2 needs masks: sam-prep masks | coco | sa1b | labelme"
+            ]
+    return []
+
+
+def check_data_paths(cfg: DictConfig) -> None:
+    problems = data_path_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 # ------------------------------------------------------------------ stage pairings
 CONF_DIR = Path(__file__).parent / "conf"
 _STAGE_OVERRIDE = re.compile(r"^\s*-\s*override\s+/stage:\s*(\w+)", re.MULTILINE)
@@ -208,14 +280,15 @@ def check_stage_pairing(cfg: DictConfig, choices: Mapping[str, str | None] | Non
 
 
 class StagePairingCheck(Callback):
-    """Hydra callback (conf/hydra/default.yaml): the pairing check on the composed config
-    before a run or a sweep starts, so a search of the other stage is refused before its
+    """Hydra callback (conf/hydra/default.yaml): the pairing and data path checks on the
+    composed config before a run or a sweep starts, so a search of the other stage is refused before its
     first trial is composed. Hydra turns a callback's exceptions into warnings, so a refusal
     is printed and exits with status 2."""
 
     def _check(self, config: DictConfig) -> None:
         try:
             check_stage_pairing(config, config.hydra.runtime.choices)
+            check_data_paths(config)
         except ConfigError as err:
             print(f"sam-train: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -64,6 +64,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide the export from other users
     try:
         yield tmp
+        # some writers (safetensors' save_file) create private 0600 files: every file gets
+        # the mode open() would give it, like the rest of the exports
+        for child in tmp.rglob("*"):
+            child.chmod((0o777 if child.is_dir() else 0o666) & ~current_umask())
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

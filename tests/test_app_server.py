@@ -101,3 +101,60 @@ def test_sam_app_with_a_missing_checkpoint_exits_2_in_one_line(tmp_path, capsys)
     assert app_main([str(tmp_path / "missing.pth")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"sam-app: error: checkpoint {tmp_path / 'missing.pth'} does not exist"
+
+
+def test_sam_app_on_a_busy_port_exits_2_in_one_line_before_any_url(tmp_path, capsys) -> None:
+    import socket
+
+    from sam_train.cli.app import main as app_main
+
+    (tmp_path / "sam.pth").write_bytes(b"not loaded: the port is checked first")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert app_main([str(tmp_path / "sam.pth"), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert "http://" not in out
+    (line,) = err.strip().splitlines()
+    assert (
+        line.startswith(f"sam-app: error: cannot listen on 127.0.0.1:{port}") and "--port" in line
+    )
+
+
+def test_sam_app_serves_the_page_on_the_port_it_prints(tmp_path) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from conftest import console_script
+
+    sam = random_sam()
+    ckpt = tmp_path / "sam.safetensors"
+    save_weights(ckpt, sam.state_dict(), {"architecture": sam.architecture})
+    proc = subprocess.Popen(
+        [console_script("sam-app"), str(ckpt), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert found, line
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(found.group(0), timeout=5) as page:
+                    assert page.status == 200
+                    break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None
+                time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -47,7 +47,8 @@ STAGE_OF = {
         "shards_mae": "mae",
         "mix_mae": "mae",
         "sam_sample": "sam",
-        "coco": "sam",
+        "shards_sam": "sam",
+        "coco": "sam",  # the old name of shards_sam
         "sa1b": "sam",
         "mix": "sam",
     },
@@ -137,7 +138,7 @@ def test_each_data_config_builds_with_its_stage(option, tmp_path):
 
         for i in range(2):
             Image.new("RGB", (40, 30), (i * 90, 20, 20)).save(tmp_path / f"{i}.tif")
-    if option in ("shards_mae", "coco", "sa1b"):
+    if option in ("shards_mae", "shards_sam", "coco", "sa1b"):
         extra = [f"data.path={tmp_path}"]
     if option in ("mix", "mix_mae"):  # two sources, written as on a command line
         extra = [mixture_sources(tmp_path, masks=option == "mix")]

@@ -81,11 +81,42 @@ def test_the_demo_trains_a_decoder_on_the_frozen_stage_1_encoder_at_an_lr_that_l
     assert steps >= 500  # the decoder starts to localise prompts after ~250 steps
 
 
-def test_freezing_without_a_checkpoint_freezes_nothing_and_says_so(caplog) -> None:
+def test_freezing_without_a_checkpoint_freezes_what_it_names_and_warns(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="sam_train.lit.sam_model"):
-        sam = trainable_sam(freeze_encoder=True, **TINY_SAM)
-    assert all(p.requires_grad for p in sam.image_encoder.parameters())
-    assert "without model.init_from" in caplog.text
+        sam = trainable_sam(freeze=["image_encoder", "prompt_encoder"], **TINY_SAM)
+    assert not any(p.requires_grad for p in sam.image_encoder.parameters())
+    assert not any(p.requires_grad for p in sam.prompt_encoder.parameters())
+    assert all(p.requires_grad for p in sam.mask_decoder.parameters())
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "image_encoder, prompt_encoder frozen at random init" in warning.getMessage()
+    assert "no model.init_from" in warning.getMessage()
+
+
+def test_freezing_with_a_checkpoint_keeps_its_new_tensors_trainable_unless_asked(
+    stage1, caplog
+) -> None:
+    parts = ["image_encoder", "prompt_encoder"]
+    with caplog.at_level(logging.INFO, logger="sam_train.lit.sam_model"):
+        sam = trainable_sam(init_from=str(stage1), freeze=parts, **TINY_SAM)
+    # stage 1 provides none of the prompt encoder: frozen as asked, at random init, named
+    assert not any(p.requires_grad for p in sam.prompt_encoder.parameters())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "model.freeze: prompt_encoder frozen at random init (model.init_from provided none of it)"
+    ]
+    # the encoder's new neck trains by default, and is listed with the switch that freezes it
+    assert all(p.requires_grad for p in sam.image_encoder.neck.parameters())
+    assert not sam.image_encoder.blocks[0].attn.qkv.weight.requires_grad
+    assert "neck" in caplog.text and "model.freeze_new=true" in caplog.text
+    strict = trainable_sam(init_from=str(stage1), freeze=parts, freeze_new=True, **TINY_SAM)
+    assert not any(p.requires_grad for p in strict.image_encoder.parameters())
+    assert not any(p.requires_grad for p in strict.prompt_encoder.parameters())
+    assert all(p.requires_grad for p in strict.mask_decoder.parameters())
+
+
+def test_freeze_new_is_a_model_option_of_every_sam_size() -> None:
+    cfg = composed("stage=sam", "model.freeze=[image_encoder]", "model.freeze_new=true")
+    assert cfg.model.freeze_new is True and list(cfg.model.freeze) == ["image_encoder"]
 
 
 # ----------------------------------------------------------------------------- lr
@@ -95,6 +126,16 @@ def test_a_learning_rate_too_small_to_train_is_reported() -> None:
     assert message is not None and "9.37e-06" in message and "optim.lr" in message
     big = derive_schedule(cfg, 4096, total_steps=100_000, steps_per_epoch=300)
     assert lr_warning(cfg, big) is None
+
+
+def test_the_lr_warning_advises_only_what_would_change_something() -> None:
+    short = OptimConfig(lr=1e-3)  # already the typical lr: a 2-step run needs more steps
+    message = lr_warning(short, derive_schedule(short, 2, total_steps=2, steps_per_epoch=2))
+    assert message is not None and "more steps" in message
+    assert "optim.lr=" not in message.split("give", 1)[1] and "batch" not in message
+    small = OptimConfig(lr=1e-5)
+    message = lr_warning(small, derive_schedule(small, 2, total_steps=100, steps_per_epoch=10))
+    assert "a larger lr (e.g. optim.lr=0.001)" in message and "batch" not in message
 
 
 def test_encoder_lr_scale_slows_only_the_encoder_blocks() -> None:

@@ -123,7 +123,7 @@ def test_data_without_masks_is_refused(sam_file, tmp_path, monkeypatch, capsys) 
         monkeypatch, capsys, str(sam_file), "data=coco", f"data.val_path={tmp_path / 'shards'}",
         "data.num_workers=0", f"eval.out_dir={tmp_path / 'out'}",
     )  # fmt: skip
-    assert code == 2 and "no masks to evaluate" in err
+    assert code == 2 and "image-only shards" in err  # refused before anything runs
     code, err = run_eval(
         monkeypatch, capsys, str(sam_file), "data=coco", f"data.val_path={tmp_path / 'none'}",
         f"eval.out_dir={tmp_path / 'out'}",
@@ -148,3 +148,55 @@ def test_an_official_sam_checkpoint_is_evaluated(sam_file, tmp_path, monkeypatch
         report["figures"]
     )
     assert not any(k.startswith(("miou_click", "ar")) for k in report["figures"])
+    # no data given: the bundled sample is scored, and both the console and eval.json say so
+    out_text = capsys.readouterr().out
+    assert "[sam-eval] scoring the bundled sample's validation images" in out_text
+    assert report["data"]["group"] == "sam_sample" and report["data"]["val_path"] is None
+    masks = report["data"]["masks"]
+    assert masks["scored"] == report["num_masks"]
+    assert masks["read"] == masks["scored"] + sum(masks["left_out"].values())
+    assert f"masks: {masks['read']} read, {masks['scored']} scored" in out_text
+
+
+def test_eval_says_which_masks_it_scored_and_why_it_left_others_out(
+    sam_file, tmp_path, monkeypatch, capsys
+):
+    import numpy as np
+    from formats_helpers import save_label
+    from test_prep_fixtures import write_image
+
+    from data_prep.masks import convert_masks
+    from data_prep.shard_writer import ShardOptions
+
+    for i in range(2):
+        write_image(tmp_path / "imgs" / f"p{i}.png", 64, 64, seed=i)
+        label = np.zeros((64, 64), np.uint8)
+        label[4:30, 4:30] = 1  # scored
+        label[40:60, 36:60] = 2  # scored
+        label[2:4, 50:52] = 3  # 4 pixels: below the area filter
+        save_label(tmp_path / "labels" / f"p{i}.png", label)
+    shards = tmp_path / "shards"
+    convert_masks(tmp_path / "imgs", tmp_path / "labels", shards, ShardOptions(progress=False))
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["sam-eval"])
+    eval_main(
+        [str(sam_file), "data=shards_sam", f"data.val_path={shards}", "data.num_workers=0",
+         "eval.tasks=[point]", "eval.min_mask_area=16", f"eval.out_dir={out}",
+         f"hydra.run.dir={tmp_path / 'hydra'}"]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    report = json.loads((out / "eval.json").read_text())
+    assert report["data"]["val_path"] == str(shards)
+    assert f"[sam-eval] scoring {shards} (data=shards_sam)" in text
+    masks = report["data"]["masks"]
+    assert masks["read"] == 6 and masks["scored"] == 4
+    assert masks["left_out"] == {"below_min_mask_area": 2}
+    assert "masks: 6 read, 4 scored; left out: 2 below_min_mask_area (eval.min_mask_area)" in text
+
+
+def test_eval_help_names_the_checkpoint_argument_and_the_eval_options(capsys):
+    eval_main(["--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: sam-eval CKPT [overrides]")
+    assert "CKPT, the first argument" in text and "val_max_masks" in text
+    assert "data=shards_sam data.val_path=DIR" in text and "code_defaults" not in text

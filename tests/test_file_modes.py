@@ -51,3 +51,19 @@ def test_written_files_get_the_umask_mode(tmp_path, umask):
     ]:
         assert mode(path) == expected, f"{path.name}: {oct(mode(path))} != {oct(expected)}"
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_exported_folders_get_the_umask_mode(tmp_path, umask):
+    """A Hugging Face folder: its model.safetensors (written by safetensors' save_file, which
+    creates private files) and config files follow the umask like every other export."""
+    pytest.importorskip("transformers")
+    sam = tiny_sam()
+    weights = save_weights(
+        tmp_path / "sam.safetensors", sam.state_dict(), {"architecture": sam.architecture}
+    )
+    folder = export(weights, "hf", tmp_path / "hf")
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name == "model.safetensors" for p in files)
+    for path in files:
+        assert mode(path) == 0o666 & ~umask, f"{path.name}: {oct(mode(path))}"
+    assert mode(folder) == 0o777 & ~umask

@@ -4,6 +4,7 @@ trains, what the optimiser holds, merging."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -123,12 +124,12 @@ def test_freeze_keeps_trainable_what_init_from_did_not_provide():
 
 
 def test_lora_trains_only_adapters_in_the_encoder_and_the_optimiser_holds_only_trainables(
-    capsys,
+    caplog,
 ):
-    sam = trainable_sam(peft=QKV, **TINY)
+    with caplog.at_level(logging.INFO, logger="sam_train.lit.sam_model"):
+        sam = trainable_sam(peft=QKV, **TINY)
     freeze_parts(sam, ["prompt_encoder"])  # the mask-prompt path gets no gradient below
-    out = capsys.readouterr().out
-    assert "trainable parameters:" in out and "LoRA rank 4" in out
+    assert "trainable parameters:" in caplog.text and "LoRA rank 4" in caplog.text
     trainable = {n for n, p in sam.named_parameters() if p.requires_grad}
     encoder = {n for n in trainable if n.startswith("image_encoder.")}
     assert encoder == {

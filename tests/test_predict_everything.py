@@ -56,3 +56,46 @@ def test_bad_settings_exit_2_with_one_line(files, tmp_path, capsys, setting, mes
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_everything_says_how_many_masks_each_stage_kept(files, tmp_path, capsys) -> None:
+    ckpt, image = files
+    out = tmp_path / "masks.png"
+    settings = ["points_per_side=4", "pred_iou_thresh=0", "stability_score_thresh=0"]
+    args = [str(ckpt), "--image", str(image), "--everything", "--out", str(out)]
+    assert predict_main(args + [a for s in settings for a in ("--amg", s)]) == 0
+    records = json.loads(out.with_suffix(".json").read_text())
+    stages = capsys.readouterr().out.splitlines()[0]
+    assert stages.startswith("sam-predict: points 16 -> predicted 48 -> pred_iou_thresh 0: 48")
+    assert stages.endswith(f"min_mask_region_area 0: {len(records)}")
+
+
+def test_zero_masks_name_the_filter_that_removed_them(files, tmp_path, capsys) -> None:
+    """A random model at the default thresholds: every mask fails the predicted-IoU filter,
+    and the line says so with the setting to lower."""
+    ckpt, image = files
+    out = tmp_path / "masks.png"
+    args = [str(ckpt), "--image", str(image), "--everything", "--out", str(out)]
+    assert predict_main(args + ["--amg", "points_per_side=4"]) == 0
+    text = capsys.readouterr().out
+    assert "pred_iou_thresh 0.88: 0" in text and "--amg pred_iou_thresh=0.5" in text
+    assert "0 masks" in text
+
+
+def test_the_everything_picture_fills_hundreds_of_masks_in_distinct_colours() -> None:
+    from sam_train.viz.everything import draw_everything
+
+    image = np.full((200, 250, 3), 128, np.uint8)
+    masks = []
+    for i in range(250):  # 250 disjoint 8 x 8 squares
+        m = np.zeros((200, 250), bool)
+        y, x = 10 * (i // 25), 10 * (i % 25)
+        m[y + 1 : y + 9, x + 1 : x + 9] = True
+        masks.append(m)
+    picture = draw_everything(image, masks)
+    right = picture[:200, 250:]
+    centres = {tuple(right[10 * (i // 25) + 5, 10 * (i % 25) + 5]) for i in range(250)}
+    assert len(centres) >= 240  # each mask its own fill
+    assert tuple(right[1, 1]) == (20, 20, 20)  # outlined
+    assert tuple(right[0, 0]) == (128, 128, 128)  # outside every mask: the photo
+    assert np.array_equal(picture[:200, :250], image)  # the photo beside it, untouched

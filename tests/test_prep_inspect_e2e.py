@@ -59,22 +59,13 @@ def test_inspect_prints_counts_and_writes_an_overlay(label_folder, tmp_path):
     assert res.returncode == 2 and "manifest.json" in res.stderr
 
 
-@pytest.mark.slow
-def test_label_images_to_sam_training_end_to_end(label_folder, tmp_path):
-    out = tmp_path / "shards"
-    res = _prep(
-        "masks", "--images", str(label_folder / "imgs"), "--masks", str(label_folder / "labels"),
-        str(out), "--workers", "1", "--no-progress",
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    run = tmp_path / "run"
-    res = subprocess.run(
+def _train(tmp_path, run, *data: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             console_script("sam-train"),
             "stage=sam",
-            "data=coco",
-            f"data.path={out}",
-            f"data.val_path={out}",
+            "data=shards_sam",
+            *data,
             "data.num_workers=0",
             "data.pin_memory=false",
             "data.batch_size=2",
@@ -88,7 +79,28 @@ def test_label_images_to_sam_training_end_to_end(label_folder, tmp_path):
         text=True,
         timeout=600,
     )
+
+
+@pytest.mark.slow
+def test_label_images_to_sam_training_end_to_end(label_folder, tmp_path):
+    """The own-data journey of docs/your_data.md: convert with a validation split, train."""
+    out = tmp_path / "shards"
+    res = _prep(
+        "masks", "--images", str(label_folder / "imgs"), "--masks", str(label_folder / "labels"),
+        str(out), "--workers", "1", "--no-progress", "--val-fraction", "0.34",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "train: wrote 4 samples" in res.stdout and "val: wrote 2 samples" in res.stdout
+    run = tmp_path / "run"
+    res = _train(tmp_path, run, f"data.path={out / 'train'}", f"data.val_path={out / 'val'}")
     assert res.returncode == 0, res.stderr[-4000:]
+    assert "no validation data" not in res.stdout
     assert (run / "checkpoints" / "last.ckpt").is_file()
     metrics = (run / "csv" / "metrics.csv").read_text()
     assert "train/loss_dice" in metrics.splitlines()[0] and "val/miou_box" in metrics
+    # without validation data: one line says so at start, and the run goes on
+    res = _train(tmp_path, tmp_path / "run2", f"data.path={out / 'train'}", "trainer.max_steps=1")
+    assert res.returncode == 0, res.stderr[-4000:]
+    notices = [line for line in res.stdout.splitlines() if "no validation data" in line]
+    assert len(notices) == 1 and "data.val_path" in notices[0]
+    assert "across ranks is zero" not in res.stdout + res.stderr

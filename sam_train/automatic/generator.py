@@ -80,6 +80,23 @@ class _Masks:
 
 _TENSOR_FIELDS = ("logits", "iou", "stability", "boxes", "points")
 
+# the stages `stage_counts` reports, in order: grid points, masks predicted (3 per point), then
+# the masks left after each filter (crop_nms: duplicates between crops; small_regions:
+# min_mask_region_area's clean-up)
+STAGES = (
+    "points", "predicted", "pred_iou", "stability", "crop_edge", "box_nms", "crop_nms",
+    "small_regions",
+)  # fmt: skip
+# the setting that decides each filter, for messages
+STAGE_SETTINGS = {
+    "pred_iou": "pred_iou_thresh",
+    "stability": "stability_score_thresh",
+    "crop_edge": "crop_n_layers",
+    "box_nms": "box_nms_thresh",
+    "crop_nms": "crop_nms_thresh",
+    "small_regions": "min_mask_region_area",
+}
+
 
 class MaskGenerator:
     """Every object in an image, as masks with their quality scores.
@@ -147,6 +164,7 @@ class MaskGenerator:
         self.crop_nms_thresh = crop_nms_thresh
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
+        self.stage_counts = dict.fromkeys(STAGES, 0)  # of the last `generate`
         self.output_mode = output_mode
         # seconds of the last generate() by stage (on a GPU, kernels still queued when a stage
         # ends are counted in the next one)
@@ -165,10 +183,13 @@ class MaskGenerator:
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an RGB image H x W x 3, got shape {image.shape}")
         self.timings = {"encoder": 0.0, "decoder": 0.0, "filtering": 0.0}
+        # masks left after each stage, so that "0 masks" says which filter removed them
+        self.stage_counts = dict.fromkeys(STAGES, 0)
         start = time.perf_counter()
         masks = self._generate_masks(image)
         if self.min_mask_region_area > 0:
             masks = self._clean_small_regions(masks)
+        self.stage_counts["small_regions"] = len(masks.iou)
         records = self._records(masks)
         total = time.perf_counter() - start
         self.timings["filtering"] = total - self.timings["encoder"] - self.timings["decoder"]
@@ -210,6 +231,7 @@ class MaskGenerator:
             crop = masks.crop_boxes.float()
             scores = 1 / ((crop[:, 2] - crop[:, 0]) * (crop[:, 3] - crop[:, 1]))
             masks = masks.select(nms(masks.boxes.float(), scores, self.crop_nms_thresh))
+        self.stage_counts["crop_nms"] = len(masks.iou)
         return masks
 
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int) -> _Masks:
@@ -226,6 +248,7 @@ class MaskGenerator:
         ]
         masks = _Masks.cat(parts)
         masks = masks.select(nms(masks.boxes.float(), masks.iou, self.box_nms_thresh))
+        self.stage_counts["box_nms"] += len(masks.iou)
         # to the image frame; the crop's kept masks are upsampled once more, then encoded
         masks.rles = self._encode(masks.logits, crop_box, image.shape[:2])
         shift = torch.tensor([x0, y0, x0, y0], device=masks.boxes.device)
@@ -255,14 +278,19 @@ class MaskGenerator:
         self.timings["decoder"] += time.perf_counter() - t0
         logits, iou = logits.flatten(0, 1), iou.flatten(0, 1)  # point-major, as the reference
         pts = torch.as_tensor(points).repeat_interleave(3, dim=0)  # [3K, 2] float64
+        self.stage_counts["points"] += k
+        self.stage_counts["predicted"] += len(iou)
         if self.pred_iou_thresh > 0:
             keep = (iou > self.pred_iou_thresh).nonzero()[:, 0]
             logits, iou, pts = logits[keep], iou[keep], pts[keep.cpu()]
+        self.stage_counts["pred_iou"] += len(iou)
         stability, boxes = self._full_res_stats(logits)
         keep = torch.ones_like(iou, dtype=torch.bool)
         if self.stability_score_thresh > 0:
             keep &= stability >= self.stability_score_thresh
+        self.stage_counts["stability"] += int(keep.sum())
         keep &= ~near_crop_edge(boxes, crop_box, [0, 0, image_hw[1], image_hw[0]])
+        self.stage_counts["crop_edge"] += int(keep.sum())
         keep = keep.nonzero()[:, 0]
         return _Masks(logits[keep], iou[keep], stability[keep], boxes[keep], pts[keep.cpu()])
 
@@ -381,3 +409,21 @@ def _check_settings(
         raise ValueError(f"output_mode={output_mode!r}: choose one of {', '.join(OUTPUT_MODES)}")
     if min_mask_region_area < 0:
         raise ValueError(f"min_mask_region_area={min_mask_region_area}: use 0 (off) or more")
+
+
+def describe_stages(counts: dict[str, int], generator: MaskGenerator) -> str:
+    """How many masks each stage kept, with the setting of the filter that removed the most:
+    'points 1024 -> predicted 3072 -> pred_iou_thresh 0.88: 0 -> ...'."""
+    parts = [f"points {counts['points']}", f"predicted {counts['predicted']}"]
+    previous, worst, worst_drop = counts["predicted"], None, 0
+    for stage in STAGES[2:]:
+        setting = STAGE_SETTINGS[stage]
+        value = getattr(generator, setting)
+        parts.append(f"{setting} {value:g}: {counts[stage]}")
+        if previous - counts[stage] > worst_drop:
+            worst, worst_drop = setting, previous - counts[stage]
+        previous = counts[stage]
+    line = " -> ".join(parts)
+    if counts["small_regions"] == 0 and worst in ("pred_iou_thresh", "stability_score_thresh"):
+        line += f"; {worst} removed the most: try a lower one, e.g. --amg {worst}=0.5"
+    return line

@@ -9,12 +9,15 @@ each click runs only the prompt encoder and mask decoder. Needs the `app` extra
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from pathlib import Path
 
+from sam_train.cli.arguments import OneLineParser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sam-app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -37,6 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.images is not None and not args.images.is_dir():
         print(f"sam-app: error: --images {args.images} is not a folder", file=sys.stderr)
+        return 2
+    try:  # the port first: a busy one is one line, before the model loads or a URL is shown
+        sock = bind(args.host, args.port)
+    except OSError as err:
+        print(
+            f"sam-app: error: cannot listen on {args.host}:{args.port} ({err.strerror}); "
+            "pick another --port (e.g. --port 0 for any free one)",
+            file=sys.stderr,
+        )
         return 2
     try:
         import uvicorn
@@ -61,9 +73,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if service.load_error:  # the page shows it too
         print(f"sam-app: error: {service.load_error}", file=sys.stderr)
-    print(f"sam-app: http://{args.host}:{args.port}/  (Ctrl-C stops)", flush=True)
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    port = sock.getsockname()[1]
+    print(f"sam-app: http://{args.host}:{port}/  (Ctrl-C stops)", flush=True)
+    config = uvicorn.Config(create_app(service), log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (OSError when it is taken); uvicorn serves on it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT, not a listener
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":

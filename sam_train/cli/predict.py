@@ -157,21 +157,25 @@ def segment_everything(args: argparse.Namespace) -> int:
     import json
 
     from sam_train.automatic import MaskGenerator
+    from sam_train.automatic.generator import describe_stages
     from sam_train.automatic.mask_ops import decode_rle
     from sam_train.files import write_text_atomic
+    from sam_train.viz.everything import draw_everything
 
     image = sample_prompts(args.sample)[0] if args.sample else read_image(args.image)
     try:
         settings = {k: _setting(v) for k, _, v in (s.partition("=") for s in args.amg)}
         predictor = SamPredictor.from_checkpoint(args.checkpoint)
-        records = MaskGenerator(predictor, output_mode="coco_rle", **settings).generate(image)
+        generator = MaskGenerator(predictor, output_mode="coco_rle", **settings)
+        records = generator.generate(image)
     except (WeightsError, FileNotFoundError, ValueError, TypeError) as err:
         fail(PROG, str(err))
+    print(f"{PROG}: {describe_stages(generator.stage_counts, generator)}")
     records.sort(key=lambda r: -r["area"])  # small masks drawn last stay visible
-    masks = [({"point_coords": r["point_coords"]}, decode_rle(r["segmentation"])) for r in records]
+    masks = [decode_rle(r["segmentation"]) for r in records]
     json_path = args.out.with_suffix(".json")
     try:
-        save_png(draw_predictions(image, masks), args.out)
+        save_png(draw_everything(np.asarray(image), masks), args.out)
         write_text_atomic(json_path, json.dumps(records))
     except OSError as err:
         fail(PROG, f"cannot write --out {args.out}: {err.strerror or err}")

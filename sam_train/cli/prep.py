@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from sam_train.cli import prep_clip, prep_convert, prep_formats, prep_teacher
+from sam_train.cli.arguments import OneLineParser
 
 # in the order `sam-prep --help` lists them
 SUBCOMMAND_MODULES = (
@@ -27,7 +28,7 @@ SUBCOMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sam-prep",
         description="Turn image folders, COCO and SA-1B data into webdataset tar shards.",
     )

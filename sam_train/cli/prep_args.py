@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from pathlib import Path
 
 
 def parse_bytes(text: str) -> int:
@@ -47,12 +48,46 @@ def add_shard_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix", default="shard", help="shard file prefix (default 'shard')")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the shards of an output folder converted from other inputs "
+        "(a rerun on the same inputs reconverts only what changed, without it)",
+    )
+    g.add_argument(
         "--max-side",
         type=int,
         default=None,
         help="resize the longest side to at most this (masks too)",
     )
     g.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
+
+
+def add_split_args(p: argparse.ArgumentParser) -> None:
+    """The validation split of the converters that read raw inputs."""
+    g = p.add_argument_group("validation split (writes OUT/train and OUT/val)")
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="hold out this fraction of the images (e.g. 0.1); the same ones on every rerun",
+    )
+    g.add_argument(
+        "--val-images",
+        default=None,
+        help="hold out these inputs: a comma-separated list, or a text file with one per line "
+        "(paths relative to the input folder, with or without extension)",
+    )
+
+
+def val_keys(spec: str | None) -> tuple[str, ...]:
+    """--val-images (a list or a file of names) as sample keys."""
+    from data_prep.common import sample_key
+
+    if not spec:
+        return ()
+    path = Path(spec).expanduser()
+    names = path.read_text().splitlines() if path.is_file() else spec.split(",")
+    return tuple(dict.fromkeys(sample_key(n.strip()) for n in names if n.strip()))
 
 
 def add_pixel_args(p: argparse.ArgumentParser) -> None:
@@ -95,7 +130,14 @@ def shard_options(args: argparse.Namespace):
     from data_prep.shard_writer import ShardOptions
 
     return ShardOptions(
-        args.maxcount, args.maxsize, args.workers, args.prefix, not args.no_progress
+        args.maxcount,
+        args.maxsize,
+        args.workers,
+        args.prefix,
+        not args.no_progress,
+        args.overwrite,
+        getattr(args, "val_fraction", 0.0),
+        val_keys(getattr(args, "val_images", None)),
     )
 
 
@@ -104,4 +146,5 @@ def print_report(manifest: dict, out: str) -> None:
     from data_prep.shard_writer import report
 
     print(report(manifest))
-    print(f"manifest: {os.path.join(out, 'manifest.json')}")
+    for split in manifest.get("splits", {"": None}):
+        print(f"manifest: {os.path.join(out, split, 'manifest.json')}")

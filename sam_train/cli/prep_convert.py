@@ -8,6 +8,7 @@ import argparse
 from sam_train.cli.prep_args import (
     add_pixel_args,
     add_shard_args,
+    add_split_args,
     pixel_options,
     print_report,
     shard_options,
@@ -49,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output shard folder")
     add_shard_args(p)
     add_pixel_args(p)
+    add_split_args(p)
     p.set_defaults(run=_run_images)
 
     text = "COCO or LVIS instances json + images -> stage-2 shards (RLE masks, category names)"
@@ -62,6 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output shard folder")
     add_shard_args(p)
     add_pixel_args(p)
+    add_split_args(p)
     p.set_defaults(run=_run_coco)
 
     text = "SA-1B folder (sa_N.jpg + sa_N.json) -> stage-2 shards"
@@ -70,6 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output shard folder")
     add_shard_args(p)
     add_pixel_args(p)
+    add_split_args(p)
     p.set_defaults(run=_run_sa1b)
 
     text = "the embedded sample dataset as shards (OUT/mae, OUT/sam/{train,val})"

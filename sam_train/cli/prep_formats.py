@@ -11,6 +11,7 @@ from pathlib import Path
 from sam_train.cli.prep_args import (
     add_pixel_args,
     add_shard_args,
+    add_split_args,
     pixel_options,
     print_report,
     shard_options,
@@ -92,6 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _keep_empty_arg(p)
     add_shard_args(p)
     add_pixel_args(p)
+    add_split_args(p)
     p.set_defaults(run=_run_masks)
 
     text = "labelme json files (+ their images) -> stage-2 shards"
@@ -101,6 +103,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _keep_empty_arg(p)
     add_shard_args(p)
     add_pixel_args(p)
+    add_split_args(p)
     p.set_defaults(run=_run_labelme)
 
     text = "shard folder -> counts, mask statistics, skips, and an overlay PNG"

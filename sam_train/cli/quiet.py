@@ -14,6 +14,8 @@ CHECKPOINT_DIR_NOT_EMPTY = r"Checkpoint directory .* exists and is not empty"
 # ShardStream gives each loader worker its own seed and an exact share (batches_per_worker),
 # which is what this warning asks for; it cannot see that.
 ITERABLE_WITH_LEN = r"Your `IterableDataset` has `__len__` defined"
+# A run without validation data says so in its own words at start (cli/train.py).
+NO_VALIDATION_DATA = r"Total length of .* across ranks is zero"
 # Lightning's info-level lines: an advert for its cloud logger, a note on a call our optimiser
 # set-up makes on purpose (the schedule needs the number of steps), and the notice that our
 # model summary replaces its own.
@@ -36,6 +38,7 @@ def configure_lightning_output() -> None:
     warnings.filterwarnings("ignore", message=LEAFSPEC_DEPRECATION)
     warnings.filterwarnings("ignore", message=CHECKPOINT_DIR_NOT_EMPTY)
     warnings.filterwarnings("ignore", message=ITERABLE_WITH_LEN)
+    warnings.filterwarnings("ignore", message=NO_VALIDATION_DATA)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         if not logger.handlers:

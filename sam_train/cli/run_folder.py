@@ -11,7 +11,7 @@ from pathlib import Path
 from sam_train.config_checks import ConfigError
 
 # what Hydra writes into every run folder before the run starts
-WRITTEN_AT_START = {".hydra", "train.log"}
+WRITTEN_AT_START = {".hydra", "train.log", "eval.log"}  # eval.log: sam-eval's job
 FOLDER_OPTIONS = ("hydra.run.dir=", "hydra.sweep.dir=", "hparams_search=", "hydra.mode=")
 
 

@@ -22,6 +22,7 @@ from sam_train.cli.run_folder import keep_first_record, remove_if_unused, resume
 from sam_train.config_checks import (
     ConfigError,
     check_config,
+    check_data_paths,
     check_resume_checkpoint,
     check_resume_fits,
     check_stage_pairing,
@@ -35,10 +36,17 @@ if TYPE_CHECKING:
 PROG = "sam-train"
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[L.Callback]:
+    """The configured callbacks; without a logger (logger=none) those that only log (the
+    learning-rate and throughput monitors, which Lightning refuses then) are left out."""
     from hydra.utils import instantiate
 
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if has_logger:
+        return callbacks
+    from lightning.pytorch.callbacks import LearningRateMonitor, ThroughputMonitor
+
+    return [c for c in callbacks if not isinstance(c, LearningRateMonitor | ThroughputMonitor)]
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -102,11 +110,16 @@ def forget_logged_after(trainer, ckpt_path: str) -> None:
 def train(cfg: DictConfig) -> float | None:
     check_stage_pairing(cfg, group_choices())
     check_config(cfg)
+    check_data_paths(cfg)
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir, cfg.get("auto_resume", False))
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, cfg.stage.name)
     print(f"[sam-train] stage {cfg.stage.name} | run folder: {run_dir.resolve()}", flush=True)
+    from sam_train.cli.overrides import renamed_option_notices
+
+    for line in renamed_option_notices(group_choices()):
+        print(f"[sam-train] {line}", flush=True)
     if ckpt_path:
         print(f"[sam-train] resuming from {ckpt_path}", flush=True)
 
@@ -118,6 +131,9 @@ def train(cfg: DictConfig) -> float | None:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate_checked(cfg.data, "data")
+    notice = no_validation_notice(datamodule, cfg.get("optimized_metric"))
+    if notice:
+        print(f"[sam-train] {notice}", flush=True)
     model = instantiate_checked(cfg.model, "model")
     if ckpt_path:
         check_resume_fits(ckpt_path, model)
@@ -128,8 +144,12 @@ def train(cfg: DictConfig) -> float | None:
     module = make_module(
         model=model, optim=optim, run_config=OmegaConf.to_container(cfg, resolve=True)
     )
+    loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate_checked(
-        cfg.trainer, "trainer", callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False
+        cfg.trainer,
+        "trainer",
+        callbacks=build_callbacks(cfg, bool(loggers)),
+        logger=loggers or False,
     )
     if ckpt_path:
         forget_logged_after(trainer, ckpt_path)
@@ -154,6 +174,18 @@ def train(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         report_results(run_dir, metric_name, metric)
     return float(metric) if metric is not None else None
+
+
+def no_validation_notice(datamodule: Any, metric_name: str | None) -> str | None:
+    """One line when the data has no validation set (the run goes on without one)."""
+    if getattr(datamodule, "val_path", True) and getattr(datamodule, "val_set", True):
+        return None
+    fix = "data.val_fraction" if hasattr(datamodule, "val_set") else "data.val_path=VAL_SHARDS"
+    return (
+        f"no validation data: training runs without val/* metrics ({metric_name} is never "
+        f"computed, no best checkpoint is kept); give {fix} (sam-prep --val-fraction 0.1 "
+        "writes OUT/val)"
+    )
 
 
 def describe_checkpoints(folder: Path, metric_name: str | None) -> str:

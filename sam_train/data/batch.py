@@ -44,6 +44,7 @@ class SamBatch:
     image_ids:   B identifiers (the shard sample key or the COCO image id).
     region_embeds: optional [B, M, E] precomputed CLIP image embeddings of each mask's region.
     teacher_embeds: optional [B, C, h, w] a teacher SAM's precomputed image embeddings.
+    mask_counts: what became of the images' annotated masks (`MASK_OUTCOMES` + read), summed.
     """
 
     images: torch.Tensor
@@ -56,6 +57,7 @@ class SamBatch:
     image_ids: list = field(default_factory=list)
     region_embeds: torch.Tensor | None = None
     teacher_embeds: torch.Tensor | None = None
+    mask_counts: dict[str, int] | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SamBatch:
         """Move every tensor field (Lightning calls this through `transfer_batch_to_device`)."""

@@ -40,6 +40,18 @@ class SamItem:
     image_id: object
     region_embeds: torch.Tensor | None = None  # [M, E] CLIP region embeddings (`clip.npy`)
     teacher_embeds: torch.Tensor | None = None  # [C, h, w] a teacher's embeddings (`teacher.npy`)
+    # what became of the record's masks: read, kept, and left out by reason (MASK_OUTCOMES)
+    mask_counts: dict[str, int] | None = None
+
+
+# every mask a record holds ends in one of these (their sum is `read`)
+MASK_OUTCOMES = (
+    "kept",
+    "empty",
+    "below_min_mask_area",
+    "above_max_mask_fraction",
+    "over_max_masks",
+)
 
 
 def resized_hw(h: int, w: int, size: int) -> tuple[int, int]:
@@ -111,9 +123,11 @@ class SamSamplePrep:
         h, w = resized_hw(H, W, self.img_size)
         for row, ann in enumerate(record["annotations"]):
             ann["_row"] = row  # the annotation's row in `clip.npy`, through shuffles and filters
-        anns = self._candidates(record["annotations"], H, W, (h * w) / (H * W))
+        counts = dict.fromkeys(MASK_OUTCOMES, 0)
+        counts["read"] = len(record["annotations"])
+        anns = self._candidates(record["annotations"], H, W, (h * w) / (H * W), counts)
         rng.shuffle(anns)
-        masks, kept = self._decode_masks(anns, H, W, h, w)
+        masks, kept = self._decode_masks(anns, H, W, h, w, counts)
         if not kept:
             raise SkipSample("no_masks", f"none of {len(record['annotations'])} masks usable")
         img = img.resize((w, h), Image.Resampling.BILINEAR)
@@ -137,27 +151,33 @@ class SamSamplePrep:
             image_id=image_id if image_id is not None else sample.get("__key__"),
             region_embeds=region_embeds_of(sample, kept),
             teacher_embeds=teacher,
+            mask_counts=counts,
         )
 
-    def _candidates(self, anns: list[dict], H: int, W: int, area_scale: float) -> list[dict]:
-        """Annotations whose area passes the filters (checked exactly again after resizing)."""
+    def _candidates(
+        self, anns: list[dict], H: int, W: int, area_scale: float, counts: dict[str, int]
+    ) -> list[dict]:
+        """Annotations whose area passes the filters (checked exactly again after resizing);
+        the others counted in `counts` by reason."""
         out = []
         for ann in anns:
             seg = ann["segmentation"]
             if list(seg["size"]) != [H, W]:
                 raise ValueError(f"mask size {seg['size']} != image size {[H, W]}")
             area = ann.get("area") or float(mask_utils.area(compressed_rle(seg)))
-            if (
-                area <= self.max_mask_fraction * H * W
-                and area * area_scale >= self.min_mask_area / 4
-            ):
+            if area > self.max_mask_fraction * H * W:
+                counts["above_max_mask_fraction"] += 1
+            elif area * area_scale < self.min_mask_area / 4:
+                counts["empty" if area == 0 else "below_min_mask_area"] += 1
+            else:
                 out.append(ann)
         return out
 
     def _decode_masks(
-        self, anns: list[dict], H: int, W: int, h: int, w: int
+        self, anns: list[dict], H: int, W: int, h: int, w: int, counts: dict[str, int]
     ) -> tuple[np.ndarray, list[dict]]:
-        """Decode in chunks until `max_masks` pass the exact area checks: [M, h, w] bool."""
+        """Decode in chunks until `max_masks` pass the exact area checks: [M, h, w] bool; the
+        masks that fail them, and those never reached, counted in `counts`."""
         masks, kept, start = [], [], 0
         while len(kept) < self.max_masks and start < len(anns):
             chunk = anns[start : start + self.max_masks - len(kept)]
@@ -166,9 +186,15 @@ class SamSamplePrep:
                 mask_utils.decode([compressed_rle(a["segmentation"]) for a in chunk]), h, w
             )
             area = small.reshape(len(chunk), -1).sum(1, dtype=np.int64)  # uint8 sums are fast
-            ok = (area >= self.min_mask_area) & (area <= self.max_mask_fraction * h * w)
+            large = area > self.max_mask_fraction * h * w
+            ok = (area >= self.min_mask_area) & ~large
+            counts["empty"] += int(((area == 0) & ~ok).sum())
+            counts["below_min_mask_area"] += int(((area > 0) & (area < self.min_mask_area)).sum())
+            counts["above_max_mask_fraction"] += int(large.sum())
             masks.append(small[ok].view(bool))
             kept += [a for a, good in zip(chunk, ok) if good]
+        counts["kept"] += len(kept)
+        counts["over_max_masks"] += len(anns) - start
         return (np.concatenate(masks) if masks else np.zeros((0, h, w), bool)), kept
 
 
@@ -258,4 +284,11 @@ def collate_sam(items: list[SamItem]) -> SamBatch:
         image_ids=[it.image_id for it in items],
         region_embeds=region,
         teacher_embeds=teacher,
+        mask_counts=_summed([it.mask_counts for it in items]),
     )
+
+
+def _summed(counts: list[dict[str, int] | None]) -> dict[str, int] | None:
+    if any(c is None for c in counts):
+        return None
+    return {k: sum(c.get(k, 0) for c in counts) for k in counts[0]}

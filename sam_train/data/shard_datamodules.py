@@ -228,21 +228,23 @@ class ShardSamDataModule(ShardDataModule):
 
 
 class SampleSamDataModule(ShardSamDataModule):
-    """Stage 2 on the embedded sample dataset: `build(path, variants=...)` makes its shards
-    under `path` on first use (atomically; safe when several processes race;
+    """Stage 2 on the embedded sample dataset: `build(sample_dir, variants=...)` makes its
+    shards under `sample_dir` on first use (atomically; safe when several processes race;
     conf/data/sam_sample.yaml passes `data_prep.sample.ensure_sample_shards`), then it reads
-    `path/sam/{train,val}`. `variants` composites per photo: more give more training images,
-    the same validation set (give each count its own `path`)."""
+    `sample_dir/sam/{train,val}`. `variants` composites per photo: more give more training
+    images, the same validation set (give each count its own `sample_dir`). The folder is
+    named `sample_dir`, not `path`, so that `data.path=MY_SHARDS` without `data=shards_sam`
+    is refused instead of building the sample there."""
 
     def __init__(
         self,
-        path: str,
+        sample_dir: str,
         img_size: int,
         build: Callable[..., object] | None = None,
         variants: int = 2,
         **kwargs,
     ) -> None:
-        root = Path(path).expanduser()
+        root = Path(sample_dir).expanduser()
         if kwargs.get("val_path") is None:  # the sample's own validation split
             kwargs["val_path"] = str(root / "sam" / "val")
         super().__init__(str(root / "sam" / "train"), img_size, **kwargs)

@@ -22,6 +22,7 @@ class SkipSample(Exception):
     def __init__(self, reason: str, detail: str = "", also: dict | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail
         self.also = dict(also or {})
 
 

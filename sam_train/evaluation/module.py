@@ -5,6 +5,7 @@ recall, per-mask IoUs for the histogram and the worst cases for a picture page."
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,7 @@ class EvalModule(SamModule):
 
     def reset_collections(self) -> None:
         self.per_mask: dict[str, list[torch.Tensor]] = {}
+        self.mask_counts: Counter = Counter()  # what became of the shards' masks (summed)
         self.worst: list[tuple[float, np.ndarray]] = []
         self.proposals.reset()
 
@@ -94,6 +96,7 @@ class EvalModule(SamModule):
             results = {**results, **extra}
         for name, value in results.items():
             self.per_mask.setdefault(name, []).append(value.detach().float().cpu())
+        self.mask_counts.update(batch.mask_counts or {})
         self._keep_worst(batch, targets, embeddings, results["iou_point_confident"])
         if self.generator is not None:
             self._segment_everything(batch)
@@ -137,18 +140,24 @@ class EvalModule(SamModule):
             for name, value in self.proposals.compute(gather=all_gather_objects).items():
                 self.log(f"val/{name}", value)
 
-    def gathered(self) -> tuple[dict[str, np.ndarray], list[tuple[float, np.ndarray]]]:
-        """Per-mask IoUs and worst-case panels of every rank (call on all ranks)."""
+    def gathered(
+        self,
+    ) -> tuple[dict[str, np.ndarray], list[tuple[float, np.ndarray]], dict[str, int]]:
+        """Per-mask IoUs, worst-case panels and the mask counts (`MASK_OUTCOMES`) of every
+        rank (call on all ranks)."""
         local = {n: torch.cat(v).numpy() for n, v in self.per_mask.items()}
-        parts = all_gather_objects([(local, self.worst)])
+        parts = all_gather_objects([(local, self.worst, dict(self.mask_counts))])
         per_mask: dict[str, list[np.ndarray]] = {}
         worst: list[tuple[float, np.ndarray]] = []
+        counts: Counter = Counter()
         for part in parts:
-            for values, panels in part:
+            for values, panels, part_counts in part:
                 for n, v in values.items():
                     per_mask.setdefault(n, []).append(v)
                 worst += panels
+                counts.update(part_counts)
         return (
             {n: np.concatenate(v) for n, v in per_mask.items()},
             sorted(worst, key=lambda t: t[0])[: self.num_worst],
+            dict(counts),
         )

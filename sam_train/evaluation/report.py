@@ -34,10 +34,14 @@ def write_report(
     tasks: list[str],
     config: dict,
     checkpoint: dict,
+    data: dict | None = None,
 ) -> dict:
+    """data: what was scored (`description`, `val_path`) and its masks: read, scored, left
+    out by reason (recorded as they are in eval.json)."""
     figures = task_figures(figures, tasks)
     report = {
         "checkpoint": checkpoint,
+        "data": data,
         "tasks": tasks,
         "num_masks": int(len(per_mask["iou_point_confident"])),
         "figures": figures,

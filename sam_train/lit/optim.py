@@ -107,6 +107,9 @@ def derive_schedule(
 # The most any weight can move under Adam is about lr per step; below this total over a run
 # (lr x steps) training leaves the weights where they started (e.g. 9.4e-6 x 160 steps).
 MIN_TOTAL_LR = 0.01
+# An absolute Adam lr that trains these models from scratch (the stage-2 CPU default); the
+# warning suggests raising the lr only when the run's is below it.
+TYPICAL_LR = 1e-3
 
 
 def lr_warning(cfg: OptimConfig, derived: DerivedSchedule) -> str | None:
@@ -119,10 +122,16 @@ def lr_warning(cfg: OptimConfig, derived: DerivedSchedule) -> str | None:
         if cfg.lr is not None
         else f"optim.base_lr {cfg.base_lr:g} x effective batch {derived.effective_batch} / 256"
     )
+    fixes = []  # only the ones that apply: no advice to set what is already set
+    if derived.lr < TYPICAL_LR:
+        fixes.append(f"a larger lr (e.g. optim.lr={TYPICAL_LR:g})")
+    if cfg.lr is None:
+        fixes.append("a larger batch")
+    fixes.append("more steps (trainer.max_steps / trainer.max_epochs)")
     return (
         f"lr {derived.lr:.3g} ({origin}) over {derived.total_steps} steps: Adam moves a weight "
-        f"by at most ~lr per step, {total:.2g} in all, so the model will hardly change; set "
-        f"optim.lr (an absolute lr, e.g. optim.lr=1e-3), a larger batch or more steps"
+        f"by at most ~lr per step, {total:.2g} in all, so the model will hardly change; give "
+        + ", or ".join(fixes)
     )
 
 

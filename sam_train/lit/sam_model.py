@@ -9,21 +9,26 @@ from collections.abc import Sequence
 
 from sam_train.models.lora import LoraConfig, add_lora, count_parameters
 from sam_train.models.sam.sam import Sam, build_from_architecture
-from sam_train.training.freezing import freeze_parts
+from sam_train.training.freezing import freeze_parts, unloaded_parts
 from sam_train.weights.init import init_sam_from
 
 log = logging.getLogger(__name__)
 
 
-def _say(message: str) -> None:
-    log.info(message)
-    print(f"[sam-train] {message}", flush=True)
+def _say(message: str, level: int = logging.INFO) -> None:
+    """One line: through logging when the process configured it (a sam-train run: console and
+    train.log), else printed (plain Python), never both."""
+    if logging.getLogger().handlers:
+        log.log(level, message)
+    else:
+        print(f"[sam-train] {message}", flush=True)
 
 
 def trainable_sam(
     init_from: str | None = None,
     freeze: Sequence[str] = (),
     freeze_encoder: bool = False,
+    freeze_new: bool = False,
     peft: LoraConfig | None = None,
     **architecture,
 ) -> Sam:
@@ -33,8 +38,11 @@ def trainable_sam(
 
     Args:
         freeze: parts whose weights stay fixed (`image_encoder`, `prompt_encoder`,
-            `mask_decoder.transformer`, ...); tensors `init_from` did not provide stay trainable.
+            `mask_decoder.transformer`, ...), with or without `init_from`; a part `init_from`
+            left wholly at random init is frozen there, named in a warning.
         freeze_encoder: the older switch, the same as `freeze=[image_encoder]`.
+        freeze_new: also freeze the tensors `init_from` did not provide inside a frozen part
+            that it did partly load (a new neck); by default they train, and are listed.
         peft: LoRA settings; the base weights of every part holding an adapter are frozen.
     """
     sam = build_from_architecture(architecture)
@@ -45,12 +53,16 @@ def trainable_sam(
         sam.init_report = report
         provided = set(report.loaded)
     parts = list(dict.fromkeys(list(freeze) + (["image_encoder"] if freeze_encoder else [])))
-    if parts and provided is None:
+    random_parts = unloaded_parts(sam, parts, provided)
+    if random_parts:
+        why = "no model.init_from" if provided is None else "model.init_from provided none of it"
         _say(
-            "model.freeze without model.init_from: no tensor was loaded, so nothing is frozen "
-            f"and {', '.join(parts)} train from their random init"
+            f"model.freeze: {', '.join(random_parts)} frozen at random init ({why})",
+            logging.WARNING,
         )
-    kept = freeze_parts(sam, parts, provided if provided is not None else set())
+    freeze_parts(sam, random_parts)
+    loaded_parts = [p for p in parts if p not in random_parts]
+    kept = freeze_parts(sam, loaded_parts, None if freeze_new else provided)
     if peft is not None:  # adapters over the base the user chose, loaded or not
         adapted = add_lora(sam, peft)
         holders = sorted({name.split(".")[0] for name in adapted})
@@ -63,7 +75,8 @@ def trainable_sam(
     if kept:
         _say(
             f"{len(kept)} tensors of frozen parts stay trainable, init_from did not provide "
-            f"them: {', '.join(kept[:8])}{' ...' if len(kept) > 8 else ''}"
+            f"them: {', '.join(kept[:8])}{' ...' if len(kept) > 8 else ''} "
+            "(model.freeze_new=true freezes them too)"
         )
     trainable, total = count_parameters(sam)
     _say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")

@@ -1,10 +1,12 @@
 """Freezing named parts of a model for fine-tuning.
 
 A part is any module name (`image_encoder`, `prompt_encoder`, `mask_decoder.transformer`,
-`image_encoder.blocks.0`) or a parameter name. Two kinds of tensor are never frozen: adapter
-tensors (`lora_A`, `lora_B`), and, when the model was initialised from a checkpoint, tensors
-that checkpoint did not provide (a new neck, relative-position tables, a decoder at its random
-start): frozen, they would stay random for good.
+`image_encoder.blocks.0`) or a parameter name. Adapter tensors (`lora_A`, `lora_B`) are never
+frozen. When the model was initialised from a checkpoint, the tensors it did not provide inside
+a partly loaded part (a new neck, relative-position tables) stay trainable unless asked
+otherwise: frozen, they would stay random for good. A part of which nothing was loaded is
+frozen as asked, at its random init (a frozen random encoder is a legitimate probe); the
+caller names such parts in a warning (`unloaded_parts`).
 """
 
 from __future__ import annotations
@@ -27,16 +29,21 @@ def part_names(model: nn.Module, max_depth: int = 2) -> list[str]:
     ]
 
 
-def _parameters_of(model: nn.Module, part: str) -> list[str]:
+def parameters_of(model: nn.Module, part: str) -> list[str]:
+    """Names of the parameters of one part (a module or a parameter name)."""
     if part in dict(model.named_parameters()):
         return [part]
     try:
         module = model.get_submodule(part)
     except AttributeError:
+        import difflib
+
+        close = difflib.get_close_matches(part, part_names(model), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
         raise FreezeError(
-            f"model.freeze entry {part!r} names no part of the model; parts that fit: "
-            + ", ".join(part_names(model))
-            + " (or any deeper module name, e.g. image_encoder.blocks.0)"
+            f"model.freeze entry {part!r} names no part of the model; {hint}parts: "
+            + ", ".join(part_names(model, max_depth=1))
+            + " or any module inside one (e.g. mask_decoder.transformer, image_encoder.blocks.0)"
         ) from None
     return [f"{part}.{n}" for n, _ in module.named_parameters()]
 
@@ -50,7 +57,7 @@ def freeze_parts(
     params = dict(model.named_parameters())
     kept: list[str] = []
     for part in parts:
-        for name in _parameters_of(model, part):
+        for name in parameters_of(model, part):
             if name.endswith((".lora_A", ".lora_B")):
                 continue
             if provided is not None and name not in provided:
@@ -58,3 +65,9 @@ def freeze_parts(
                 continue
             params[name].requires_grad_(False)
     return sorted(set(kept))
+
+
+def unloaded_parts(model: nn.Module, parts: Iterable[str], provided: set[str] | None) -> list[str]:
+    """The parts none of whose parameters `provided` holds (all of them without a checkpoint):
+    frozen, they stay at their random init."""
+    return [p for p in parts if not set(parameters_of(model, p)) & (provided or set())]
