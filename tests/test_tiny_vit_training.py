@@ -14,13 +14,11 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from lite_medsam_helpers import lite_medsam_path, randomise_
 
-from sam_train.config_defaults import register_code_defaults
 from sam_train.models.sam.sam import build_tiny_vit_sam
 from sam_train.weights.sam_loading import load_sam
 
 
 def composed_model(*overrides: str):
-    register_code_defaults()
     with initialize_config_module("sam_train.conf", version_base=None):
         cfg = compose("train", overrides=["stage=sam", "model=lite_medsam", *overrides])
     return cfg, instantiate(cfg.model)
