@@ -15,9 +15,10 @@ from PIL import Image, UnidentifiedImageError
 
 from sam_train.data.image_files import IMAGE_SUFFIXES  # noqa: F401  (what `images` converts)
 from sam_train.data.skipped import SkipSample  # noqa: F401  (counted by reason in manifests)
+from sam_train.errors import UserError
 
 
-class PrepError(RuntimeError):
+class PrepError(UserError, RuntimeError):
     """A conversion cannot start or go on; the message names the path and the fix."""
 
 

@@ -17,9 +17,10 @@ from hydra.utils import get_object
 from omegaconf import DictConfig
 
 from sam_train import cpu_precision
+from sam_train.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A run config that cannot work; the message names the key and the fix."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from sam_train.errors import UserError
 from sam_train.predictor import SamPredictor
 from sam_train.weights.checkpoints import WeightsError
 from sam_train.weights.sam_loading import load_sam
@@ -28,7 +29,7 @@ DECODERS = ("torch", "onnx", "onnx-int8")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-class PageError(ValueError):
+class PageError(UserError):
     """A request the page made that cannot be answered; the message is shown on the page."""
 
 

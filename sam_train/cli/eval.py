@@ -12,13 +12,14 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sam_train.errors import UserError
 from sam_train.evaluation.report import write_report
 from sam_train.weights.checkpoints import WeightsError, file_sha256, read_weights
 
 VALIDATION_KEYS = ("val_max_masks", "val_max_clicks", "min_mask_area", "max_mask_fraction", "seed")
 
 
-class EvalError(ValueError):
+class EvalError(UserError):
     """Input `sam-eval` cannot use; the message names it and the fix."""
 
 

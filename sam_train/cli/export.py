@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from sam_train.cli.arguments import OneLineParser
-from sam_train.weights.checkpoints import WeightsError
+from sam_train.errors import UserError
 from sam_train.weights.export import EXPORTERS, export
 from sam_train.weights.safetensors_io import DTYPES
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = export(args.checkpoint, args.format, args.out, args.dtype, quantize=args.quantize)
-    except (WeightsError, ValueError, FileNotFoundError) as err:
+    except (UserError, ValueError, FileNotFoundError) as err:
         print(f"sam-export: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # the output cannot be written (permissions, a folder, a full disk)

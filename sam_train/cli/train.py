@@ -28,6 +28,7 @@ from sam_train.config_checks import (
     check_stage_pairing,
     resolve_ckpt_path,
 )
+from sam_train.errors import UserError
 
 if TYPE_CHECKING:
     import lightning as L
@@ -230,15 +231,7 @@ def root_cause(err: BaseException) -> BaseException:
 def user_error_lines(err: BaseException) -> list[str] | None:
     """The message lines of an error the user caused (a config, file or checkpoint problem),
     or None for anything else (a bug: shown with its traceback)."""
-    user_errors: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
-    for module, name in [
-        ("sam_train.weights.checkpoints", "WeightsError"),
-        ("sam_train.models.sam.text", "ClipLoadError"),
-        ("sam_train.models.lora", "LoraError"),
-        ("sam_train.training.freezing", "FreezeError"),
-    ]:  # looked up, not imported: an error raised before torch was imported is not of these
-        if module in sys.modules:
-            user_errors += (getattr(sys.modules[module], name),)
+    user_errors = (UserError, FileNotFoundError)
     chain, current = [], err
     while current is not None and current not in chain:
         chain.append(current)

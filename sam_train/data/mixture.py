@@ -32,13 +32,14 @@ from torch.utils.data import IterableDataset, get_worker_info
 from sam_train.data.resumable import dist_rank_world
 from sam_train.data.shards import ShardErrorHandler, decoded, read_samples, resolve_shards
 from sam_train.data.skipped import SkipCounter
+from sam_train.errors import UserError
 
 log = logging.getLogger(__name__)
 
 SOURCE_KEY = "__source__"  # the raw sample's source name (set before decoding)
 
 
-class MixtureError(ValueError):
+class MixtureError(UserError):
     """A mixture that cannot be read (bad weight, missing or empty source); one line."""
 
 

@@ -22,6 +22,8 @@ from typing import IO
 import fsspec
 import webdataset as wds
 
+from sam_train.errors import UserError
+
 log = logging.getLogger(__name__)
 
 RETRIES = 4  # further attempts after the first failed open of a remote shard
@@ -30,7 +32,7 @@ BACKOFF_S = 1.0  # wait before the first retry; doubles each time (1, 2, 4, 8 s)
 SCHEME_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
 
 
-class RemoteError(OSError, ValueError):
+class RemoteError(OSError, UserError):
     """A remote shard or manifest that cannot be opened (after retries), or a scheme with no
     reader installed; one line. A ValueError too, so `sam-train` reports it as bad input."""
 

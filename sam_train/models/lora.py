@@ -20,10 +20,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sam_train.errors import UserError
+
 LORA_SUFFIXES = (".lora_A", ".lora_B", ".lora_scale")
 
 
-class LoraError(ValueError):
+class LoraError(UserError):
     """Adapter settings that cannot work; the message names the `peft.*` key and the fix."""
 
 

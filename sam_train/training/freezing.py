@@ -15,8 +15,10 @@ from collections.abc import Iterable
 
 import torch.nn as nn
 
+from sam_train.errors import UserError
 
-class FreezeError(ValueError):
+
+class FreezeError(UserError):
     """A `model.freeze` entry that names nothing in the model."""
 
 

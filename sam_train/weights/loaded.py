@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from sam_train.errors import UserError
+
 
 @dataclass
 class LoadedWeights:
@@ -18,5 +20,5 @@ class LoadedWeights:
     path: Path | None = None
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A weights file that cannot be used; the message names the file and the problem."""

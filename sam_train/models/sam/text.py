@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sam_train.errors import UserError
 from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 LIST_MODELS_HINT = 'python -c "import open_clip; print(open_clip.list_models())"'
 
 
-class ClipLoadError(RuntimeError):
+class ClipLoadError(UserError, RuntimeError):
     """The CLIP model or its weights cannot be loaded; the message names the fix."""
 
 
