@@ -38,6 +38,13 @@ TILE = (slice(40, 125), slice(100, 229))  # 85 x 129 px of stardist's nuclei, va
 PHOTO = skimage.data.chelsea()  # 300 x 451 RGB
 
 
+def dimmed(rgb: np.ndarray) -> np.ndarray:
+    """Channels scaled and lifted apart (levels 20-84, 10-47, 5-62): min and max come from
+    different channels, lie inside the picture rather than at the padding's 0, and below
+    osam's padding (the ImageNet mean, 124 / 116 / 104 in 8-bit levels)."""
+    return (rgb * np.array([0.3, 0.2, 0.25]) + [20, 10, 5]).astype(np.uint8)
+
+
 @pytest.fixture(scope="module")
 def tile() -> tuple[np.ndarray, dict]:
     """The RGB tile and prompts on its largest nucleus: its box, and three clicks (one inside,
@@ -183,8 +190,7 @@ def min_max_folders(tmp_path_factory):
 def test_tool_encoder_min_max_over_the_picture_as_the_predictor(min_max_folders, hw):
     sam, out = min_max_folders
     picture = np.asarray(Image.fromarray(PHOTO).resize(hw[::-1], Image.BILINEAR))
-    # darken and lift one channel: min and max then come from different channels
-    picture = (picture * [0.5, 0.3, 0.4] + [40, 0, 10]).astype(np.uint8)
+    picture = dimmed(picture)
     session = ort.InferenceSession(str(out / "anylabeling" / "encoder.onnx"))
     (embedding,) = session.run(None, {"input_image": picture.astype(np.float32)})
     predictor = SamPredictor(sam)
@@ -223,7 +229,7 @@ def test_osam_encoder_recovers_osams_pixels_and_min_max_normalises(
     predictor.set_image(picture)
     assert np.abs(embedding.embedding - predictor.embedding.numpy()[0]).max() < 1e-4
 
-    photo = (PHOTO * [0.5, 0.3, 0.4] + [40, 0, 10]).astype(np.uint8)
+    photo = dimmed(PHOTO)
     embedding = model.encode_image(photo)
     predictor.set_image(photo)
     assert np.abs(embedding.embedding - predictor.embedding.numpy()[0]).max() < 1e-4
