@@ -168,9 +168,10 @@ class OsamMinMaxEncoder(nn.Module):
 
     osam resizes the picture (PIL's bilinear, 8-bit), normalises it with the ImageNet mean /
     std in float32 and pads with 0. The 8-bit pixels come back exactly by rounding
-    x * std + mean (float32 errors are about 1e-5 of a level), and the padding is where all
-    three channels are exactly 0, a value no 8-bit pixel normalises to (the means are not
-    whole numbers); then min-max over the picture's pixels and zero padding, as `ToolEncoder`.
+    x * std + mean (float32 keeps the round trip far within half a level), and the padding is
+    where all three channels are exactly 0, a value no 8-bit pixel normalises to (the means
+    are not whole numbers); then min-max over the picture's pixels and zero padding, as
+    `ToolEncoder` does.
     """
 
     def __init__(self, sam: Sam) -> None:
