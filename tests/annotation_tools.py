@@ -8,6 +8,9 @@ tests load only the SAM module, `anylabeling/services/auto_labeling/sam_onnx.py`
 its parent packages are entered as bare namespaces so that their GUI-importing `__init__`
 files do not run. The module itself, and what it imports (`runtime.py`, `app_info.py` for
 AnyLabeling), run as shipped. osam has light dependencies and is a plain dev dependency.
+
+Also here: how a tool's mask is compared with `SamPredictor`'s (`reference`,
+`assert_same_mask`) and where the tools find the graphs (`tool_paths`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image, ImageDraw
 
 TOOLS_DIR = Path(sys.prefix) / "annotation-tools"
@@ -60,9 +64,10 @@ class RecordingSession:
     def get_inputs(self):
         return self.session.get_inputs()
 
-    def run(self, output_names, feeds, *args, **kwargs):
-        outputs = self.session.run(output_names, feeds, *args, **kwargs)
-        self.calls.append(({k: v.copy() for k, v in feeds.items()}, [o.copy() for o in outputs]))
+    def run(self, output_names, input_feed, *args, **kwargs):  # onnxruntime's argument names
+        outputs = self.session.run(output_names, input_feed, *args, **kwargs)
+        feeds = {k: v.copy() for k, v in input_feed.items()}
+        self.calls.append((feeds, [o.copy() for o in outputs]))
         return outputs
 
 
@@ -89,3 +94,40 @@ def draw_prompts_picture(photo: np.ndarray, prompts: dict, masks: dict) -> np.nd
     tiles += [np.zeros_like(tiles[0])] * (len(tiles) % 2)
     rows = [np.concatenate(tiles[i : i + 2], axis=1) for i in range(0, len(tiles), 2)]
     return np.concatenate(rows, axis=0)
+
+
+def tool_paths(out):
+    """The graph paths the tools resolve from model.yaml (relative to its folder)."""
+    config_file = out / "anylabeling" / "model.yaml"
+    config = yaml.safe_load(config_file.read_text(encoding="utf-8-sig"))
+    return config, [
+        config_file.parent / config[k] for k in ("encoder_model_path", "decoder_model_path")
+    ]
+
+
+def reference(predictor, prompt: dict, scale: float) -> tuple[np.ndarray, float]:
+    """`SamPredictor`'s mask and score for a tool prompt (photo pixels * scale), the way the
+    tools ask: padding point after a box too, one mask chosen by segment-anything's rule."""
+    points = [[x * scale, y * scale] for x, y in prompt.get("points", [])]
+    labels = list(prompt.get("labels", []))
+    box = None
+    if "box" in prompt:
+        box = np.asarray(prompt["box"], np.float64) * scale
+        points, labels = points + [[0.0, 0.0]], labels + [-1]  # the tools' padding point
+    tool_points = len(points) + (2 if box is not None else 0) + (box is None)
+    multimask = tool_points <= 2
+    masks, scores, _ = predictor.predict(
+        point_coords=np.asarray(points) if points else None,
+        point_labels=np.asarray(labels) if labels else None,
+        box=box,
+        multimask_output=multimask,
+    )
+    best = int(np.argmax(scores)) if multimask else 0
+    return masks[best], float(scores[best])
+
+
+def assert_same_mask(tool_logits, tool_score, ref_mask, ref_score) -> None:
+    """The tool's mask logits [H, W] and score agree with the reference's (bool [H, W], score)."""
+    agree = ((tool_logits > 0) == ref_mask).mean()
+    assert agree >= 0.995, agree
+    assert abs(tool_score - ref_score) <= 1e-3, (tool_score, ref_score)

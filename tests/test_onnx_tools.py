@@ -20,8 +20,14 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-import yaml
-from annotation_tools import RecordingSession, draw_prompts_picture, load_tool_module
+from annotation_tools import (
+    RecordingSession,
+    assert_same_mask,
+    draw_prompts_picture,
+    load_tool_module,
+    reference,
+    tool_paths,
+)
 from conftest import console_script, tiny_sam
 from PIL import Image
 
@@ -71,44 +77,8 @@ def exported(request, tmp_path_factory):
     return sam, out
 
 
-def reference(predictor: SamPredictor, prompt: dict, scale: float):
-    """Our predictor's mask and score for a tool prompt (photo pixels * scale), the way the
-    tools ask: padding point after a box too, one mask chosen by segment-anything's rule."""
-    points = [[x * scale, y * scale] for x, y in prompt.get("points", [])]
-    labels = list(prompt.get("labels", []))
-    box = None
-    if "box" in prompt:
-        box = np.asarray(prompt["box"], np.float64) * scale
-        points, labels = points + [[0.0, 0.0]], labels + [-1]  # the tools' padding point
-    tool_points = len(points) + (2 if box is not None else 0) + (box is None)
-    multimask = tool_points <= 2
-    masks, scores, _ = predictor.predict(
-        point_coords=np.asarray(points) if points else None,
-        point_labels=np.asarray(labels) if labels else None,
-        box=box,
-        multimask_output=multimask,
-    )
-    best = int(np.argmax(scores)) if multimask else 0
-    return masks[best], float(scores[best])
-
-
-def assert_same_mask(tool_logits, tool_score, ref_mask, ref_score):
-    agree = ((tool_logits > 0) == ref_mask).mean()
-    assert agree >= 0.995, agree
-    assert abs(tool_score - ref_score) <= 1e-3, (tool_score, ref_score)
-
-
 # ----------------------------------------------------------------------------------------------
 # AnyLabeling and X-AnyLabeling
-
-
-def tool_paths(out):
-    """The graph paths the tools resolve from model.yaml (relative to its folder)."""
-    config_file = out / "anylabeling" / "model.yaml"
-    config = yaml.safe_load(config_file.read_text(encoding="utf-8-sig"))
-    return config, [
-        config_file.parent / config[k] for k in ("encoder_model_path", "decoder_model_path")
-    ]
 
 
 def test_model_yaml_is_what_both_tools_accept(exported):

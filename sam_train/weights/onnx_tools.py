@@ -6,13 +6,18 @@ decoder.onnx) in three ways, which the graphs here absorb so that any model size
 
 - the encoder gets the picture as the tool has it: float32 [H, W, 3] in 0-255, already resized
   by the tool (AnyLabeling warps it into a 684 x 1024 canvas). `ToolEncoder` resizes it to the
-  model's square S with PIL's bilinear filter (what `SamPredictor` does), normalises and pads.
+  model's square S with PIL's bilinear filter (what `SamPredictor` does), normalises it the
+  model's way (`Sam.pixel_norm`) and pads.
 - the decoder's points are in the tool's frame (the image resized so its long side is the
   tool's, 1024), `mask_input` is [1, 1, 256, 256] and `has_mask_input` may be -1 (osam).
   `ToolDecoder` rescales the points to the model's frame and the mask to its low-res size.
 - the tools show `masks[0][0]`: `ToolDecoder` returns one mask, chosen the way
   segment-anything's ONNX export does with `return_single_mask` (the best of the three for one
   click plus padding; the single-mask output once there are 3 points or more).
+
+osam resizes, normalises with the ImageNet mean / std and pads outside the graph; for a model
+normalised another way (LiteMedSAM's min-max) `OsamMinMaxEncoder` undoes that inside the graph
+and normalises the model's way.
 
 Any encoder whose `Sam.embed_images` maps the normalised padded [B, 3, S, S] image to the
 embedding works; nothing here reads the encoder's internals.
@@ -103,11 +108,30 @@ def _resample_8bit(
     return torch.clamp(acc, 0.0, 255.0)
 
 
+def _imagenet_255() -> tuple[torch.Tensor, torch.Tensor]:
+    """The ImageNet mean and std in 0-255 units, float32 [3, 1, 1] each (as `normalise_pixels`
+    computes them)."""
+    mean = (torch.tensor(IMAGENET_MEAN, dtype=torch.float64) * 255).float()
+    std = (torch.tensor(IMAGENET_STD, dtype=torch.float64) * 255).float()
+    return mean[:, None, None], std[:, None, None]
+
+
+def min_max_inside(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Resized pixels float32 [3, S, S] in 0-255 with the picture where `inside` [S, S] is
+    true -> (x - min) / (max - min), min and max over the picture's pixels, all channels
+    together, 0 outside: `normalise_pixels(..., "min_max")` on the unpadded image, then the
+    predictor's zero padding."""
+    lo = torch.where(inside, x, torch.full_like(x, float("inf"))).min()
+    hi = torch.where(inside, x, torch.full_like(x, float("-inf"))).max()
+    return (x - lo) / torch.clamp(hi - lo, min=1e-8) * inside.to(x.dtype)
+
+
 class ToolEncoder(nn.Module):
     """image [H, W, 3] float 0-255 (any size) -> image_embeddings [1, C, h, w].
 
     The picture is resized so its long side is S (PIL's bilinear, horizontal pass then vertical,
-    8-bit after each), normalised with the ImageNet mean / std and zero-padded bottom-right:
+    8-bit after each), normalised as the model was trained (`Sam.pixel_norm`: the ImageNet mean
+    / std, or min-max over the resized picture) and zero-padded bottom-right:
     `SamPredictor.set_image` inside the graph.
     """
 
@@ -115,10 +139,10 @@ class ToolEncoder(nn.Module):
         super().__init__()
         self.sam = sam
         self.image_size = model_image_size(sam)
-        mean = (torch.tensor(IMAGENET_MEAN, dtype=torch.float64) * 255).float()
-        std = (torch.tensor(IMAGENET_STD, dtype=torch.float64) * 255).float()
-        self.register_buffer("mean", mean[:, None, None], persistent=False)  # [3, 1, 1]
-        self.register_buffer("std", std[:, None, None], persistent=False)
+        self.pixel_norm = sam.pixel_norm
+        mean, std = _imagenet_255()
+        self.register_buffer("mean", mean, persistent=False)  # [3, 1, 1]
+        self.register_buffer("std", std, persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         s = self.image_size
@@ -129,12 +153,43 @@ class ToolEncoder(nn.Module):
         x = _resample_8bit(x, *bilinear_taps(hw[1:2], new_hw[1:2], s))  # [S, H, 3]
         x = x.transpose(0, 1)  # [H, S, 3]; horizontal pass first, as PIL
         x = _resample_8bit(x, *bilinear_taps(hw[0:1], new_hw[0:1], s))  # [S, S, 3]
-        x = x.permute(2, 0, 1)  # [3, S, S]
-        x = (x.to(torch.float32) - self.mean) / self.std
+        x = x.permute(2, 0, 1).to(torch.float32)  # [3, S, S], 0 beyond the resized picture
         idx = torch.arange(s, dtype=torch.float64)
         inside = (idx[:, None] < new_hw[0:1]) & (idx[None, :] < new_hw[1:2])  # [S, S]
-        x = x * inside.to(x.dtype)  # padding is 0 after normalising, as in the predictor
+        if self.pixel_norm == "min_max":
+            x = min_max_inside(x, inside)
+        else:  # padding is 0 after normalising, as in the predictor
+            x = (x - self.mean) / self.std * inside.to(x.dtype)
         return self.sam.embed_images(x[None])  # [1, C, h, w]
+
+
+class OsamMinMaxEncoder(nn.Module):
+    """osam's encoder input x [1, 3, S, S] -> image_embeddings [1, C, h, w] for a min-max model.
+
+    osam resizes the picture (PIL's bilinear, 8-bit), normalises it with the ImageNet mean /
+    std in float32 and pads with 0. The 8-bit pixels come back exactly by rounding
+    x * std + mean (float32 keeps the round trip far within half a level), and the padding is
+    where all three channels are exactly 0, a value no 8-bit pixel normalises to (the means
+    are not whole numbers); then min-max over the picture's pixels and zero padding, as
+    `ToolEncoder` does.
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.sam = sam
+        mean, std = _imagenet_255()
+        self.register_buffer("mean", mean, persistent=False)  # [3, 1, 1]
+        self.register_buffer("std", std, persistent=False)
+
+    def pixels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [1, 3, S, S] -> osam's resized pixels float32 [3, S, S] (0-255, whole numbers)
+        and where the picture is, bool [S, S]."""
+        rgb = torch.round(x[0] * self.std + self.mean)  # [3, S, S]
+        inside = torch.amax(torch.abs(x[0]), dim=0) > 0  # [S, S]
+        return rgb, inside
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sam.embed_images(min_max_inside(*self.pixels(x))[None])  # [1, C, h, w]
 
 
 class ToolDecoder(nn.Module):
@@ -240,11 +295,13 @@ def decoder_tool_example_inputs(sam: Sam) -> dict[str, torch.Tensor]:
 
 
 def export_osam_encoder(sam: Sam, path: Path) -> Path:
-    """osam's encoder: x [1, 3, S, S] normalised and padded by osam (its input name and its
-    fixed shape, from which osam reads S)."""
+    """osam's encoder: x [1, 3, S, S] normalised (ImageNet) and padded by osam (its input name
+    and its fixed shape, from which osam reads S); a min-max model's graph redoes the
+    normalisation its own way."""
     s = model_image_size(sam)
+    encoder = OsamMinMaxEncoder(sam) if sam.pixel_norm == "min_max" else OnnxEncoder(sam)
     export_graph(
-        OnnxEncoder(sam).eval(),
+        encoder.eval(),
         (torch.zeros(1, 3, s, s),),
         path,
         input_names=["x"],
