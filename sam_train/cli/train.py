@@ -188,6 +188,8 @@ def user_error_lines(err: BaseException) -> list[str] | None:
         ("sam_train.models.sam.text", "ClipLoadError"),
         ("sam_train.models.lora", "LoraError"),
         ("sam_train.training.freezing", "FreezeError"),
+        ("sam_train.data.mixture", "MixtureError"),  # raised when the loader is built
+        ("sam_train.data.remote", "RemoteError"),
     ]:  # looked up, not imported: an error raised before torch was imported is not of these
         if module in sys.modules:
             user_errors += (getattr(sys.modules[module], name),)
