@@ -17,6 +17,7 @@ run mae       benchmarks/bench_mae.py
 run attention benchmarks/bench_attention.py
 run loop      benchmarks/bench_loop.py
 run data      benchmarks/bench_data.py
+run scale     benchmarks/bench_data_scale.py      # SA-1B-like conversion; mixture / HTTP readers
 run decoder   benchmarks/bench_sam.py --decoder   # the full stage-2 steps: bench_sam.py (30+ min)
 run amg       benchmarks/bench_amg.py --points 16   # segment everything; --points 32: 20+ min
 run rounds    benchmarks/bench_interactive.py     # the demo step, checkpoint_rounds on vs off

@@ -341,3 +341,36 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(sources, 
     assert "resuming from" in res.stdout
     a, b = final_weights(straight), final_weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_trains_a_mixture_in_step(sources, tmp_path):
+    from test_cli_mae import TINY
+    from test_resume_and_ddp import sam_train
+
+    dump = tmp_path / "dump"
+    res = sam_train(
+        [
+            *TINY,
+            "data=mix_mae",
+            f"data.sources=[{{name: a, path: {sources['a']}, weight: 0.5, val_path: {sources['b']}}},"
+            f" {{name: c, path: {sources['c']}, weight: 0.5, val_path: {sources['c']}}}]",
+            "data.num_workers=0",
+            "data.samples_per_epoch=16",
+            "trainer.max_epochs=1",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "+callbacks.dump._target_=run_helpers.DumpRankWeights",
+            f"+callbacks.dump.dirpath={dump}",
+        ],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    r0, r1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    assert len(r0["batches"]) == len(r1["batches"]) == 2  # 16 samples / 2 ranks / batch 4
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+    metrics = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "val/a/loss" in metrics and "val/c/loss" in metrics

@@ -83,10 +83,11 @@ def open_remote(url: str, retries: int | None = None, backoff_s: float | None = 
     retries = RETRIES if retries is None else retries
     backoff_s = BACKOFF_S if backoff_s is None else backoff_s
     check_scheme(url)
+    # http: stream the body instead of ranged requests (other schemes read in blocks)
+    streaming = {"block_size": 0} if scheme_of(url) in ("http", "https") else {}
     for attempt in range(retries + 1):
         try:
-            # block_size=0: stream the body instead of ranged requests (http)
-            return fsspec.open(url, "rb", block_size=0).open()
+            return fsspec.open(url, "rb", **streaming).open()
         except Exception as err:
             if attempt == retries or not _transient(err):
                 kind = "not found" if isinstance(err, FileNotFoundError) else type(err).__name__
