@@ -12,7 +12,13 @@ RLE). The two generators' masks of the last run are compared (counts, worst best
 
 Random weights give few masks at SAM's thresholds (0.88 / 0.95), so filtering is cheap there
 for us (we upsample only the masks whose predicted IoU passes); `--permissive` (thresholds 0)
-makes every mask go through every stage, the other end of the range.
+makes every mask go through every stage, the other end of the range. `--trained` uses a model
+that segments: the tests' tiny SAM (64 px) trained for seconds on flat-coloured shapes
+(`tests/amg_helpers.py`), on one of its scenes scaled up to `--image-size` on the long side, at
+the thresholds the parity test uses for it (0.3 / 0.6, offset 0.5), where hundreds of masks
+pass the filters and go through upsampling, stability, boxes and NMS.
+
+    python benchmarks/bench_amg.py --trained --image-size 1024 --points 32,16 --reps 3
 """
 
 from __future__ import annotations
@@ -67,6 +73,18 @@ class TheirSplit:
         setattr(owner, name, timed)
 
 
+def trained_model_and_scene(long_side: int) -> tuple[torch.nn.Module, np.ndarray]:
+    """The tests' briefly trained 64-px SAM and a shapes scene at `long_side` px (its long
+    side), the scene it was trained on scaled up by pixel repetition."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from amg_helpers import SCENE_HW, shapes_scene, trained_tiny_sam
+
+    model = trained_tiny_sam(steps=160)
+    scene, _ = shapes_scene(*SCENE_HW, seed=0)
+    k = max(long_side // max(SCENE_HW), 1)
+    return model, scene.repeat(k, axis=0).repeat(k, axis=1)
+
+
 def compare(ours: list[dict], theirs: list[dict]) -> dict:
     from pycocotools import mask as mask_utils
 
@@ -89,20 +107,25 @@ def run(
     permissive: bool,
     batch: int,
     device: str = "cpu",
+    trained: bool = False,
 ) -> dict:
     from segment_anything import SamAutomaticMaskGenerator
 
     torch.manual_seed(0)
-    ours_model = build_sam_vit(size, image_size=image_size).eval()
+    settings = dict(points_per_side=points, output_mode="coco_rle")
+    if trained:
+        ours_model, image = trained_model_and_scene(image_size)
+        settings.update(pred_iou_thresh=0.3, stability_score_thresh=0.6, stability_score_offset=0.5)
+    else:
+        ours_model, image = build_sam_vit(size, image_size=image_size), test_image(image_size)
+    ours_model = ours_model.eval()
     theirs_model = official_sam(ours_model).eval().to(device)
     ours_model = ours_model.to(device)
-    settings = dict(points_per_side=points, output_mode="coco_rle")
     if permissive:
         settings.update(pred_iou_thresh=0.0, stability_score_thresh=0.0)
     ours = MaskGenerator(ours_model, points_per_batch=batch, **settings)
     theirs = SamAutomaticMaskGenerator(theirs_model, **settings)
     split = TheirSplit(theirs)
-    image = test_image(image_size)
     with torch.no_grad():
         ours_split = {k: [] for k in ("encoder", "decoder", "filtering")}
         theirs_split = {k: [] for k in ("encoder", "decoder", "filtering")}
@@ -125,10 +148,12 @@ def run(
         # no warm-up round: one run is tens of seconds, first-call costs are noise in it
         times = interleaved({"ours": run_ours, "theirs": run_theirs}, reps=reps, warmup=0)
         check = compare(masks["ours"], masks["theirs"])
+        check["stage_counts_ours"] = dict(ours.stage_counts)  # masks left after each stage
     t_ours, t_theirs = median(times["ours"]), median(times["theirs"])
     return {
-        "size": size,
+        "size": "tiny, trained on shapes (64 px)" if trained else size,
         "image_size": image_size,
+        "image_hw": list(image.shape[:2]),
         "points_per_side": points,
         "points_per_batch_ours": batch,
         "permissive": permissive,
@@ -152,6 +177,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="our points_per_batch")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--permissive", action="store_true", help="thresholds 0: keep everything")
+    parser.add_argument("--trained", action="store_true", help="a model that segments (see above)")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -159,16 +185,24 @@ def main() -> None:
     results = {"machine": machine(), "runs": []}
     print(json.dumps(results["machine"]), flush=True)
     for points in [int(p) for p in args.points.split(",")]:
-        r = run(args.size, args.image_size, points, args.reps, args.permissive, args.batch)
+        r = run(
+            args.size,
+            args.image_size,
+            points,
+            args.reps,
+            args.permissive,
+            args.batch,
+            trained=args.trained,
+        )
         results["runs"].append(r)
         so, st = r["split_ours_s"], r["split_theirs_s"]
         print(
-            f"vit_{r['size']} {r['image_size']} px, {points}x{points} points"
+            f"vit_{r['size']} {r['image_hw'][0]}x{r['image_hw'][1]} px, {points}x{points} points"
             f"{' (permissive)' if r['permissive'] else ''}: ours {r['images_per_s_ours']:.4f} "
             f"images/s, theirs {r['images_per_s_theirs']:.4f} -> {r['ratio']:.2f}x "
             f"(spread {r['spread_ours']:.0%} / {r['spread_theirs']:.0%}); masks "
             f"{r['masks_ours']} / {r['masks_theirs']}, worst match IoU "
-            f"{r.get('worst_best_match_iou', float('nan')):.4f}\n"
+            f"{r.get('worst_best_match_iou', float('nan')):.4f}; kept by stage {r['stage_counts_ours']}\n"
             f"  split s (encoder / decoder / filtering): ours "
             f"{so['encoder']:.1f} / {so['decoder']:.1f} / {so['filtering']:.1f}, theirs "
             f"{st['encoder']:.1f} / {st['decoder']:.1f} / {st['filtering']:.1f}",
