@@ -36,7 +36,7 @@ from sam_train.files import atomic_path  # noqa: E402
 from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from sam_train.predictor import resized_shape  # noqa: E402
 from sam_train.training import InteractiveConfig  # noqa: E402
-from sam_train.weights.onnx_export import export_onnx  # noqa: E402
+from sam_train.weights.onnx_folder import export_onnx  # noqa: E402
 from sam_train.weights.safetensors_io import save_weights  # noqa: E402
 from sam_train.weights.sam_loading import load_sam  # noqa: E402
 

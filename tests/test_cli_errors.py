@@ -380,7 +380,10 @@ def test_sam_train_help_lists_groups_and_the_composed_config(monkeypatch, capfd)
     res = call_main(sam_train_main, ["--help", "stage=sam"], capfd)
     assert res.returncode == 0
     assert "sam-train: stage 1" in res.stdout  # conf/hydra/default.yaml's header
-    assert "model: _mae, _sam, mae_vit_base" in res.stdout
+    model_line = next(line for line in res.stdout.splitlines() if line.startswith("model: "))
+    assert "mae_vit_base" in model_line and "sam_vit_b" in model_line
+    assert not any(o.startswith("_") for o in model_line[7:].split(", "))  # bases, not options
+    assert "code_defaults" not in res.stdout
     assert "hparams_search: mae_optuna" in res.stdout
     assert "name: sam" in res.stdout  # the composed config follows the overrides
     assert "hydra/launcher" not in res.stdout

@@ -131,7 +131,7 @@ def _register_folder_formats() -> None:
     """Formats whose exporters import optional packages (onnx, transformers) only when run."""
 
     def onnx(w: LoadedWeights, o: Path, d: str, quantize: bool = False) -> Path:
-        from sam_train.weights.onnx_export import export_onnx_weights
+        from sam_train.weights.onnx_folder import export_onnx_weights
 
         return export_onnx_weights(w, o, d, quantize=quantize)
 

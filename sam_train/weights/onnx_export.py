@@ -1,4 +1,4 @@
-"""`sam-export CKPT --format onnx --out DIR`: a SAM as two ONNX graphs for ONNX runtimes.
+"""The graphs of `sam-export CKPT --format onnx --out DIR` (the folder: sam_train.weights.onnx_folder).
 
 DIR/encoder.onnx      images [B, 3, S, S] (normalised, padded; see preprocess.json)
                       -> image_embeddings [B, C, S/p, S/p]
@@ -20,15 +20,13 @@ DIR/osam/             encoder.onnx, decoder.onnx for osam (labelme's engine); se
 
 Graphs come from torch's TorchScript-based exporter (`torch.onnx.export(dynamo=False)`), the
 method of segment-anything's own export script. torch 2.14's default, the dynamo exporter,
-gives the same graphs here (outputs within 1e-7, the `orig_im_size` crop dynamic in both) but
-took 13x longer on this CPU (27 s against 2 s for a tiny SAM); the TorchScript exporter is
+gives the same graphs but is many times slower to export; the TorchScript exporter is
 deprecated upstream but present in every torch this package admits (< 2.15), and its opset 17
 loads in the older onnxruntime builds that annotation tools bundle.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -37,11 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sam_train.files import atomic_dir
 from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 from sam_train.models.sam.sam import Sam
-from sam_train.weights.checkpoints import LoadedWeights, WeightsError
-from sam_train.weights.export_folder import check_output_folder
 
 OPSET = 17
 DECODER_INPUTS = [
@@ -232,45 +227,3 @@ def quantize_decoder(src: Path, dst: Path) -> Path:
     finally:
         root.setLevel(level)
     return dst
-
-
-def export_onnx(sam: Sam, out: Path, quantize: bool = False, metadata: dict | None = None) -> Path:
-    """Write encoder.onnx, decoder.onnx (+ decoder_quantized.onnx), preprocess.json and the
-    annotation tools' folders anylabeling/ and osam/."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError as err:
-        raise WeightsError(
-            "--format onnx needs the onnx extra: pip install 'sam_train[onnx]'"
-        ) from err
-    check_output_folder(out, "encoder.onnx", "onnx")
-    sam = sam.eval()
-    with atomic_dir(out) as tmp, torch.no_grad():
-        export_encoder(sam, tmp / "encoder.onnx")
-        export_decoder(sam, tmp / "decoder.onnx")
-        if quantize:
-            quantize_decoder(tmp / "decoder.onnx", tmp / "decoder_quantized.onnx")
-        from sam_train.weights.onnx_tools import export_tool_folders, tool_model_name
-
-        source = str((metadata or {}).get("source", ""))
-        export_tool_folders(sam, tmp, tool_model_name(source))
-        info = {**preprocessing(sam), "source": metadata or {}}
-        (tmp / "preprocess.json").write_text(json.dumps(info, indent=2, default=str))
-    return out
-
-
-def export_onnx_weights(
-    weights: LoadedWeights, out: Path, dtype: str, quantize: bool = False
-) -> Path:
-    """EXPORTERS entry: a SAM checkpoint -> the ONNX folder (fp32 graphs only)."""
-    from sam_train.weights.sam_loading import load_sam
-
-    if dtype != "fp32":
-        raise WeightsError("--format onnx writes fp32 graphs (use --quantize for int8 weights)")
-    sam = load_sam(weights.path)
-    meta = {
-        "source": str(weights.path),
-        "source_layout": weights.layout,
-        "architecture": sam.architecture,
-    }
-    return export_onnx(sam, out, quantize=quantize, metadata=meta)
