@@ -72,12 +72,27 @@ def embed_clip(root: Path, out: Path, options: ShardOptions) -> dict:
     )
 
 
+_MADE: dict = {}
+
+
+def made_once(root: Path, make):
+    """The inputs under `root`, made on first use only: both conversions of a test read the
+    same files (a rewritten input has a new mtime, which the shards' plan digest records)."""
+    if root not in _MADE:
+        _MADE[root] = make(root)
+    return _MADE[root]
+
+
 CONVERTERS = {
-    "images": lambda r, out, o: convert_images(image_folder(r / "in", 5), out, o),
-    "coco": lambda r, out, o: convert_coco(*make_coco(r / "in"), out, o),
-    "sa1b": lambda r, out, o: convert_sa1b(make_sa1b(r / "in", n=4), out, o),
-    "masks": lambda r, out, o: convert_masks(*label_folder(r / "in"), out, o),
-    "labelme": lambda r, out, o: convert_labelme(labelme_folder(r / "in"), out, o),
+    "images": lambda r, out, o: convert_images(
+        made_once(r / "in", lambda d: image_folder(d, 5)), out, o
+    ),
+    "coco": lambda r, out, o: convert_coco(*made_once(r / "in", make_coco), out, o),
+    "sa1b": lambda r, out, o: convert_sa1b(
+        made_once(r / "in", lambda d: make_sa1b(d, n=4)), out, o
+    ),
+    "masks": lambda r, out, o: convert_masks(*made_once(r / "in", label_folder), out, o),
+    "labelme": lambda r, out, o: convert_labelme(made_once(r / "in", labelme_folder), out, o),
     "teacher-embed": lambda r, out, o: embed_teacher(r / "in", out, o),
     "clip-embed": lambda r, out, o: embed_clip(r / "in", out, o),
 }
