@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -294,16 +293,8 @@ def main() -> None:
 
 
 def bf16_matmul_rate(n: int = 2048, reps: int = 5) -> float:
-    """FLOP/s of a square bf16 matmul (median of `reps`), the ceiling bf16 steps run against."""
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2.0 * n**3 / sorted(times)[reps // 2]
+    """FLOP/s of a square bf16 matmul, the ceiling bf16 steps run against."""
+    return common.square_matmul_rate(n, reps, torch.bfloat16)
 
 
 if __name__ == "__main__":

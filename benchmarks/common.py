@@ -46,20 +46,23 @@ def machine() -> dict:
     }
 
 
+def square_matmul_rate(n: int, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of an n x n `dtype` matmul: the median of `reps` after two warm-up calls."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / statistics.median(times)
+
+
 def matmul_rate(sizes: tuple[int, ...] = (1024, 2048), reps: int = 5) -> dict:
     """The machine's fp32 matmul rate (FLOP/s): best over `sizes` of the median of `reps`
     square matmuls, with the same thread count as the benchmark. The ceiling for FLOP/s figures."""
-    rates = {}
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        for _ in range(2):
-            a @ b
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t0)
-        rates[n] = 2.0 * n**3 / statistics.median(times)
+    rates = {n: square_matmul_rate(n, reps) for n in sizes}
     best = max(rates, key=rates.get)
     return {
         "flops_per_s": rates[best],
