@@ -14,6 +14,7 @@ import torch
 from sam_train.automatic import MaskGenerator
 from sam_train.data.batch import SamBatch
 from sam_train.data.resumable import sample_seed
+from sam_train.errors import UserError
 from sam_train.evaluation.prompts import evaluate_random_point
 from sam_train.evaluation.proposals import ProposalRecall
 from sam_train.lit.optim import OptimConfig
@@ -26,6 +27,10 @@ from sam_train.training.prompts import PromptTargets
 from sam_train.viz.sam_masks import mask_tile
 
 TASKS = ("point", "box", "clicks", "everything")
+
+
+class EvalError(UserError):
+    """Input `sam-eval` cannot use; the message names it and the fix."""
 
 
 class EvalModule(SamModule):
@@ -48,7 +53,7 @@ class EvalModule(SamModule):
     ) -> None:
         unknown = sorted(set(tasks) - set(TASKS))
         if unknown:
-            raise ValueError(f"eval.tasks has {unknown}: choose from {list(TASKS)}")
+            raise EvalError(f"eval.tasks has {unknown}: choose from {list(TASKS)}")
         if "clicks" not in tasks:
             kwargs["val_max_clicks"] = 1  # the curve's first click is the centre point
         super().__init__(model, OptimConfig(), **kwargs)
