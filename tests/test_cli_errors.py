@@ -248,7 +248,7 @@ CORPUS = [
         ["text file, not a checkpoint"],
     ),  # fmt: skip
     # sam-eval
-    ("sam-eval", [], ["no checkpoint", "sam-eval CKPT"]),
+    ("sam-eval", [], ["no checkpoint", "sam-eval CHECKPOINT"]),
     ("sam-eval", ["/nonexistent/sam.pth"], ["does not exist"]),
     ("sam-eval", ["{notes}"], ["text file, not a checkpoint"]),
     ("sam-eval", ["{mae}"], ["not a SAM"]),

@@ -1,4 +1,4 @@
-"""`sam-eval CKPT [overrides]`: validation's figures for any SAM checkpoint, plus a random
+"""`sam-eval CHECKPOINT [overrides]`: validation's figures for any SAM checkpoint, plus a random
 interior point, COCO mask AP of box prompts and segment-everything proposal recall; writes
 eval.json, plots and a table. Runs on 1 CPU, 1 GPU or several (trainer=ddp)."""
 
@@ -164,7 +164,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if OmegaConf.is_missing(cfg, "ckpt"):
-        raise EvalError("no checkpoint: sam-eval CKPT [overrides]")
+        raise EvalError("no checkpoint: sam-eval CHECKPOINT [overrides]")
     if not Path(cfg.ckpt).is_file():
         raise EvalError(f"checkpoint {cfg.ckpt} does not exist")
     return evaluate(cfg)
@@ -185,7 +185,7 @@ def check_checkpoint_argument(args: list[str]) -> None:
     """No checkpoint given, or one that does not exist: an `EvalError`."""
     given = [a.partition("=")[2] for a in args if a.startswith("ckpt=")]
     if not given:
-        raise EvalError("no checkpoint: sam-eval CKPT [overrides] (see sam-eval --help)")
+        raise EvalError("no checkpoint: sam-eval CHECKPOINT [overrides] (see sam-eval --help)")
     if not Path(given[-1]).exists():
         raise EvalError(f"checkpoint {given[-1]} does not exist")
 
@@ -193,7 +193,7 @@ def check_checkpoint_argument(args: list[str]) -> None:
 def help_text() -> str:
     """`sam-eval --help`: the checkpoint argument, the data to score, and every eval option
     with its comment (read from conf/eval.yaml, the one place they are defined)."""
-    from sam_train.cli.help import CONF, config_groups
+    from sam_train.cli.help import CONF, HYDRA_STYLE_USAGE, config_groups
 
     lines = (CONF / "eval.yaml").read_text().splitlines()
     start = lines.index("eval:")
@@ -206,14 +206,17 @@ def help_text() -> str:
         if "SamDataModule" in (CONF / "data" / f"{o}.yaml").read_text()
         or "shards_sam@" in (CONF / "data" / f"{o}.yaml").read_text()
     ]
-    return f"""usage: sam-eval CKPT [overrides]
+    usage = HYDRA_STYLE_USAGE.format(
+        prog="sam-eval", first="CHECKPOINT ", key_example="eval.tasks=[point,box]"
+    )
+    return f"""{usage}
 
 Score a SAM checkpoint on stage-2 shards: one-point, box and click mIoU, COCO mask AP of box
 prompts, segment-everything recall; writes eval.json (which data, how many masks were read,
 scored and left out, and why), plots and a table.
 
-CKPT, the first argument: the checkpoint (ours, a sam-export file, an official SAM .pth, a HF
-folder); ckpt=PATH works too.
+CHECKPOINT, the first argument: the checkpoint (ours, a sam-export file, an official SAM
+.pth, a HF folder); ckpt=PATH works too.
 
 data (default: the bundled sample's validation images, said so when used):
   data=shards_sam data.val_path=DIR    your shards (sam-prep ... --val-fraction F writes OUT/val)
