@@ -13,7 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
-from sam_train.cli.arguments import OneLineParser, add_checkpoint, add_images_folder
+from sam_train.cli.arguments import OneLineParser, add_checkpoint, add_device, add_images_folder
 from sam_train.errors import UsageError, run_tool
 
 PROG = "sam-app"
@@ -25,9 +25,11 @@ def build_parser() -> OneLineParser:
     )
     add_checkpoint(parser, "of a SAM (stage 2)")
     add_images_folder(parser, "folder of images to pick from")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=int, default=7860, metavar="N", help="0: any free port")
     parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1: this machine only")
-    parser.add_argument("--cache", type=int, default=8, help="image embeddings kept in memory")
+    parser.add_argument(
+        "--cache", type=int, default=8, metavar="N", help="image embeddings kept in memory"
+    )
     parser.add_argument(
         "--decoder",
         default="torch",
@@ -35,6 +37,7 @@ def build_parser() -> OneLineParser:
         help="what runs a click: PyTorch (the predictor's exact masks), or the exported ONNX "
         "decoder in onnxruntime (less CPU per click; onnx-int8 quantised)",
     )
+    add_device(parser)
     return parser
 
 
@@ -65,7 +68,11 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"{err.name} is missing; pip install 'sam_train[app]'") from err
     try:
         service = SegmentService(
-            args.checkpoint, ImageStore(args.images), cache_size=args.cache, decoder=args.decoder
+            args.checkpoint,
+            ImageStore(args.images),
+            cache_size=args.cache,
+            decoder=args.decoder,
+            device=args.device,
         )
     except ImportError as err:
         raise UsageError(

@@ -35,14 +35,37 @@ def add_checkpoint(parser: argparse.ArgumentParser, what: str = "") -> None:
     )
 
 
-def add_out(
-    parser: argparse.ArgumentParser, default: Path | None, what: str, aliases: tuple[str, ...] = ()
-) -> None:
-    """`--out`: where the tool writes (`what` says what and the default). `aliases` are
-    older spellings, accepted but not listed in --help."""
+def add_out(parser: argparse.ArgumentParser, default: Path | None, what: str) -> None:
+    """`--out PATH`: where the tool writes (`what` says what and the default)."""
     parser.add_argument("--out", type=Path, default=default, metavar="PATH", help=what)
-    for alias in aliases:
-        parser.add_argument(alias, dest="out", type=Path, help=argparse.SUPPRESS)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """`--device`: where the model runs (cpu, cuda, cuda:1, mps), checked before it loads."""
+    parser.add_argument(
+        "--device",
+        type=device,
+        default="cpu",
+        metavar="DEVICE",
+        help="where the model runs: cpu (default), cuda, cuda:N, mps",
+    )
+
+
+def device(text: str) -> str:
+    """A torch device that exists on this machine, or an `ArgumentTypeError` saying why not."""
+    import torch
+
+    try:
+        kind = torch.device(text).type
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device (cpu, cuda, cuda:N, mps)"
+        ) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is visible here; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no Apple GPU (MPS) here; use --device cpu")
+    return text
 
 
 def add_images_folder(parser: argparse.ArgumentParser, what: str, required: bool = False) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sam_train.cli.arguments import OneLineParser, add_checkpoint, add_out, numbers
+from sam_train.cli.arguments import OneLineParser, add_checkpoint, add_device, add_out, numbers
 from sam_train.errors import UsageError, run_tool
 from sam_train.metrics import center_points
 from sam_train.predictor import SamPredictor
@@ -85,7 +85,7 @@ def build_parser() -> OneLineParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_checkpoint(parser, "of a SAM")
-    parser.add_argument("--image", type=Path, help="an RGB image file")
+    parser.add_argument("--image", type=Path, metavar="FILE", help="an RGB image file")
     parser.add_argument(
         "--sample", choices=["arc2017", "voc"], help="a sample photo with real objects"
     )
@@ -102,6 +102,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument(
         "--adapter",
         type=Path,
+        metavar="FILE",
         help="an adapter file (sam-export --format adapter); CHECKPOINT is then its base",
     )
     add_out(
@@ -119,6 +120,7 @@ def build_parser() -> OneLineParser:
         metavar="NAME=VALUE",
         help="a MaskGenerator setting with --everything, e.g. points_per_side=16 (repeatable)",
     )
+    add_device(parser)
     return parser
 
 
@@ -144,7 +146,7 @@ def predict_prompts(args: argparse.Namespace) -> int:
     if problem:
         raise UsageError(problem)
     prompts += parse_prompts(args.point, args.box)
-    predictor = SamPredictor.from_checkpoint(args.checkpoint, adapter=args.adapter)
+    predictor = SamPredictor.from_checkpoint(args.checkpoint, args.device, adapter=args.adapter)
     predictor.set_image(image)  # the embedding is computed once for every prompt below
     results = []
     for prompt in prompts:
@@ -170,7 +172,7 @@ def segment_everything(args: argparse.Namespace) -> int:
 
     image = sample_prompts(args.sample)[0] if args.sample else read_image(args.image)
     settings = generator_settings(args.amg)
-    predictor = SamPredictor.from_checkpoint(args.checkpoint)
+    predictor = SamPredictor.from_checkpoint(args.checkpoint, args.device)
     generator = MaskGenerator(predictor, output_mode="coco_rle", **settings)
     records = generator.generate(image)
     print(f"{PROG}: {describe_stages(generator.stage_counts, generator)}")

@@ -46,8 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register images, coco, sa1b and sample."""
     text = "image folder (recursive; any image suffix of data=images) -> stage-1 shards"
     p = subparsers.add_parser("images", help=text, description=text)
-    p.add_argument("src", help="folder of images")
-    p.add_argument("out", help="output shard folder")
+    p.add_argument("src", metavar="SRC", help="folder of images")
+    p.add_argument("out", metavar="OUT", help="output shard folder")
     add_shard_args(p)
     add_pixel_args(p)
     add_split_args(p)
@@ -56,12 +56,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     text = "COCO or LVIS instances json + images -> stage-2 shards (RLE masks, category names)"
     p = subparsers.add_parser("coco", help=text, description=text)
     p.add_argument(
-        "--images", required=True, help="folder the json's file_name entries are relative to"
+        "--images",
+        required=True,
+        metavar="DIR",
+        help="folder the json's file_name entries are relative to",
     )
     p.add_argument(
         "--annotations", required=True, help="COCO instances json, e.g. instances_train2017.json"
     )
-    p.add_argument("out", help="output shard folder")
+    p.add_argument("out", metavar="OUT", help="output shard folder")
     add_shard_args(p)
     add_pixel_args(p)
     add_split_args(p)
@@ -69,8 +72,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     text = "SA-1B folder (sa_N.jpg + sa_N.json) -> stage-2 shards"
     p = subparsers.add_parser("sa1b", help=text, description=text)
-    p.add_argument("src", help="folder with sa_*.jpg and sa_*.json")
-    p.add_argument("out", help="output shard folder")
+    p.add_argument("src", metavar="SRC", help="folder with sa_*.jpg and sa_*.json")
+    p.add_argument("out", metavar="OUT", help="output shard folder")
     add_shard_args(p)
     add_pixel_args(p)
     add_split_args(p)
@@ -78,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     text = "the embedded sample dataset as shards (OUT/mae, OUT/sam/{train,val})"
     p = subparsers.add_parser("sample", help=text, description=text)
-    p.add_argument("out", help="output folder")
+    p.add_argument("out", metavar="OUT", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the composited images")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument(

@@ -70,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "with --classes) -> stage-2 shards"
     )
     p = subparsers.add_parser("masks", help=text, description=text)
-    p.add_argument("--images", required=True, help="folder of images (recursive)")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of images (recursive)")
     p.add_argument(
         "--masks",
         required=True,
@@ -89,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="connected",
         help="with --classes: one object per connected component (default) or per class",
     )
-    p.add_argument("out", help="output shard folder")
+    p.add_argument("out", metavar="OUT", help="output shard folder")
     _keep_empty_arg(p)
     add_shard_args(p)
     add_pixel_args(p)
@@ -98,8 +98,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     text = "labelme json files (+ their images) -> stage-2 shards"
     p = subparsers.add_parser("labelme", help=text, description=text)
-    p.add_argument("src", help="folder of labelme .json files (recursive)")
-    p.add_argument("out", help="output shard folder")
+    p.add_argument("src", metavar="SRC", help="folder of labelme .json files (recursive)")
+    p.add_argument("out", metavar="OUT", help="output shard folder")
     _keep_empty_arg(p)
     add_shard_args(p)
     add_pixel_args(p)
@@ -109,7 +109,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     text = "shard folder -> counts, mask statistics, skips, and an overlay PNG"
     p = subparsers.add_parser("inspect", help=text, description=text)
     p.add_argument(
-        "shards", help="shard folder (with manifest.json), local or a URL (https://host/shards)"
+        "shards",
+        metavar="SHARDS",
+        help="shard folder (with manifest.json), local or a URL (https://host/shards)",
     )
     p.add_argument(
         "--overlay",

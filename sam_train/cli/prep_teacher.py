@@ -19,10 +19,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register teacher-embed."""
     text = "stage-2 shards -> the same shards plus a teacher SAM's image embeddings (teacher.npy)"
     p = subparsers.add_parser("teacher-embed", help=text, description=text)
-    p.add_argument("src", help="stage-2 shard folder (made by sam-prep coco|sa1b|sample)")
-    p.add_argument("out", help="output shard folder (train with data.path=OUT)")
     p.add_argument(
-        "--teacher", required=True, help="the teacher: any SAM checkpoint sam_train reads"
+        "src", metavar="SRC", help="stage-2 shard folder (made by sam-prep coco|sa1b|sample)"
+    )
+    p.add_argument("out", metavar="OUT", help="output shard folder (train with data.path=OUT)")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        metavar="CHECKPOINT",
+        help="the teacher: any SAM checkpoint sam_train reads",
     )
     p.add_argument(
         "--image-size",
