@@ -11,7 +11,7 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import sam_train.conf
 
@@ -39,11 +39,9 @@ def config_groups(root: Path = CONF) -> dict[str, list[str]]:
     return groups
 
 
-def help_text(overrides: list[str]) -> str:
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module("sam_train.conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+def help_text(cfg: DictConfig) -> str:
+    """The help of `cfg`, a run config composed with its `hydra` node (return_hydra_config)."""
+    cfg = cfg.copy()
     template = cfg.hydra.help.template
     app_groups = "".join(
         f"{name}: {', '.join(options)}\n"

@@ -246,8 +246,7 @@ def start(args: list[str]) -> None:
 
     if cli_help.wants_help(args):
         overrides = [a for a in args if not a.startswith("-")]
-        check_overrides(overrides, check_data=False)
-        print(cli_help.help_text(overrides))
+        print(cli_help.help_text(check_overrides(overrides, check_data=False)))
         return
     if not any(a.startswith("-") for a in args):  # a plain run (not multirun, --cfg, ...)
         check_overrides(args)
