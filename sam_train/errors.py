@@ -76,7 +76,9 @@ def run_tool(
     cleanup: Callable[[], str | None] | None = None,
     **kwargs: object,
 ) -> T:
-    """`work(*args, **kwargs)`; a user's mistake in it ends as one line on stderr and exit 2.
+    """`work(*args, **kwargs)`; a user's mistake in it ends as one line on stderr and exit 2
+    (`SystemExit(2)`, as argparse ends a bad flag, so a tool's `main` ends alike in a console
+    and when called from Python).
 
     Args:
         prog: the tool's name as the user typed it (`sam-prep masks` for a subcommand).
