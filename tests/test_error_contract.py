@@ -145,3 +145,13 @@ def test_bad_overrides_are_one_config_error(args, fragments):
 def test_good_overrides_give_the_composed_config():
     cfg = check_overrides(["stage=sam", "model=sam_vit_tiny", "optim.lr=0.001", "+extra=1"])
     assert cfg.optim.lr == 0.001 and cfg.extra == 1 and cfg.stage.name == "sam"
+
+
+def test_sam_train_shows_the_traceback_of_a_mistake_when_asked(monkeypatch, tmp_path):
+    from sam_train.cli import train
+
+    monkeypatch.setenv("SAM_TRAIN_TRACEBACK", "1")
+    monkeypatch.setenv("SAM_TRAIN_OUTPUT", str(tmp_path / "outputs"))
+    with pytest.raises(ConfigError, match="did you mean model.mask_ratio"):
+        train.main(["model.mask_ration=0.5"])
+    assert not (tmp_path / "outputs").exists()
