@@ -28,7 +28,7 @@ RENAMED_OPTIONS = {("data", "coco"): "shards_sam"}
 MAX_LISTED_KEYS = 12
 
 
-def one_line(message: str) -> str:
+def hydra_message_line(message: str) -> str:
     """Hydra's multi-line message as one line: the problem, the hint, the options."""
     lines = [line.strip() for line in message.strip().splitlines()]
     head, options, in_options = [], [], False
@@ -63,7 +63,7 @@ def parse_overrides(args: list[str]) -> list[Override]:
         try:
             parsed += parser.parse_overrides([arg])
         except OverrideParseException as err:
-            raise ConfigError(f"{arg}: {one_line(str(err))}") from None
+            raise ConfigError(f"{arg}: {hydra_message_line(str(err))}") from None
     return parsed
 
 
@@ -197,4 +197,4 @@ def explain_refusal(
             if _node(base, key) is None:
                 return unknown_key_advice(key, base)
     cause = f"\n{err.__cause__}" if err.__cause__ is not None else ""
-    return one_line(f"{err}{cause}")
+    return hydra_message_line(f"{err}{cause}")
