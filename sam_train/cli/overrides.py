@@ -163,8 +163,8 @@ def check_overrides(
         if override.is_sweep_override():
             raise ConfigError(
                 f"{override.input_line}: several values sweep, which needs --multirun "
-                f"(sam-train -m {override.input_line}); a list is key=[a,b], a string with a "
-                "comma is key='a,b'"
+                f"(sam-{config_name} -m {override.input_line}); a list is key=[a,b], a string "
+                "with a comma is key='a,b'"
             )
         problem = is_group_choice(override, groups) and group_choice_problem(override, groups)
         if problem:
