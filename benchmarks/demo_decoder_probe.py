@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -30,11 +29,10 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from sam_train.cli.train import root_cause
+from sam_train.errors import run_tool
 from sam_train.metrics import evaluate_prompts, mask_iou
 from sam_train.training.interactive import InteractiveConfig, interactive_loss
 from sam_train.training.prompts import select_masks
-from sam_train.weights.checkpoints import WeightsError
 
 MIN_AREA, MAX_FRACTION, VAL_MASKS, VAL_CLICKS = 400, 0.9, 16, 5  # experiment=demo_sam's
 
@@ -134,14 +132,8 @@ def score(model, val: list) -> dict[str, float | list[float]]:
 def main() -> None:
     args = parse()
     torch.set_num_threads(1)
-    try:
-        model, data = build(args)
-    except Exception as err:  # Hydra wraps the builder's refusal (a missing or foreign checkpoint)
-        cause = root_cause(err)
-        if not isinstance(cause, WeightsError | FileNotFoundError):
-            raise
-        print(f"demo_decoder_probe: error: {cause}", file=sys.stderr)
-        raise SystemExit(2) from err
+    # a missing or foreign checkpoint (wrapped by Hydra's instantiate) is one line, exit 2
+    model, data = run_tool("demo_decoder_probe", build, args)
     t0 = time.perf_counter()
     train = cached(model.image_encoder, data.train_dataloader(), args.epochs_cached)
     val = validation_targets(cached(model.image_encoder, data.val_dataloader()))

@@ -7,7 +7,6 @@ that names the key and the fix, not after data loading or model construction.
 from __future__ import annotations
 
 import re
-import sys
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +16,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig
 
 from sam_train import cpu_precision
-from sam_train.errors import UserError
+from sam_train.errors import UserError, exit_with_error, one_line
 
 
 class ConfigError(UserError):
@@ -291,8 +290,7 @@ class StagePairingCheck(Callback):
             check_stage_pairing(config, config.hydra.runtime.choices)
             check_data_paths(config)
         except ConfigError as err:
-            print(f"sam-train: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+            exit_with_error("sam-train", one_line(str(err)))
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config)

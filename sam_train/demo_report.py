@@ -8,6 +8,8 @@ import csv
 import sys
 from pathlib import Path
 
+from sam_train.errors import UsageError, run_tool
+
 STAGE1 = [("val/loss", "stage 1 MAE loss, held-out photos (lower: better)")]
 STAGE2 = [("miou_point_confident", "1 point"), ("miou_box", "1 box")]
 WIDTH = 52
@@ -68,14 +70,16 @@ def table(demo: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    demo = Path(args[0] if args else "outputs/demo")
+def report(demo: Path) -> int:
     if not (demo / "mae").is_dir() and not (demo / "sam").is_dir():
-        print(f"demo_report: error: no demo runs under {demo} (run `make demo`)", file=sys.stderr)
-        return 2
+        raise UsageError(f"no demo runs under {demo} (run `make demo`)")
     print(table(demo))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    return run_tool("demo_report", report, Path(args[0] if args else "outputs/demo"))
 
 
 if __name__ == "__main__":

@@ -98,7 +98,9 @@ def test_the_onnx_decoder_gives_the_predictors_masks(client, decoder, agreement)
 def test_sam_app_with_a_missing_checkpoint_exits_2_in_one_line(tmp_path, capsys) -> None:
     from sam_train.cli.app import main as app_main
 
-    assert app_main([str(tmp_path / "missing.pth")]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        app_main([str(tmp_path / "missing.pth")])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == f"sam-app: error: checkpoint {tmp_path / 'missing.pth'} does not exist"
 
@@ -113,7 +115,9 @@ def test_sam_app_on_a_busy_port_exits_2_in_one_line_before_any_url(tmp_path, cap
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        assert app_main([str(tmp_path / "sam.pth"), "--port", str(port)]) == 2
+        with pytest.raises(SystemExit) as exit_:
+            app_main([str(tmp_path / "sam.pth"), "--port", str(port)])
+        assert exit_.value.code == 2
     out, err = capsys.readouterr()
     assert "http://" not in out
     (line,) = err.strip().splitlines()

@@ -206,6 +206,11 @@ CORPUS = [
         ["{sam_export}", "--image", "{photo}", "--everything", "--amg", "points_per_side=0"],
         ["points_per_side=0"],
     ),
+    (
+        "sam-predict",
+        ["{sam_export}", "--image", "{photo}", "--point", "3,4", "--device", "gpu0"],
+        ["argument --device: 'gpu0' is not a device"],
+    ),
     # sam-export
     ("sam-export", ["{garbage}", "--format", "encoder"], ["not a PyTorch checkpoint"]),
     ("sam-export", ["{sam_export}", "--format", "mae"], ["stage-1 (MAE) checkpoint"]),
@@ -248,7 +253,7 @@ CORPUS = [
         ["text file, not a checkpoint"],
     ),  # fmt: skip
     # sam-eval
-    ("sam-eval", [], ["no checkpoint", "sam-eval CKPT"]),
+    ("sam-eval", [], ["no checkpoint", "sam-eval CHECKPOINT"]),
     ("sam-eval", ["/nonexistent/sam.pth"], ["does not exist"]),
     ("sam-eval", ["{notes}"], ["text file, not a checkpoint"]),
     ("sam-eval", ["{mae}"], ["not a SAM"]),
@@ -264,6 +269,7 @@ CORPUS = [
     ("sam-app", ["{sam_export}", "--images", "{notes}"], ["is not a folder"]),
     ("sam-app", ["{sam_export}", "--decoder", "tensorrt"], ["invalid choice: 'tensorrt'"]),
     ("sam-app", ["{sam_export}", "--port", "{busy_port}"], ["cannot listen", "--port"]),
+    ("sam-app", ["{sam_export}", "--device", "gpu0"], ["'gpu0' is not a device"]),
 ]
 
 
@@ -387,3 +393,22 @@ def test_sam_train_help_lists_groups_and_the_composed_config(monkeypatch, capfd)
     assert "hparams_search: mae_optuna" in res.stdout
     assert "name: sam" in res.stdout  # the composed config follows the overrides
     assert "hydra/launcher" not in res.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("tool", ["sam-predict", "sam-app"])
+def test_a_device_this_machine_lacks_is_refused_before_loading(tool, files, capfd, monkeypatch):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    args = [str(files["sam_export"]), "--device", "cuda"]
+    if tool == "sam-predict":
+        args += ["--image", str(files["photo"]), "--point", "3,4"]
+    res = call_main(TOOLS[tool], args, capfd)
+    assert_one_line_error(res, tool, "--device: cuda: no CUDA GPU", "use --device cpu")
+
+
+def test_sam_predict_runs_on_the_device_given(files, tmp_path, capfd):
+    out = tmp_path / "p.png"
+    args = [files["sam_export"], "--image", files["photo"], "--point", "3,4", "--device", "cpu"]
+    res = call_main(predict_cli.main, [*map(str, args), "--out", str(out)], capfd)
+    assert res.returncode == 0, res.stderr
+    assert "1 mask from 1 prompt" in res.stdout and out.stat().st_size > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sam_train.demo_report import main, table
@@ -35,8 +36,12 @@ def test_table_shows_first_and_last_validation_of_both_stages(tmp_path) -> None:
 
 
 def test_no_demo_folder_is_a_clear_error(tmp_path, capsys) -> None:
-    assert main([str(tmp_path / "none")]) == 2
-    assert "make demo" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "none")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("demo_report: error: no demo runs under")
+    assert "make demo" in err[0]
 
 
 def test_arc2017_photo_is_prepared_like_the_sample_data() -> None:

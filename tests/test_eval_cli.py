@@ -197,6 +197,7 @@ def test_eval_says_which_masks_it_scored_and_why_it_left_others_out(
 def test_eval_help_names_the_checkpoint_argument_and_the_eval_options(capsys):
     eval_main(["--help"])
     text = capsys.readouterr().out
-    assert text.startswith("usage: sam-eval CKPT [overrides]")
-    assert "CKPT, the first argument" in text and "val_max_masks" in text
+    assert text.startswith("usage: sam-eval CHECKPOINT [group=option ...] [key=value ...]")
+    assert "Hydra overrides, not --flags" in text
+    assert "CHECKPOINT, the first argument" in text and "val_max_masks" in text
     assert "data=shards_sam data.val_path=DIR" in text and "code_defaults" not in text

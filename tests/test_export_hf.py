@@ -199,7 +199,9 @@ def test_a_text_prompt_sam_is_refused_in_one_line(tmp_path, capsys):
     sam = tiny_sam(text_embed_dim=8)
     src = tmp_path / "text_sam.safetensors"
     save_weights(src, sam.state_dict(), {"architecture": sam.architecture})
-    assert main([str(src), "--format", "hf", "--out", str(tmp_path / "o")]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main([str(src), "--format", "hf", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "text-prompt branch" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()

@@ -241,6 +241,8 @@ def test_a_folder_holding_other_files_is_never_replaced(exported, tmp_path, caps
     keep.mkdir()
     (keep / "holiday.jpg").write_bytes(b"precious")
     for fmt in ("onnx", "hf"):
-        assert main([str(src), "--format", fmt, "--out", str(keep)]) == 2
+        with pytest.raises(SystemExit) as exit_:
+            main([str(src), "--format", fmt, "--out", str(keep)])
+        assert exit_.value.code == 2
         assert "pick a new folder name" in capsys.readouterr().err
         assert (keep / "holiday.jpg").read_bytes() == b"precious"

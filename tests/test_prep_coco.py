@@ -112,21 +112,18 @@ def test_missing_annotation_file_is_a_clear_error(tmp_path):
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     from sam_train.cli.prep import main
 
+    def exit_code(argv: list[str]) -> int:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        return exit_.value.code
+
     (tmp_path / "images").mkdir()
-    rc = main(
-        [
-            "coco",
-            "--images",
-            str(tmp_path / "images"),
-            "--annotations",
-            str(tmp_path / "nope.json"),
-            str(tmp_path / "out"),
-        ]
-    )
+    images, annotations = str(tmp_path / "images"), str(tmp_path / "nope.json")
+    rc = exit_code(["coco", "--images", images, "--annotations", annotations, str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "nope.json" in err and "Traceback" not in err
     (tmp_path / "empty").mkdir()
-    assert main(["images", str(tmp_path / "empty"), str(tmp_path / "out2")]) == 2
+    assert exit_code(["images", str(tmp_path / "empty"), str(tmp_path / "out2")]) == 2
     assert "no image files" in capsys.readouterr().err
 
 

@@ -118,13 +118,16 @@ class SegmentService:
         images: ImageStore,
         cache_size: int = 8,
         decoder: str = "torch",
+        device: str = "cpu",
     ) -> None:
-        """decoder: "torch" (SamPredictor.predict), "onnx" or "onnx-int8" (onnxruntime)."""
+        """decoder: "torch" (SamPredictor.predict), "onnx" or "onnx-int8" (onnxruntime).
+        device: where the image encoder (and the torch decoder) runs."""
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.checkpoint = str(checkpoint)
         self.images = images
         self.cache_size = cache_size
+        self.device = device
         self._cache: OrderedDict[str, SamPredictor] = OrderedDict()
         self._lock = threading.Lock()
         self.model = None
@@ -155,7 +158,7 @@ class SegmentService:
                 return self._cache[image_id], 0.0
             image = self.images.get(image_id)
             start = time.perf_counter()
-            predictor = SamPredictor(self.model)
+            predictor = SamPredictor(self.model, self.device)
             predictor.set_image(image)
             self._cache[image_id] = predictor
             while len(self._cache) > self.cache_size:

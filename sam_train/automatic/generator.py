@@ -36,11 +36,17 @@ from sam_train.automatic.mask_ops import (
     stability_score,
     uncompressed_rle,
 )
+from sam_train.errors import UserError
 from sam_train.models.sam.sam import Sam
 from sam_train.predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 FULL_RES_CHUNK = 32  # masks upsampled to image resolution at once (32 x 1024^2 x 4 B = 128 MB)
+
+
+class MaskGeneratorError(UserError):
+    """Segment-everything settings that cannot work (for every image, or for this image's size);
+    the message names the setting and the fix."""
 
 
 @dataclass
@@ -150,7 +156,7 @@ class MaskGenerator:
                 points_per_side, crop_n_layers, crop_n_points_downscale_factor
             )
         if len(point_grids) < crop_n_layers + 1:
-            raise ValueError(
+            raise MaskGeneratorError(
                 f"point_grids has {len(point_grids)} grids for {crop_n_layers + 1} layers "
                 f"(crop_n_layers={crop_n_layers}): give one grid per layer"
             )
@@ -203,7 +209,7 @@ class MaskGenerator:
         (x0, y0, x1, y1), layer, side = small
         fits = [n for n in range(self.crop_n_layers) if self._too_small_crop(image_hw, n) is None]
         hint = f"crop_n_layers={max(fits)}" if fits else "fewer points_per_side"
-        raise ValueError(
+        raise MaskGeneratorError(
             f"image {image_hw[1]}x{image_hw[0]} is too small for crop_n_layers="
             f"{self.crop_n_layers}: a layer-{layer} crop is {x1 - x0}x{y1 - y0} px for {side} "
             f"points a side; use {hint} or a larger image"
@@ -389,26 +395,30 @@ def _check_settings(
 ) -> None:
     """Settings that cannot work, refused with the fix, before any image is read."""
     if (points_per_side is None) == (point_grids is None):
-        raise ValueError("give exactly one of points_per_side or point_grids")
+        raise MaskGeneratorError("give exactly one of points_per_side or point_grids")
     if points_per_side is not None and points_per_side < 1:
-        raise ValueError(
+        raise MaskGeneratorError(
             f"points_per_side={points_per_side}: need at least 1 point a side (SAM uses 32)"
         )
     if points_per_batch < 1:
-        raise ValueError(f"points_per_batch={points_per_batch}: need at least 1")
+        raise MaskGeneratorError(f"points_per_batch={points_per_batch}: need at least 1")
     if crop_n_layers < 0:
-        raise ValueError(f"crop_n_layers={crop_n_layers}: use 0 (no crops) or more")
+        raise MaskGeneratorError(f"crop_n_layers={crop_n_layers}: use 0 (no crops) or more")
     if downscale < 1:
-        raise ValueError(f"crop_n_points_downscale_factor={downscale}: use 1 or more")
+        raise MaskGeneratorError(f"crop_n_points_downscale_factor={downscale}: use 1 or more")
     if points_per_side is not None and int(points_per_side / downscale**crop_n_layers) < 1:
-        raise ValueError(
+        raise MaskGeneratorError(
             f"points_per_side={points_per_side} with crop_n_points_downscale_factor={downscale} "
             f"leaves no points in crop layer {crop_n_layers}: lower the factor or crop_n_layers"
         )
     if output_mode not in OUTPUT_MODES:
-        raise ValueError(f"output_mode={output_mode!r}: choose one of {', '.join(OUTPUT_MODES)}")
+        raise MaskGeneratorError(
+            f"output_mode={output_mode!r}: choose one of {', '.join(OUTPUT_MODES)}"
+        )
     if min_mask_region_area < 0:
-        raise ValueError(f"min_mask_region_area={min_mask_region_area}: use 0 (off) or more")
+        raise MaskGeneratorError(
+            f"min_mask_region_area={min_mask_region_area}: use 0 (off) or more"
+        )
 
 
 def describe_stages(counts: dict[str, int], generator: MaskGenerator) -> str:

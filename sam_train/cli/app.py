@@ -1,4 +1,4 @@
-"""`sam-app CKPT [--images DIR] [--port 7860]`: a local page to try a trained SAM by hand.
+"""`sam-app CHECKPOINT [--images DIR] [--port 7860]`: a local page to try a trained SAM by hand.
 
 Pick or upload an image, click foreground / background points or drag a box, and see the three
 candidate masks with their scores; download one as PNG or COCO RLE. The image is embedded once;
@@ -13,68 +13,75 @@ import socket
 import sys
 from pathlib import Path
 
-from sam_train.cli.arguments import OneLineParser
+from sam_train.cli.arguments import OneLineParser, add_checkpoint, add_device, add_images_folder
+from sam_train.errors import UsageError, run_tool
+
+PROG = "sam-app"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> OneLineParser:
     parser = OneLineParser(
-        prog="sam-app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "checkpoint", help="stage-2 .ckpt, exported SAM (.safetensors/.pth/hf folder)"
-    )
-    parser.add_argument("--images", type=Path, default=None, help="folder of images to pick from")
-    parser.add_argument("--port", type=int, default=7860)
+    add_checkpoint(parser, "of a SAM (stage 2)")
+    add_images_folder(parser, "folder of images to pick from")
+    parser.add_argument("--port", type=int, default=7860, metavar="N", help="0: any free port")
     parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1: this machine only")
-    parser.add_argument("--cache", type=int, default=8, help="image embeddings kept in memory")
+    parser.add_argument(
+        "--cache", type=int, default=8, metavar="N", help="image embeddings kept in memory"
+    )
     parser.add_argument(
         "--decoder",
         default="torch",
         choices=["torch", "onnx", "onnx-int8"],
         help="what runs a click: PyTorch (the predictor's exact masks), or the exported ONNX "
-        "decoder in onnxruntime (~1.5x less CPU; onnx-int8 ~1.8x, quantised)",
+        "decoder in onnxruntime (less CPU per click; onnx-int8 quantised)",
     )
-    args = parser.parse_args(argv)
+    add_device(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_tool(PROG, serve, args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Check the arguments, take the port, load the model, serve until Ctrl-C."""
     if not Path(args.checkpoint).exists():
-        print(f"sam-app: error: checkpoint {args.checkpoint} does not exist", file=sys.stderr)
-        return 2
+        raise UsageError(f"checkpoint {args.checkpoint} does not exist")
     if args.images is not None and not args.images.is_dir():
-        print(f"sam-app: error: --images {args.images} is not a folder", file=sys.stderr)
-        return 2
+        raise UsageError(f"--images {args.images} is not a folder")
     try:  # the port first: a busy one is one line, before the model loads or a URL is shown
         sock = bind(args.host, args.port)
     except OSError as err:
-        print(
-            f"sam-app: error: cannot listen on {args.host}:{args.port} ({err.strerror}); "
-            "pick another --port (e.g. --port 0 for any free one)",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError(
+            f"cannot listen on {args.host}:{args.port} ({err.strerror}); "
+            "pick another --port (e.g. --port 0 for any free one)"
+        ) from err
     try:
         import uvicorn
 
         from sam_train.app.server import ImageStore, SegmentService
         from sam_train.app.web import create_app
     except ImportError as err:
-        print(
-            f"sam-app: error: {err.name} is missing; pip install 'sam_train[app]'", file=sys.stderr
-        )
-        return 2
+        raise UsageError(f"{err.name} is missing; pip install 'sam_train[app]'") from err
     try:
         service = SegmentService(
-            args.checkpoint, ImageStore(args.images), cache_size=args.cache, decoder=args.decoder
+            args.checkpoint,
+            ImageStore(args.images),
+            cache_size=args.cache,
+            decoder=args.decoder,
+            device=args.device,
         )
     except ImportError as err:
-        print(
-            f"sam-app: error: --decoder {args.decoder} needs {err.name}: "
-            "pip install 'sam_train[onnx]'",
-            file=sys.stderr,
-        )
-        return 2
-    if service.load_error:  # the page shows it too
-        print(f"sam-app: error: {service.load_error}", file=sys.stderr)
+        raise UsageError(
+            f"--decoder {args.decoder} needs {err.name}: pip install 'sam_train[onnx]'"
+        ) from err
+    if service.load_error:  # the page shows it too, and the server still starts
+        print(f"{PROG}: warning: {service.load_error}", file=sys.stderr)
     port = sock.getsockname()[1]
-    print(f"sam-app: http://{args.host}:{port}/  (Ctrl-C stops)", flush=True)
+    print(f"{PROG}: http://{args.host}:{port}/  (Ctrl-C stops)", flush=True)
     config = uvicorn.Config(create_app(service), log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])
     return 0

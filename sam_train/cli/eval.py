@@ -1,4 +1,4 @@
-"""`sam-eval CKPT [overrides]`: validation's figures for any SAM checkpoint, plus a random
+"""`sam-eval CHECKPOINT [overrides]`: validation's figures for any SAM checkpoint, plus a random
 interior point, COCO mask AP of box prompts and segment-everything proposal recall; writes
 eval.json, plots and a table. Runs on 1 CPU, 1 GPU or several (trainer=ddp)."""
 
@@ -12,15 +12,14 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sam_train.errors import UserError
+from sam_train.errors import run_tool
+from sam_train.evaluation.module import EvalError
 from sam_train.evaluation.report import write_report
-from sam_train.weights.checkpoints import WeightsError, file_sha256, read_weights
+from sam_train.weights.checkpoints import file_sha256, read_weights
+
+PROG = "sam-eval"
 
 VALIDATION_KEYS = ("val_max_masks", "val_max_clicks", "min_mask_area", "max_mask_fraction", "seed")
-
-
-class EvalError(UserError):
-    """Input `sam-eval` cannot use; the message names it and the fix."""
 
 
 def validation_settings(cfg: DictConfig, ckpt: Path) -> dict:
@@ -163,37 +162,38 @@ def evaluate(cfg: DictConfig) -> dict:
     )
 
 
+def evaluate_checkpoint(cfg: DictConfig) -> dict:
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise EvalError("no checkpoint: sam-eval CHECKPOINT [overrides]")
+    if not Path(cfg.ckpt).is_file():
+        raise EvalError(f"checkpoint {cfg.ckpt} does not exist")
+    return evaluate(cfg)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        if OmegaConf.is_missing(cfg, "ckpt"):
-            raise EvalError("no checkpoint: sam-eval CKPT [overrides]")
-        if not Path(cfg.ckpt).is_file():
-            raise EvalError(f"checkpoint {cfg.ckpt} does not exist")
-        evaluate(cfg)
-    except (EvalError, WeightsError, ValueError) as err:
-        from sam_train.cli.run_folder import remove_if_unused
+    from sam_train.cli.run_folder import remove_if_unused
 
+    def leave_no_run_folder() -> None:
         # nothing scored: no run folder left behind (Hydra made it before the run started)
         remove_if_unused(Path(cfg.paths.run_dir), Path(cfg.paths.output_dir))
-        print(f"sam-eval: error: {err}", file=sys.stderr)
-        sys.exit(2)
+
+    run_tool(PROG, evaluate_checkpoint, cfg, cleanup=leave_no_run_folder)
 
 
-def checkpoint_problem(args: list[str]) -> str | None:
-    """No checkpoint given, or one that does not exist (one line), else None."""
+def check_checkpoint_argument(args: list[str]) -> None:
+    """No checkpoint given, or one that does not exist: an `EvalError`."""
     given = [a.partition("=")[2] for a in args if a.startswith("ckpt=")]
     if not given:
-        return "no checkpoint: sam-eval CKPT [overrides] (see sam-eval --help)"
+        raise EvalError("no checkpoint: sam-eval CHECKPOINT [overrides] (see sam-eval --help)")
     if not Path(given[-1]).exists():
-        return f"checkpoint {given[-1]} does not exist"
-    return None
+        raise EvalError(f"checkpoint {given[-1]} does not exist")
 
 
 def help_text() -> str:
     """`sam-eval --help`: the checkpoint argument, the data to score, and every eval option
     with its comment (read from conf/eval.yaml, the one place they are defined)."""
-    from sam_train.cli.help import CONF, config_groups
+    from sam_train.cli.help import CONF, HYDRA_STYLE_USAGE, config_groups
 
     lines = (CONF / "eval.yaml").read_text().splitlines()
     start = lines.index("eval:")
@@ -206,14 +206,17 @@ def help_text() -> str:
         if "SamDataModule" in (CONF / "data" / f"{o}.yaml").read_text()
         or "shards_sam@" in (CONF / "data" / f"{o}.yaml").read_text()
     ]
-    return f"""usage: sam-eval CKPT [overrides]
+    usage = HYDRA_STYLE_USAGE.format(
+        prog="sam-eval", first="CHECKPOINT ", key_example="eval.tasks=[point,box]"
+    )
+    return f"""{usage}
 
 Score a SAM checkpoint on stage-2 shards: one-point, box and click mIoU, COCO mask AP of box
 prompts, segment-everything recall; writes eval.json (which data, how many masks were read,
 scored and left out, and why), plots and a table.
 
-CKPT, the first argument: the checkpoint (ours, a sam-export file, an official SAM .pth, a HF
-folder); ckpt=PATH works too.
+CHECKPOINT, the first argument: the checkpoint (ours, a sam-export file, an official SAM
+.pth, a HF folder); ckpt=PATH works too.
 
 data (default: the bundled sample's validation images, said so when used):
   data=shards_sam data.val_path=DIR    your shards (sam-prep ... --val-fraction F writes OUT/val)
@@ -229,25 +232,27 @@ examples:
 """
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The first argument without '=' is the checkpoint (`ckpt=` works too)."""
+def start(args: list[str]) -> None:
+    """Answer --help, or check the overrides (before Hydra makes a run folder) and evaluate."""
     from sam_train.cli.help import wants_help
 
-    args = list(sys.argv[1:] if argv is None else argv)
     if wants_help(args):
         print(help_text())
         return
     if args and "=" not in args[0] and not args[0].startswith("-"):
-        args[0] = f"ckpt={args[0]}"
-    if not any(a.startswith("-") for a in args):  # before Hydra makes a run folder
-        from sam_train.cli.overrides import composition_error
+        args = [f"ckpt={args[0]}", *args[1:]]
+    if not any(a.startswith("-") for a in args):
+        from sam_train.cli.overrides import check_overrides
 
-        problem = composition_error(args, "eval") or checkpoint_problem(args)
-        if problem:
-            print(f"sam-eval: error: {problem}", file=sys.stderr)
-            sys.exit(2)
+        check_overrides(args, "eval")
+        check_checkpoint_argument(args)
     sys.argv = [sys.argv[0], *args]
     _hydra_main()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The first argument without '=' is the checkpoint (`ckpt=` works too)."""
+    run_tool(PROG, start, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

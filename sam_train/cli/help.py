@@ -1,9 +1,9 @@
 """`sam-train --help`, printed from the composed config and the config folders on disk.
 
-Hydra's own help lists every config group twice (its own groups too) by composing each
-option: ~2 s of CPU for our ~100 options, where reading the folder names takes milliseconds.
-The text is Hydra's: the same template (`hydra.help` in conf/hydra/default.yaml), groups and
-composed config.
+Hydra's own help composes every option of every group (its own groups too) to list them,
+which is slow with as many options as ours; reading the folder names is not. The text is
+Hydra's: the same template (`hydra.help` in conf/hydra/default.yaml), groups and composed
+config, under a usage line that says how sam-train and sam-eval take their options.
 """
 
 from __future__ import annotations
@@ -11,13 +11,18 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import sam_train.conf
 
 CONF = Path(sam_train.conf.__file__).parent
 
 
+# sam-train and sam-eval take Hydra overrides, not --flags: a run is its composed config
+HYDRA_STYLE_USAGE = """usage: {prog} {first}[group=option ...] [key=value ...]
+
+Options are Hydra overrides, not --flags: group=option picks a config file (data=shards_sam),
+key=value sets one key ({key_example}), -m sweeps comma-separated values (seed=1,2,3)."""
 INTERNAL_GROUPS = ("code_defaults",)  # nodes other configs build on, not options to pick
 
 
@@ -34,11 +39,9 @@ def config_groups(root: Path = CONF) -> dict[str, list[str]]:
     return groups
 
 
-def help_text(overrides: list[str]) -> str:
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module("sam_train.conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+def help_text(cfg: DictConfig) -> str:
+    """The help of `cfg`, a run config composed with its `hydra` node (return_hydra_config)."""
+    cfg = cfg.copy()
     template = cfg.hydra.help.template
     app_groups = "".join(
         f"{name}: {', '.join(options)}\n"
@@ -47,12 +50,13 @@ def help_text(overrides: list[str]) -> str:
     )
     with open_dict(cfg):
         del cfg["hydra"]
-    return string.Template(template).safe_substitute(
+    text = string.Template(template).safe_substitute(
         APP_CONFIG_GROUPS=app_groups,
         CONFIG=OmegaConf.to_yaml(cfg),
         FLAGS_HELP="Hydra's options: sam-train --hydra-help\n",
         HYDRA_CONFIG_GROUPS="",
     )
+    return f"{HYDRA_STYLE_USAGE.format(prog='sam-train', first='', key_example='optim.lr=1e-4')}\n\n{text}"
 
 
 def wants_help(args: list[str]) -> bool:

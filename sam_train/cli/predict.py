@@ -1,4 +1,4 @@
-"""`sam-predict CKPT`: masks for point / box prompts on one image, as a PNG.
+"""`sam-predict CHECKPOINT`: masks for point / box prompts on one image, as a PNG.
 
 sam-predict sam.pth --image photo.jpg --point 320,240 --box 10,20,200,220
 sam-predict sam.pth --sample arc2017     # a held-out sample photo,
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sam_train.cli.arguments import OneLineParser, fail, numbers
+from sam_train.cli.arguments import OneLineParser, add_checkpoint, add_device, add_out, numbers
+from sam_train.errors import UsageError, run_tool
 from sam_train.metrics import center_points
 from sam_train.predictor import SamPredictor
 from sam_train.viz.mae_grid import save_png
 from sam_train.viz.sam_predictions import draw_predictions
-from sam_train.weights.checkpoints import WeightsError
 
 PROG = "sam-predict"
 
@@ -64,30 +64,28 @@ def prompt_problem(points: list[list[float]], boxes: list[list[float]], h: int, 
 
 
 def read_image(path: Path) -> np.ndarray:
-    """HxWx3 uint8 RGB, or a one-line error naming the file."""
+    """HxWx3 uint8 RGB, or a `UsageError` naming the file."""
     if not path.is_file():
-        fail(PROG, f"--image {path} does not exist")
+        raise UsageError(f"--image {path} does not exist")
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        fail(PROG, f"--image {path} is not an image that can be read ({err})")
+        raise UsageError(f"--image {path} is not an image that can be read ({err})") from err
 
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "checkpoint", help="Lightning .ckpt, export/sam.safetensors or official SAM .pth"
-    )
-    parser.add_argument("--image", type=Path, help="an RGB image file")
+    add_checkpoint(parser, "of a SAM")
+    parser.add_argument("--image", type=Path, metavar="FILE", help="an RGB image file")
     parser.add_argument(
         "--sample", choices=["arc2017", "voc"], help="a sample photo with real objects"
     )
@@ -104,9 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--adapter",
         type=Path,
+        metavar="FILE",
         help="an adapter file (sam-export --format adapter); CHECKPOINT is then its base",
     )
-    parser.add_argument("--out", type=Path, default=Path("prediction.png"))
+    add_out(
+        parser,
+        Path("prediction.png"),
+        "the picture to write (default prediction.png); --everything also writes OUT.json",
+    )
     parser.add_argument(
         "--everything", action="store_true", help="segment everything (automatic masks)"
     )
@@ -117,34 +120,39 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a MaskGenerator setting with --everything, e.g. points_per_side=16 (repeatable)",
     )
+    add_device(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if (args.image is None) == (args.sample is None):
         parser.error("give exactly one of --image or --sample")
     if args.everything:
-        return segment_everything(args)
+        return run_tool(PROG, segment_everything, args, expected=(OSError,))
     if args.image is not None and not (args.point or args.box):
         parser.error("no prompts: give --point and/or --box")
+    return run_tool(PROG, predict_prompts, args, expected=(OSError,))
+
+
+def predict_prompts(args: argparse.Namespace) -> int:
+    """The prompts given (or the sample's centre clicks) -> one mask each, drawn in a PNG."""
     if args.sample:
         image, prompts = sample_prompts(args.sample)
     else:
         image, prompts = read_image(args.image), []
     problem = prompt_problem(args.point, args.box, *image.shape[:2])
     if problem:
-        fail(PROG, problem)
+        raise UsageError(problem)
     prompts += parse_prompts(args.point, args.box)
-    try:
-        predictor = SamPredictor.from_checkpoint(args.checkpoint, adapter=args.adapter)
-    except (WeightsError, FileNotFoundError) as err:
-        fail(PROG, str(err))
+    predictor = SamPredictor.from_checkpoint(args.checkpoint, args.device, adapter=args.adapter)
     predictor.set_image(image)  # the embedding is computed once for every prompt below
     results = []
     for prompt in prompts:
         masks, scores, _ = predictor.predict(**prompt)
         results.append((prompt, masks[int(np.argmax(scores))]))
-    try:
-        save_png(draw_predictions(image, results), args.out)
-    except OSError as err:
-        fail(PROG, f"cannot write --out {args.out}: {err.strerror or err}")
+    write_outputs(args.out, lambda: save_png(draw_predictions(image, results), args.out))
     print(
         f"{PROG}: {plural(len(results), 'mask')} from {plural(len(prompts), 'prompt')} "
         f"-> {args.out}"
@@ -163,24 +171,48 @@ def segment_everything(args: argparse.Namespace) -> int:
     from sam_train.viz.everything import draw_everything
 
     image = sample_prompts(args.sample)[0] if args.sample else read_image(args.image)
-    try:
-        settings = {k: _setting(v) for k, _, v in (s.partition("=") for s in args.amg)}
-        predictor = SamPredictor.from_checkpoint(args.checkpoint)
-        generator = MaskGenerator(predictor, output_mode="coco_rle", **settings)
-        records = generator.generate(image)
-    except (WeightsError, FileNotFoundError, ValueError, TypeError) as err:
-        fail(PROG, str(err))
+    settings = generator_settings(args.amg)
+    predictor = SamPredictor.from_checkpoint(args.checkpoint, args.device)
+    generator = MaskGenerator(predictor, output_mode="coco_rle", **settings)
+    records = generator.generate(image)
     print(f"{PROG}: {describe_stages(generator.stage_counts, generator)}")
     records.sort(key=lambda r: -r["area"])  # small masks drawn last stay visible
     masks = [decode_rle(r["segmentation"]) for r in records]
     json_path = args.out.with_suffix(".json")
-    try:
+
+    def write() -> None:
         save_png(draw_everything(np.asarray(image), masks), args.out)
         write_text_atomic(json_path, json.dumps(records))
-    except OSError as err:
-        fail(PROG, f"cannot write --out {args.out}: {err.strerror or err}")
+
+    write_outputs(args.out, write)
     print(f"{PROG}: {plural(len(records), 'mask')} -> {args.out}, {json_path}")
     return 0
+
+
+def write_outputs(out: Path, write) -> None:
+    """`write()`, with an output that cannot be written reported against --out."""
+    try:
+        write()
+    except OSError as err:
+        raise UsageError(f"cannot write --out {out}: {err.strerror or err}") from err
+
+
+def generator_settings(amg: list[str]) -> dict[str, object]:
+    """--amg NAME=VALUE options as `MaskGenerator` keyword arguments; a name it does not take
+    is refused with the names it does."""
+    import inspect
+
+    from sam_train.automatic import MaskGenerator
+
+    fixed = ("predictor_or_model", "point_grids", "output_mode")  # set by this tool
+    known = [p for p in inspect.signature(MaskGenerator).parameters if p not in fixed]
+    settings = {}
+    for text in amg:
+        name, eq, value = text.partition("=")
+        if not eq or name not in known:
+            raise UsageError(f"--amg {text}: give NAME=VALUE with NAME one of {', '.join(known)}")
+        settings[name] = _setting(value)
+    return settings
 
 
 def _setting(text: str) -> object:

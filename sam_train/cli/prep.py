@@ -7,7 +7,7 @@ Adding a subcommand: write `sam_train/cli/prep_<name>.py` with
 `prep_args.add_subcommand(subparsers, name, help, run, "src: help", ...)` (`run(args)` does
 the work; `add_shard_args` / `shard_options` / `print_report` are the shared shard options and
 report); then import the module below and append it to `SUBCOMMAND_MODULES`. Subcommand modules never import this file, so there is no cycle.
-A `PrepError` raised by `run` is printed as one line and exits with status 2.
+A `PrepError` (any `UserError`) raised by `run` is printed as one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 
 from sam_train.cli import prep_clip, prep_convert, prep_formats, prep_teacher
 from sam_train.cli.arguments import OneLineParser
+from sam_train.errors import run_tool
 
 # in the order `sam-prep --help` lists them
 SUBCOMMAND_MODULES = (
@@ -39,15 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; a PrepError is printed as one line and exits with status 2."""
-    from data_prep.common import PrepError
-
+    """Entry point; a user's mistake (a `PrepError`, a missing input) is one line, exit 2."""
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
-    except PrepError as err:
-        print(f"sam-prep {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        run_tool(f"sam-prep {args.command}", args.run, args)
     except KeyboardInterrupt:
         print("sam-prep: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

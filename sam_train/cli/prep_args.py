@@ -25,7 +25,7 @@ def add_subcommand(
     p = subparsers.add_parser(name, help=text, description=text)
     for arg in positional:
         arg_name, arg_help = arg.split(": ", 1)
-        p.add_argument(arg_name, help=arg_help)
+        p.add_argument(arg_name, metavar=arg_name.upper(), help=arg_help)
     p.set_defaults(run=run)
     return p
 

@@ -34,9 +34,14 @@ def _run(a: argparse.Namespace) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register clip-embed."""
     text = "stage-2 shards -> the same shards plus CLIP region embeddings (clip.npy)"
-    p = add_subcommand(subparsers, "clip-embed", text, _run)
-    p.add_argument("src", help="stage-2 shard folder (made by sam-prep coco|sa1b|sample)")
-    p.add_argument("out", help="output shard folder (train with data.path=OUT)")
+    p = add_subcommand(
+        subparsers,
+        "clip-embed",
+        text,
+        _run,
+        "src: stage-2 shard folder (made by sam-prep coco|sa1b|sample)",
+        "out: output shard folder (train with data.path=OUT)",
+    )
     p.add_argument("--clip", default="ViT-B-32", help="open_clip model name or model-config .json")
     p.add_argument(
         "--pretrained",

@@ -9,6 +9,7 @@ from sam_train.cli.prep_args import (
     add_pixel_args,
     add_shard_args,
     add_split_args,
+    add_subcommand,
     pixel_options,
     print_report,
     shard_options,
@@ -45,40 +46,43 @@ def _run_sample(a: argparse.Namespace) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register images, coco, sa1b and sample."""
     text = "image folder (recursive; any image suffix of data=images) -> stage-1 shards"
-    p = subparsers.add_parser("images", help=text, description=text)
-    p.add_argument("src", help="folder of images")
-    p.add_argument("out", help="output shard folder")
+    p = add_subcommand(
+        subparsers, "images", text, _run_images, "src: folder of images", "out: output shard folder"
+    )
     add_shard_args(p)
     add_pixel_args(p)
     add_split_args(p)
-    p.set_defaults(run=_run_images)
 
     text = "COCO or LVIS instances json + images -> stage-2 shards (RLE masks, category names)"
-    p = subparsers.add_parser("coco", help=text, description=text)
+    p = add_subcommand(subparsers, "coco", text, _run_coco, "out: output shard folder")
     p.add_argument(
-        "--images", required=True, help="folder the json's file_name entries are relative to"
+        "--images",
+        required=True,
+        metavar="DIR",
+        help="folder the json's file_name entries are relative to",
     )
     p.add_argument(
         "--annotations", required=True, help="COCO instances json, e.g. instances_train2017.json"
     )
-    p.add_argument("out", help="output shard folder")
     add_shard_args(p)
     add_pixel_args(p)
     add_split_args(p)
-    p.set_defaults(run=_run_coco)
 
     text = "SA-1B folder (sa_N.jpg + sa_N.json) -> stage-2 shards"
-    p = subparsers.add_parser("sa1b", help=text, description=text)
-    p.add_argument("src", help="folder with sa_*.jpg and sa_*.json")
-    p.add_argument("out", help="output shard folder")
+    p = add_subcommand(
+        subparsers,
+        "sa1b",
+        text,
+        _run_sa1b,
+        "src: folder with sa_*.jpg and sa_*.json",
+        "out: output shard folder",
+    )
     add_shard_args(p)
     add_pixel_args(p)
     add_split_args(p)
-    p.set_defaults(run=_run_sa1b)
 
     text = "the embedded sample dataset as shards (OUT/mae, OUT/sam/{train,val})"
-    p = subparsers.add_parser("sample", help=text, description=text)
-    p.add_argument("out", help="output folder")
+    p = add_subcommand(subparsers, "sample", text, _run_sample, "out: output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the composited images")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument(
@@ -87,4 +91,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=2,
         help="composites per photo (default 2); the ones past 2 all go to train, val is unchanged",
     )
-    p.set_defaults(run=_run_sample)

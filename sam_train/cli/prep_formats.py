@@ -12,6 +12,7 @@ from sam_train.cli.prep_args import (
     add_pixel_args,
     add_shard_args,
     add_split_args,
+    add_subcommand,
     pixel_options,
     print_report,
     shard_options,
@@ -69,8 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "images + mask files (instance label images, per-object masks, semantic label images "
         "with --classes) -> stage-2 shards"
     )
-    p = subparsers.add_parser("masks", help=text, description=text)
-    p.add_argument("--images", required=True, help="folder of images (recursive)")
+    p = add_subcommand(subparsers, "masks", text, _run_masks, "out: output shard folder")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of images (recursive)")
     p.add_argument(
         "--masks",
         required=True,
@@ -89,27 +90,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="connected",
         help="with --classes: one object per connected component (default) or per class",
     )
-    p.add_argument("out", help="output shard folder")
     _keep_empty_arg(p)
     add_shard_args(p)
     add_pixel_args(p)
     add_split_args(p)
-    p.set_defaults(run=_run_masks)
 
     text = "labelme json files (+ their images) -> stage-2 shards"
-    p = subparsers.add_parser("labelme", help=text, description=text)
-    p.add_argument("src", help="folder of labelme .json files (recursive)")
-    p.add_argument("out", help="output shard folder")
+    p = add_subcommand(
+        subparsers,
+        "labelme",
+        text,
+        _run_labelme,
+        "src: folder of labelme .json files (recursive)",
+        "out: output shard folder",
+    )
     _keep_empty_arg(p)
     add_shard_args(p)
     add_pixel_args(p)
     add_split_args(p)
-    p.set_defaults(run=_run_labelme)
 
     text = "shard folder -> counts, mask statistics, skips, and an overlay PNG"
-    p = subparsers.add_parser("inspect", help=text, description=text)
-    p.add_argument(
-        "shards", help="shard folder (with manifest.json), local or a URL (https://host/shards)"
+    p = add_subcommand(
+        subparsers,
+        "inspect",
+        text,
+        _run_inspect,
+        "shards: shard folder (with manifest.json), local or a URL (https://host/shards)",
     )
     p.add_argument(
         "--overlay",
@@ -118,4 +124,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--samples", type=int, default=4, help="samples drawn (default 4)")
     p.add_argument("--json", action="store_true", help="print the statistics as json")
-    p.set_defaults(run=_run_inspect)

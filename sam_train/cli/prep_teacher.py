@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from sam_train.cli.prep_args import add_shard_args, print_report, shard_options
+from sam_train.cli.prep_args import add_shard_args, add_subcommand, print_report, shard_options
 
 
 def _run(a: argparse.Namespace) -> None:
@@ -18,11 +18,19 @@ def _run(a: argparse.Namespace) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register teacher-embed."""
     text = "stage-2 shards -> the same shards plus a teacher SAM's image embeddings (teacher.npy)"
-    p = subparsers.add_parser("teacher-embed", help=text, description=text)
-    p.add_argument("src", help="stage-2 shard folder (made by sam-prep coco|sa1b|sample)")
-    p.add_argument("out", help="output shard folder (train with data.path=OUT)")
+    p = add_subcommand(
+        subparsers,
+        "teacher-embed",
+        text,
+        _run,
+        "src: stage-2 shard folder (made by sam-prep coco|sa1b|sample)",
+        "out: output shard folder (train with data.path=OUT)",
+    )
     p.add_argument(
-        "--teacher", required=True, help="the teacher: any SAM checkpoint sam_train reads"
+        "--teacher",
+        required=True,
+        metavar="CHECKPOINT",
+        help="the teacher: any SAM checkpoint sam_train reads",
     )
     p.add_argument(
         "--image-size",
@@ -31,4 +39,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the student's model.image_size (images are prepared as training prepares them)",
     )
     add_shard_args(p)
-    p.set_defaults(run=_run)

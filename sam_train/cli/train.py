@@ -8,7 +8,6 @@ one `sam-train: error: ...` line and exit code 2; SAM_TRAIN_TRACEBACK=1 shows th
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from sam_train.config_checks import (
     check_stage_pairing,
     resolve_ckpt_path,
 )
-from sam_train.errors import UserError
+from sam_train.errors import run_tool
 
 if TYPE_CHECKING:
     import lightning as L
@@ -228,65 +227,36 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def user_error_lines(err: BaseException) -> list[str] | None:
-    """The message lines of an error the user caused (a config, file or checkpoint problem),
-    or None for anything else (a bug: shown with its traceback)."""
-    user_errors = (UserError, FileNotFoundError)
-    chain, current = [], err
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    found = next((e for e in chain if isinstance(e, user_errors)), None)
-    if found is None:
-        return None
-    lines = [line.strip().removeprefix("- ") for line in str(found).splitlines()]
-    lines = [line for line in lines if line]
-    return lines or [type(found).__name__]
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def run(cfg: DictConfig) -> float | None:
-    try:
-        return train(cfg)
-    except Exception as err:
-        lines = user_error_lines(err)
-        if lines is None or os.environ.get("SAM_TRAIN_TRACEBACK") == "1":
-            raise
-        removed = remove_if_unused(Path(cfg.paths.run_dir), Path(cfg.paths.output_dir))
-        for line in lines:
-            print(f"{PROG}: error: {line}", file=sys.stderr, flush=True)
-        if not removed:
-            print(f"{PROG}: (run folder: {Path(cfg.paths.run_dir).resolve()})", file=sys.stderr)
-        sys.exit(2)
+    run_dir, output_dir = Path(cfg.paths.run_dir), Path(cfg.paths.output_dir)
+
+    def leave_no_empty_run_folder() -> str | None:
+        if remove_if_unused(run_dir, output_dir):
+            return None
+        return f"(run folder: {run_dir.resolve()})"
+
+    return run_tool(PROG, train, cfg, cleanup=leave_no_empty_run_folder)
 
 
-def main() -> None:
-    """Console entry point: a checkpoint given to resume sends the run to that run's folder."""
+def start(args: list[str]) -> None:
+    """Check the overrides (before Hydra makes a run folder), answer --help, or run."""
     from sam_train.cli import help as cli_help
+    from sam_train.cli.overrides import check_overrides
 
-    if cli_help.wants_help(sys.argv[1:]):
-        try:
-            print(cli_help.help_text([a for a in sys.argv[1:] if not a.startswith("-")]))
-        except Exception as err:  # a bad override (Hydra's exceptions: one per kind)
-            from sam_train.cli.overrides import one_line
-
-            print(f"{PROG}: error: {one_line(str(err))}", file=sys.stderr)
-            sys.exit(2)
+    if cli_help.wants_help(args):
+        overrides = [a for a in args if not a.startswith("-")]
+        print(cli_help.help_text(check_overrides(overrides, check_data=False)))
         return
-    args = sys.argv[1:]
     if not any(a.startswith("-") for a in args):  # a plain run (not multirun, --cfg, ...)
-        from sam_train.cli.overrides import composition_error
-
-        problem = composition_error(args)
-        if problem:
-            print(f"{PROG}: error: {problem}", file=sys.stderr)
-            sys.exit(2)
-    try:
-        sys.argv[1:] = keep_first_record(resume_overrides(args))
-    except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        check_overrides(args)
+    sys.argv[1:] = keep_first_record(resume_overrides(args))
     run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: a checkpoint given to resume sends the run to that run's folder."""
+    run_tool(PROG, start, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -1,41 +1,50 @@
-"""The LightningModule `sam-eval` validates with: `SamModule`'s validation step unchanged (so
-point, box, click and COCO figures are validation's own, reduced over ranks the same way),
-plus, on the same masks and embeddings, a random interior point, segment-everything proposal
-recall, per-mask IoUs for the histogram and the worst cases for a picture page."""
+"""The LightningModule `sam-eval` validates with: training's validation object
+(`SamValidation`, so point, box, click and COCO figures are validation's own, reduced over
+ranks the same way), plus, on the same masks and embeddings, a random interior point,
+segment-everything proposal recall, per-mask IoUs for the histogram and the worst cases for a
+picture page."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 
 from sam_train.automatic import MaskGenerator
-from sam_train.data.batch import SamBatch
-from sam_train.data.resumable import sample_seed
+from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch
+from sam_train.distributed import all_gather_objects
+from sam_train.errors import UserError
 from sam_train.evaluation.prompts import evaluate_random_point
 from sam_train.evaluation.proposals import ProposalRecall
-from sam_train.lit.optim import OptimConfig
-from sam_train.lit.sam_module import SamModule, all_gather_objects
+from sam_train.evaluation.validation import SamValidation
+from sam_train.lit.val_sources import val_source_names
 from sam_train.metrics import center_points
 from sam_train.models.pixels import denormalise_pixels
 from sam_train.models.sam.sam import Sam, upscale_logits
 from sam_train.predictor import SamPredictor
+from sam_train.seeding import sample_seed
 from sam_train.training.prompts import PromptTargets
 from sam_train.viz.sam_masks import mask_tile
 
 TASKS = ("point", "box", "clicks", "everything")
 
 
-class EvalModule(SamModule):
+class EvalError(UserError):
+    """Input `sam-eval` cannot use; the message names it and the fix."""
+
+
+class EvalModule(L.LightningModule):
     """Validation of a `Sam` with `sam-eval`'s extra tasks.
 
     Args:
         model: the Sam. tasks: any of point, box, clicks, everything.
         everything: `MaskGenerator` settings for the everything task.
         num_worst: masks on the worst-cases page (lowest one-point IoU).
-        **kwargs: `SamModule` validation settings (val_max_masks, val_max_clicks, seed, ...).
+        val_max_masks, val_max_clicks, min_mask_area, max_mask_fraction, seed, coco_eval:
+            the validation settings (`SamValidation`), as the training run's `stage.module`.
     """
 
     def __init__(
@@ -44,17 +53,33 @@ class EvalModule(SamModule):
         tasks: list[str] = TASKS,
         everything: dict[str, Any] | None = None,
         num_worst: int = 12,
-        **kwargs,
+        val_max_masks: int = 16,
+        val_max_clicks: int = 10,
+        min_mask_area: int = MIN_MASK_AREA,
+        max_mask_fraction: float = MAX_MASK_FRACTION,
+        seed: int = 0,
+        coco_eval: bool = True,
     ) -> None:
+        super().__init__()
         unknown = sorted(set(tasks) - set(TASKS))
         if unknown:
-            raise ValueError(f"eval.tasks has {unknown}: choose from {list(TASKS)}")
+            raise EvalError(f"eval.tasks has {unknown}: choose from {list(TASKS)}")
         if "clicks" not in tasks:
-            kwargs["val_max_clicks"] = 1  # the curve's first click is the centre point
-        super().__init__(model, OptimConfig(), **kwargs)
+            val_max_clicks = 1  # the curve's first click is the centre point
+        self.model = model
         self.tasks = list(tasks)
-        if "point" in tasks:  # reduced over ranks with validation's own figures
-            self.val_metrics.layout.update(iou_random_point_oracle=1, iou_random_point_confident=1)
+        self.seed = seed
+        # the random point is reduced over ranks with validation's own figures
+        extra = {"iou_random_point_oracle": 1, "iou_random_point_confident": 1}
+        self.validation = SamValidation(
+            val_max_masks,
+            val_max_clicks,
+            min_mask_area,
+            max_mask_fraction,
+            seed,
+            coco_eval=coco_eval,
+            extra_results=extra if "point" in tasks else None,
+        )
         self.generator = (
             MaskGenerator(model, **{"output_mode": "coco_rle", **(everything or {})})
             if "everything" in tasks
@@ -74,25 +99,23 @@ class EvalModule(SamModule):
         self.proposals.reset()
 
     def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
+        self.validation.start_epoch(val_source_names(self.trainer))
         self.reset_collections()
         if self.generator is not None:  # the trainer has moved the model by now
             self.generator.predictor = SamPredictor(self.model, device=self.device)
 
-    def on_validation_results(
-        self,
-        batch: SamBatch,
-        batch_idx: int,
-        targets: PromptTargets,
-        embeddings: torch.Tensor,
-        results: dict[str, torch.Tensor],
-    ) -> None:
+    def validation_step(self, batch: SamBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        targets = self.validation.select(batch, batch_idx)
+        if targets.num_masks == 0:
+            return
+        embeddings = self.model.embed_images(batch.images)
+        results = self.validation.score(self.model, batch, targets, embeddings, dataloader_idx)
         if "point" in self.tasks:
             gen = torch.Generator().manual_seed(sample_seed(self.seed + 1, 0, batch_idx))
             extra = evaluate_random_point(
                 self.model, embeddings, targets.masks, targets.image_index, targets.image_hw, gen
             )
-            self.val_metrics.update(extra)
+            self.validation.add(extra, dataloader_idx)
             results = {**results, **extra}
         for name, value in results.items():
             self.per_mask.setdefault(name, []).append(value.detach().float().cpu())
@@ -135,7 +158,14 @@ class EvalModule(SamModule):
             self.proposals.update(gt, records)
 
     def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
+        strategy = self.trainer.strategy
+
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            return strategy.reduce(t.to(self.device), reduce_op="sum")
+
+        by_source, metrics = self.validation.compute(reduce)
+        for name, value in {**by_source, **metrics}.items():  # already summed over ranks
+            self.log(f"val/{name}", value)
         if self.generator is not None:
             for name, value in self.proposals.compute(gather=all_gather_objects).items():
                 self.log(f"val/{name}", value)

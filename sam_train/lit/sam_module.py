@@ -1,11 +1,9 @@
 """Stage 2: the LightningModule that trains a promptable segmenter (SAM) on masks.
 
 A step: pick up to N masks per image, embed each image once, run the interactive prompt loop
-(`sam_train.training.interactive`), log each loss term. Validation: one centre point (oracle
-and most-confident of 3 masks), one box, the click curve and NoC (`sam_train.metrics`); with
-text prompts, category phrases and region embeddings (`val/miou_text`, `val/miou_region`); on
-COCO-like data, mask AP of box prompts (`sam_train.coco_eval`). Metrics are sums and counts
-added over ranks before dividing.
+(`sam_train.training.interactive`), log each loss term. Validation is a `SamValidation`
+(`sam_train.evaluation.validation`: points, box, click curve, text and COCO figures, reduced
+over ranks), the same object `sam-eval` scores with; this module embeds and logs.
 
 Text prompts: the CLIP wrapper is held here, not in `Sam`; frozen, it is kept out of
 this module's registry too, so neither checkpoints nor exports carry a copy of CLIP.
@@ -18,13 +16,12 @@ from typing import Any
 
 import torch
 
-from sam_train.coco_eval import CocoMaskAP, box_prompt_predictions, is_coco_like
-from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch, image_regions
+from sam_train.data.batch import MAX_MASK_FRACTION, MIN_MASK_AREA, SamBatch
+from sam_train.evaluation.validation import SamValidation
 from sam_train.lit.base import StageModule
 from sam_train.lit.optim import DerivedSchedule, OptimConfig, encoder_layer_id, param_groups
 from sam_train.lit.progress import batches_started
 from sam_train.lit.val_sources import val_source_names
-from sam_train.metrics import PromptMetrics, evaluate_prompts, evaluate_text_prompts, mask_iou
 from sam_train.models.frozen import FrozenHelper
 from sam_train.models.lora import merge_lora_state
 from sam_train.models.sam.sam import Sam
@@ -32,7 +29,7 @@ from sam_train.models.sam.text import ClipPromptEncoder
 from sam_train.seeding import sample_seed
 from sam_train.training.interactive import InteractiveConfig, interactive_loss
 from sam_train.training.prompts import TEXT, PromptTargets, select_masks
-from sam_train.training.text_prompts import TextPromptConfig, TextPrompts, category_names
+from sam_train.training.text_prompts import TextPromptConfig, TextPrompts
 from sam_train.training.unused_params import zero_touching
 
 log = logging.getLogger(__name__)
@@ -85,18 +82,16 @@ class SamModule(StageModule, stage="sam", level=2):
         self.text_cfg = text if text is not None and text.enabled else None
         self._frozen_clip: FrozenHelper | None = None
         self._text = self._build_text(self.text_cfg)
-        self.coco = CocoMaskAP() if coco_eval else None
-        layout = {
-            "iou_point_oracle": 1,
-            "iou_point_confident": 1,
-            "iou_box": 1,
-            "iou_clicks": val_max_clicks,
-        }
-        if self.text is not None:
-            layout.update(iou_text=1, iou_text_wrong=1, iou_whole_image=1, iou_region=1)
-        self.val_metrics = PromptMetrics(layout=layout)
+        self.validation = SamValidation(
+            val_max_masks,
+            val_max_clicks,
+            min_mask_area,
+            max_mask_fraction,
+            seed,
+            coco_eval=coco_eval,
+            text=self._text is not None,
+        )
         self.last_val_metrics: dict[str, float] = {}
-        self.source_metrics: list[PromptMetrics] = []
         self.derived: DerivedSchedule | None = None
         self.flops_per_batch: int | None = None
 
@@ -177,102 +172,19 @@ class SamModule(StageModule, stage="sam", level=2):
         return loss
 
     def validation_step(self, batch: SamBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        gen = torch.Generator().manual_seed(sample_seed(self.seed, 0, batch_idx))
-        targets = select_masks(
-            batch, self.val_max_masks, self.max_mask_fraction, self.min_mask_area, gen
-        )
+        targets = self.validation.select(batch, batch_idx)
         if targets.num_masks == 0:
             return
         embeddings = self.validation_embeddings(batch)
-        results = evaluate_prompts(
-            self.model,
-            embeddings,
-            targets.masks,
-            targets.image_index,
-            boxes=targets.boxes,
-            image_hw=targets.image_hw,
-            max_clicks=self.val_max_clicks,
-        )
-        self._update_val_metrics(results, dataloader_idx)
-        self.on_validation_results(batch, batch_idx, targets, embeddings, results)
-        if self.text is not None:
-            self._update_val_metrics(
-                self._validate_text(batch, targets, embeddings), dataloader_idx
-            )
-        categories = batch.category_ids[targets.image_index, targets.slot]
-        if self.coco is not None and is_coco_like(categories):
-            masks, scores = box_prompt_predictions(
-                self.model, embeddings, targets.boxes, targets.image_index, batch.image_size
-            )
-            self.coco.update(
-                targets.masks, masks, scores, categories, targets.image_index, targets.image_hw
-            )
-
-    def on_validation_results(
-        self,
-        batch: SamBatch,
-        batch_idx: int,
-        targets: PromptTargets,
-        embeddings: torch.Tensor,
-        results: dict[str, torch.Tensor],
-    ) -> None:
-        """Called with each validation batch's per-mask results; `sam-eval` adds its tasks here,
-        on the same masks and embeddings."""
+        self.validation.score(self.model, batch, targets, embeddings, dataloader_idx, self.text)
 
     def validation_embeddings(self, batch: SamBatch) -> torch.Tensor:
         """The image embeddings validation prompts run on (a subclass may log more)."""
         return self.model.embed_images(batch.images)
 
-    def _validate_text(
-        self, batch: SamBatch, targets: PromptTargets, embeddings: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """IoU of masks prompted by their category phrase (`iou_text`), by another category's
-        phrase (`iou_text_wrong`, a chance level), by their region embedding (`iou_region`), and
-        of a whole-image mask (`iou_whole_image`, another chance level)."""
-        out: dict[str, torch.Tensor] = {}
-
-        def score(name: str, embeds: torch.Tensor, ok: torch.Tensor) -> None:
-            if ok.any():
-                hw = targets.image_hw[ok] if targets.image_hw is not None else None
-                out[name] = evaluate_text_prompts(
-                    self.model,
-                    embeddings,
-                    targets.masks[ok],
-                    targets.image_index[ok],
-                    embeds[ok].to(embeddings.dtype),
-                    hw,
-                )
-
-        names = category_names(batch, targets)
-        phrase, named = self.text.categories(batch, targets)
-        score("iou_text", phrase, named)
-        vocab = sorted({n for n in names if n})
-        if len(vocab) > 1:
-            wrong = [vocab[(vocab.index(n) + 1) % len(vocab)] if n else None for n in names]
-            template = self.text_cfg.template
-            other, _ = self.text.phrases([template.format(n) if n else None for n in wrong])
-            score("iou_text_wrong", other, named)
-        if named.any():
-            region = image_regions(
-                targets.image_hw, targets.num_masks, batch.image_size, targets.masks.device
-            )
-            out["iou_whole_image"] = mask_iou(region[named], targets.masks[named])
-        region_emb, region_ok = self.text.regions(batch, targets)
-        score("iou_region", region_emb, region_ok)
-        return out
-
-    def _update_val_metrics(self, results: dict[str, torch.Tensor], source: int) -> None:
-        self.val_metrics.update(results)
-        if self.source_metrics:
-            self.source_metrics[source].update(results)
-
     def on_validation_epoch_start(self) -> None:
-        self.val_metrics.reset()
         # a mixture's validation sources, each reported as val/<source>/...
-        names = val_source_names(self.trainer)
-        self.source_metrics = [PromptMetrics(layout=self.val_metrics.layout) for _ in names]
-        if self.coco is not None:
-            self.coco.reset()
+        self.validation.start_epoch(val_source_names(self.trainer))
 
     def on_validation_epoch_end(self) -> None:
         strategy = self.trainer.strategy
@@ -280,13 +192,9 @@ class SamModule(StageModule, stage="sam", level=2):
         def reduce(t: torch.Tensor) -> torch.Tensor:
             return strategy.reduce(t.to(self.device), reduce_op="sum")
 
-        names = val_source_names(self.trainer)
-        for name, source in zip(names, self.source_metrics):  # every rank, in the same order
-            for metric, value in source.compute(reduce=reduce).items():
-                self.log(f"val/{name}/{metric}", value)
-        metrics = self.val_metrics.compute(reduce=reduce)
-        if self.coco is not None:
-            metrics.update(self.coco.compute(gather=all_gather_objects))
+        by_source, metrics = self.validation.compute(reduce)
+        for name, value in by_source.items():
+            self.log(f"val/{name}", value)
         if not metrics:
             return
         self.last_val_metrics = metrics
@@ -347,13 +255,3 @@ class SamModule(StageModule, stage="sam", level=2):
                 },
             ),
         }
-
-
-def all_gather_objects(obj: list) -> list[list]:
-    """Every rank's list (one list when not distributed)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from sam_train.errors import UsageError
 from sam_train.files import atomic_path
 from sam_train.weights.adapters import export_adapter, without_adapters
 from sam_train.weights.checkpoints import (
@@ -161,9 +162,9 @@ def export(
     """Write `ckpt` in format `fmt` to `out` (atomically); returns the written path.
     `quantize`: also write an int8 decoder (onnx only)."""
     if fmt not in EXPORTERS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(EXPORTERS)}")
+        raise UsageError(f"unknown format {fmt!r}; choose one of {sorted(EXPORTERS)}")
     if quantize and fmt != "onnx":
-        raise ValueError(f"--quantize applies to --format onnx, not {fmt}")
+        raise UsageError(f"--quantize applies to --format onnx, not {fmt}")
     weights = read_weights(ckpt)
     if fmt != "adapter":
         weights = without_adapters(weights)  # LoRA folded in: every format loads as a plain model
