@@ -1,0 +1,243 @@
+"""Exact resume of every stage: `sam-train` killed with SIGKILL mid-epoch, between epochs and
+inside validation, then started again in its run folder (auto resume), ends with the weights,
+the optimiser state (exp_avg, exp_avg_sq, step) and the lr schedule of the uninterrupted run,
+bit for bit; its metrics.csv holds the uninterrupted run's rows, each once; the run's
+`.hydra/config.yaml` stays as the run was started.
+
+Each run: 2 epochs of 2 steps, last.ckpt after every step. The default suite kills each stage
+mid-epoch in its second epoch: that checkpoint is only matched when the epoch counter (which
+epoch's data order), the position inside the epoch (which batches are left), the step counters
+(masks and prompts are drawn from them) and the optimiser and schedule all come back, so it
+covers what the two other points test; those run with SAM_TRAIN_LONG_TESTS=1.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import console_script, tiny_sam, tree_pythonpath
+
+from sam_train.weights.safetensors_io import save_weights
+
+EVERY_RUN = [
+    "trainer.max_epochs=2",
+    "trainer.deterministic=true",
+    "trainer.log_every_n_steps=1",
+    "callbacks.last_checkpoint.every_n_train_steps=1",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+MAE_TINY = [
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_embed_dim=32",
+    "model.decoder_depth=1",
+    "model.decoder_num_heads=2",
+    "data.batch_size=4",
+    "data.samples_per_epoch=8",  # 2 steps an epoch
+    "data.val_photos=[chelsea]",
+]
+SAM_TINY = [
+    "model.encoder_embed_dim=16",
+    "model.encoder_depth=2",
+    "model.encoder_num_heads=2",
+    "model.encoder_global_attn_indexes=[1]",
+    "model.image_size=32",
+    "model.patch_size=8",
+    "model.window_size=2",
+    "stage.module.max_masks_per_image=4",
+    "stage.module.val_max_masks=4",
+    "stage.module.val_max_clicks=2",
+    "stage.module.interactive.num_click_rounds=1",
+    "data.samples_per_epoch=4",  # batch 2: 2 steps an epoch
+]
+STAGES = {
+    "mae": ["stage=mae", *MAE_TINY],
+    "sami": ["stage=sami", *MAE_TINY],
+    "sam": [
+        "stage=sam",
+        *SAM_TINY,
+        "model.prompt_embed_dim=32",
+        "model.decoder_mlp_dim=64",
+        "model.iou_head_hidden_dim=32",
+    ],
+    # the decoder phase starts in the second epoch, after the kills between epochs and in
+    # validation and at the mid-epoch one: a resumed run must be in the phase it left
+    "distill": [
+        "stage=distill",
+        *SAM_TINY,
+        "stage.module.decoder_phase_start=3",
+        "stage.module.mask_targets=teacher",
+    ],
+}
+KILLS = {
+    # step 3 = one batch into the second epoch
+    "mid_epoch": ["+callbacks.kill._target_=run_helpers.SigkillAtStep", "+callbacks.kill.step=3"],
+    # the first epoch, its validation and its checkpoint done; the second not begun
+    "epoch_boundary": [
+        "+callbacks.kill._target_=run_helpers.SigkillAtEpochStart",
+        "+callbacks.kill.epoch=1",
+    ],
+    # inside the first epoch's validation: last.ckpt is the one of the step before the
+    # epoch's last (the last step's waits for the validation's end)
+    "validation": [
+        "+callbacks.kill._target_=run_helpers.SigkillInValidation",
+        "+callbacks.kill.epoch=0",
+    ],
+}
+# what metrics.csv must hold as the uninterrupted run does (the throughput monitor's timings
+# and counters are per process)
+COMPARED_METRICS = (
+    "train/loss",
+    "train/mask_",
+    "train/masks_per_image",
+    "train/iou_",
+    "val/",
+    "lr-",
+)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A tiny SAM teacher (width 32, 64 px / 16 = 4 x 4 embeddings) saved as our export."""
+    sam = tiny_sam()
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    save_weights(path, sam.state_dict(), {"architecture": sam.architecture})
+    return path
+
+
+def sam_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": tree_pythonpath(), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [console_script("sam-train"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def stage_args(stage: str, teacher: Path) -> list[str]:
+    extra = [f"model.teacher={teacher}"] if stage in ("sami", "distill") else []
+    return [*STAGES[stage], *extra, *EVERY_RUN]
+
+
+_straight_runs: dict[str, Path] = {}
+
+
+def straight_run(stage: str, teacher: Path, tmp_path_factory) -> Path:
+    """The uninterrupted run of `stage`, made once and shared by its three kills."""
+    if stage not in _straight_runs:
+        root = tmp_path_factory.mktemp(f"straight_{stage}")
+        res = sam_train([*stage_args(stage, teacher), f"hydra.run.dir={root / 'run'}"], root)
+        assert res.returncode == 0, res.stderr[-3000:]
+        _straight_runs[stage] = root / "run"
+    return _straight_runs[stage]
+
+
+def last_checkpoint(run: Path) -> dict[str, Any]:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def differences(a: Any, b: Any, where: str = "") -> list[str]:
+    """Where two checkpoint parts differ (tensors bit for bit, everything else by ==)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{where}: keys {sorted(map(str, a.keys() ^ b.keys()))[:5]}"]
+        return [d for k in a for d in differences(a[k], b[k], f"{where}/{k}")]
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        if len(a) != len(b):
+            return [f"{where}: length {len(a)} vs {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}/{i}")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape == b.shape and torch.equal(a, b):
+            return []
+        gap = (a.float() - b.float()).abs().max().item() if a.shape == b.shape else a.shape
+        return [f"{where}: {gap}"]
+    return [] if a == b else [f"{where}: {a!r} vs {b!r}"]
+
+
+def checkpoint_scores(ckpt: dict[str, Any]) -> dict[str, tuple]:
+    """What each checkpoint callback knows of the monitored metric: best and current score,
+    and the file name of the best checkpoint (the folders differ between two runs)."""
+
+    def value(x: Any) -> float | None:
+        return None if x is None else float(x)
+
+    return {
+        name: (
+            value(state["best_model_score"]),
+            value(state["current_score"]),
+            Path(state["best_model_path"]).name,
+        )
+        for name, state in ckpt["callbacks"].items()
+        if "best_model_score" in state
+    }
+
+
+def logged_rows(run: Path) -> list[tuple]:
+    """The compared metrics of metrics.csv: one (step, epoch, name, value) per logged value."""
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return sorted(
+        (r["step"], r.get("epoch", ""), name, value)
+        for r in rows
+        for name, value in r.items()
+        if value and name.startswith(COMPARED_METRICS)
+    )
+
+
+def check_kill_and_resume(stage: str, kill: str, teacher: Path, tmp_path, tmp_path_factory):
+    straight = straight_run(stage, teacher, tmp_path_factory)
+    args = stage_args(stage, teacher)
+    killed = tmp_path / "killed"
+    res = sam_train([*args, *KILLS[kill], f"hydra.run.dir={killed}"], tmp_path)
+    assert res.returncode == -9, f"the run was meant to die by SIGKILL: {res.stderr[-2000:]}"
+    at_kill = last_checkpoint(killed)["global_step"]
+    assert at_kill == {"mid_epoch": 3, "epoch_boundary": 2, "validation": 1}[kill], at_kill
+    started = (killed / ".hydra" / "config.yaml").read_text()
+
+    res = sam_train([*args, f"hydra.run.dir={killed}"], tmp_path)  # same folder: auto resume
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming from" in res.stdout
+
+    a, b = last_checkpoint(straight), last_checkpoint(killed)
+    assert a["global_step"] == b["global_step"] == 4
+    for part in ("state_dict", "optimizer_states", "lr_schedulers"):
+        diff = differences(a[part], b[part], part)
+        assert not diff, f"{stage} killed at {kill}: {len(diff)} differ, e.g. {diff[:4]}"
+    assert checkpoint_scores(b) == checkpoint_scores(a), "the best checkpoint differs"
+    moments = [s for opt in b["optimizer_states"] for s in opt["state"].values()]
+    assert moments and all({"exp_avg", "exp_avg_sq", "step"} <= s.keys() for s in moments)
+
+    rows = logged_rows(killed)
+    assert rows == logged_rows(straight), "metrics.csv differs from the uninterrupted run's"
+    assert len({r[::2] for r in rows}) == len(rows), "a metric logged twice at one step"
+    assert (killed / ".hydra" / "config.yaml").read_text() == started
+    assert list((killed / ".hydra").glob("resume-*/config.yaml")), "the resume's own config"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_killed_mid_epoch_resumes_to_the_uninterrupted_state(
+    stage, teacher, tmp_path, tmp_path_factory
+):
+    check_kill_and_resume(stage, "mid_epoch", teacher, tmp_path, tmp_path_factory)
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("kill", ["epoch_boundary", "validation"])
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_killed_between_epochs_or_in_validation_resumes_to_the_uninterrupted_state(
+    stage, kill, teacher, tmp_path, tmp_path_factory
+):
+    check_kill_and_resume(stage, kill, teacher, tmp_path, tmp_path_factory)
