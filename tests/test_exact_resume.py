@@ -167,17 +167,13 @@ def differences(a: Any, b: Any, where: str = "") -> list[str]:
 
 
 def checkpoint_scores(ckpt: dict[str, Any]) -> dict[str, tuple]:
-    """What each checkpoint callback knows of the monitored metric: best and current score,
-    and the file name of the best checkpoint (the folders differ between two runs)."""
-
-    def value(x: Any) -> float | None:
-        return None if x is None else float(x)
-
+    """What each checkpoint callback keeps of the monitored metric: the best score and the
+    file names and scores of the kept checkpoints (the folders differ between two runs)."""
     return {
         name: (
-            value(state["best_model_score"]),
-            value(state["current_score"]),
+            None if state["best_model_score"] is None else float(state["best_model_score"]),
             Path(state["best_model_path"]).name,
+            sorted((Path(k).name, float(v)) for k, v in state["best_k_models"].items()),
         )
         for name, state in ckpt["callbacks"].items()
         if "best_model_score" in state
