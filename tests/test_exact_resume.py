@@ -22,7 +22,10 @@ from typing import Any
 import pytest
 import torch
 from conftest import console_script, tiny_sam, tree_pythonpath
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
+from sam_train.config_checks import resume_changes
 from sam_train.weights.safetensors_io import save_weights
 
 EVERY_RUN = [
@@ -204,7 +207,7 @@ def check_kill_and_resume(stage: str, kill: str, teacher: Path, tmp_path, tmp_pa
 
     res = sam_train([*args, f"hydra.run.dir={killed}"], tmp_path)  # same folder: auto resume
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "resuming from" in res.stdout
+    assert "resuming from" in res.stdout and "this resume changes" not in res.stdout
 
     a, b = last_checkpoint(straight), last_checkpoint(killed)
     assert a["global_step"] == b["global_step"] == 4
@@ -237,3 +240,30 @@ def test_killed_between_epochs_or_in_validation_resumes_to_the_uninterrupted_sta
     stage, kill, teacher, tmp_path, tmp_path_factory
 ):
     check_kill_and_resume(stage, kill, teacher, tmp_path, tmp_path_factory)
+
+
+def test_a_resume_that_changes_what_the_run_is_says_which_options_in_one_line(tmp_path):
+    def composed(*overrides: str):
+        with initialize_config_module("sam_train.conf", version_base="1.3"):
+            args = ["stage=mae", *MAE_TINY, *overrides, f"paths.run_dir={tmp_path}"]
+            return compose("train", overrides=args)
+
+    started = composed()
+    ckpt = tmp_path / "last.ckpt"
+    record = {"stage": "mae", "config": OmegaConf.to_container(started, resolve=True)}
+    torch.save({"state_dict": {}, "sam_train": record}, ckpt)
+    assert resume_changes(str(ckpt), started) == []
+    # longer training, another device or loader option: the same run, continued
+    same_run = composed("trainer.max_epochs=5", "data.pin_memory=true", "optim.lr=1e-3")
+    assert resume_changes(str(ckpt), same_run) == []
+    other = composed("data.batch_size=2", "model.mask_ratio=0.5", "seed=3")
+    ratio = started.model.mask_ratio
+    assert resume_changes(str(ckpt), other) == [
+        "data.batch_size (4 -> 2)",
+        "data.seed (0 -> 3)",
+        f"model.mask_ratio ({ratio!r} -> 0.5)",
+        "seed (0 -> 3)",
+        "stage.module.seed (0 -> 3)",
+    ]
+    torch.save({"state_dict": {}}, ckpt)  # a checkpoint that records no config: nothing said
+    assert resume_changes(str(ckpt), other) == []
