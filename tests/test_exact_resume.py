@@ -17,7 +17,7 @@ import csv
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -117,15 +117,15 @@ def teacher(tmp_path_factory) -> Path:
     return path
 
 
-def sam_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def sam_train_command(args: list[str]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": tree_pythonpath(), "OMP_NUM_THREADS": "1"}
+    return {"args": [console_script("sam-train"), *args], "env": env}
+
+
+def sam_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    command = sam_train_command(args)
     return subprocess.run(
-        [console_script("sam-train"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        command["args"], cwd=cwd, env=command["env"], capture_output=True, text=True, timeout=600
     )
 
 
@@ -134,17 +134,42 @@ def stage_args(stage: str, teacher: Path) -> list[str]:
     return [*STAGES[stage], *extra, *EVERY_RUN]
 
 
-_straight_runs: dict[str, Path] = {}
+class StraightRun:
+    """The uninterrupted run of a stage, shared by its three kills; it runs beside the first
+    kill and resume (a second core), and is waited for when first compared."""
+
+    runs: ClassVar[dict[str, StraightRun]] = {}
+
+    def __init__(self, stage: str, teacher: Path, root: Path) -> None:
+        self.folder, self.log = root / "run", root / "output.txt"
+        command = sam_train_command([*stage_args(stage, teacher), f"hydra.run.dir={self.folder}"])
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                command["args"], cwd=root, env=command["env"], stdout=log, stderr=log
+            )
+
+    @classmethod
+    def of(cls, stage: str, teacher: Path, tmp_path_factory) -> StraightRun:
+        if stage not in cls.runs:
+            cls.runs[stage] = cls(stage, teacher, tmp_path_factory.mktemp(f"straight_{stage}"))
+        return cls.runs[stage]
+
+    def finished(self) -> Path:
+        returncode = self.process.wait(timeout=600)
+        assert returncode == 0, self.log.read_text()[-3000:]
+        return self.folder
 
 
-def straight_run(stage: str, teacher: Path, tmp_path_factory) -> Path:
-    """The uninterrupted run of `stage`, made once and shared by its three kills."""
-    if stage not in _straight_runs:
-        root = tmp_path_factory.mktemp(f"straight_{stage}")
-        res = sam_train([*stage_args(stage, teacher), f"hydra.run.dir={root / 'run'}"], root)
-        assert res.returncode == 0, res.stderr[-3000:]
-        _straight_runs[stage] = root / "run"
-    return _straight_runs[stage]
+@pytest.fixture(scope="module", autouse=True)
+def no_straight_run_left():
+    """A straight run still going when the module ends (a failed test never waited for it) is
+    stopped."""
+    yield
+    for run in StraightRun.runs.values():
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
+    StraightRun.runs.clear()
 
 
 def last_checkpoint(run: Path) -> dict[str, Any]:
@@ -196,7 +221,7 @@ def logged_rows(run: Path) -> list[tuple]:
 
 
 def check_kill_and_resume(stage: str, kill: str, teacher: Path, tmp_path, tmp_path_factory):
-    straight = straight_run(stage, teacher, tmp_path_factory)
+    straight_run = StraightRun.of(stage, teacher, tmp_path_factory)
     args = stage_args(stage, teacher)
     killed = tmp_path / "killed"
     res = sam_train([*args, *KILLS[kill], f"hydra.run.dir={killed}"], tmp_path)
@@ -209,6 +234,7 @@ def check_kill_and_resume(stage: str, kill: str, teacher: Path, tmp_path, tmp_pa
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from" in res.stdout and "this resume changes" not in res.stdout
 
+    straight = straight_run.finished()
     a, b = last_checkpoint(straight), last_checkpoint(killed)
     assert a["global_step"] == b["global_step"] == 4
     for part in ("state_dict", "optimizer_states", "lr_schedulers"):
