@@ -19,13 +19,15 @@ import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
+import lightning as L
 import pytest
 import torch
-from conftest import console_script, tiny_sam, tree_pythonpath
+from conftest import console_script, cpu_trainer, tiny_sam, tree_pythonpath
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from sam_train.config_checks import resume_changes
+from sam_train.lit.run_callbacks import BestCheckpoint, StepCheckpoint
 from sam_train.weights.safetensors_io import save_weights
 
 EVERY_RUN = [
@@ -293,3 +295,61 @@ def test_a_resume_that_changes_what_the_run_is_says_which_options_in_one_line(tm
     ]
     torch.save({"state_dict": {}}, ckpt)  # a checkpoint that records no config: nothing said
     assert resume_changes(str(ckpt), other) == []
+
+
+# ----------------------------------------------------------------------------- step checkpoints
+class _Validated(L.LightningModule):
+    """One weight; records the epochs it validated; logs `score` = the epoch number."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.validated: list[int] = []
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return ((self.w - batch) ** 2).mean()
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("score", float(self.current_epoch))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated.append(self.current_epoch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _FailInValidation(L.Callback):
+    def on_validation_batch_start(self, trainer, *args) -> None:
+        if not trainer.sanity_checking:
+            raise RuntimeError("stopped inside validation")
+
+
+def _fit(folder: Path, *callbacks: L.Callback, ckpt_path: Path | None = None) -> _Validated:
+    from torch.utils.data import DataLoader
+
+    best = BestCheckpoint(dirpath=folder, monitor="score", mode="max", save_top_k=1)
+    last = StepCheckpoint(dirpath=folder, save_top_k=0, save_last=True, every_n_train_steps=1)
+    module = _Validated()
+    data = DataLoader(torch.arange(4.0).unsqueeze(1), batch_size=2)  # 2 steps an epoch
+    trainer = cpu_trainer(
+        max_epochs=2, enable_checkpointing=True, callbacks=[best, last, *callbacks]
+    )
+    trainer.fit(module, data, data, ckpt_path=ckpt_path)
+    return module
+
+
+def test_a_step_checkpoint_that_validation_follows_is_written_after_it(tmp_path):
+    module = _fit(tmp_path / "a")
+    assert module.validated == [0, 1]
+    last = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)
+    (best,) = [v for k, v in checkpoint_scores(last).items() if k.startswith("BestCheckpoint")]
+    assert best[:2] == (1.0, "epoch=1-step=4.ckpt")  # the last validation's outcome is in it
+
+    with pytest.raises(RuntimeError, match="inside validation"):
+        _fit(tmp_path / "b", _FailInValidation())
+    # the epoch's last step waited for the validation: last.ckpt is the step before
+    assert torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["global_step"] == 1
+    resumed = _fit(tmp_path / "b", ckpt_path=tmp_path / "b" / "last.ckpt")
+    assert resumed.validated == [0, 1]  # the interrupted validation runs again
