@@ -1,5 +1,6 @@
-"""Where training stands, from Lightning's loop counters (restored from checkpoints). They sit
-in Lightning's private loop objects; this is the one place that reads them."""
+"""Where training stands, from Lightning's loop counters (restored from checkpoints), and
+whether validation follows the batch now ending. They sit in Lightning's private loop objects;
+this is the one place that reads them."""
 
 from __future__ import annotations
 
