@@ -111,6 +111,43 @@ def check_resume_fits(ckpt_path: str, model) -> None:
         )
 
 
+# what a run is: a resume that changes these does not continue the run it resumes
+RUN_DEFINING = ("stage", "model", "data", "seed")
+NOT_DEFINING = {"data.pin_memory"}  # how batches reach the device, not which
+
+
+def resume_changes(ckpt_path: str, cfg: DictConfig) -> list[str]:
+    """`key (then -> now)` for each model, data, stage or seed option whose value differs from
+    the one the checkpoint's run was started with (its stored config); empty for a checkpoint
+    without one."""
+    from omegaconf import OmegaConf
+
+    from sam_train.weights.checkpoints import read_checkpoint_object
+
+    started = (read_checkpoint_object(ckpt_path).get("sam_train") or {}).get("config")
+    if not started:
+        return []
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    then = flat_options({k: started.get(k) for k in RUN_DEFINING})
+    now = flat_options({k: resolved.get(k) for k in RUN_DEFINING})
+    return [
+        f"{key} ({then.get(key)!r} -> {now.get(key)!r})"
+        for key in sorted(then.keys() | now.keys())
+        if then.get(key) != now.get(key) and key not in NOT_DEFINING
+    ]
+
+
+def flat_options(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """{"data.batch_size": 4, ...}: every leaf of a nested config by its dotted key."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flat_options(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def resolve_ckpt_path(
     ckpt_path: str | None, run_dir: Path, auto_resume: bool = False
 ) -> str | None:

@@ -37,3 +37,29 @@ class DumpRankWeights(L.Callback):
             {"state": pl_module.model.state_dict(), "batches": self.batches},
             self.dirpath / f"rank{trainer.global_rank}.pt",
         )
+
+
+class SigkillAtEpochStart(L.Callback):
+    """Kill the training process with SIGKILL when epoch `epoch` starts: the epoch before it,
+    its validation and its end-of-epoch checkpoint are done."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch >= self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SigkillInValidation(L.Callback):
+    """Kill the training process with SIGKILL inside the validation of epoch `epoch` (not the
+    sanity check), after `batches` of its batches."""
+
+    def __init__(self, epoch: int, batches: int = 0) -> None:
+        self.epoch, self.batches = epoch, batches
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if trainer.sanity_checking or trainer.current_epoch < self.epoch:
+            return
+        if batch_idx >= self.batches:
+            os.kill(os.getpid(), signal.SIGKILL)

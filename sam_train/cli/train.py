@@ -26,6 +26,7 @@ from sam_train.config_checks import (
     check_resume_fits,
     check_stage_pairing,
     resolve_ckpt_path,
+    resume_changes,
 )
 from sam_train.errors import run_tool
 
@@ -122,6 +123,14 @@ def train(cfg: DictConfig) -> float | None:
         print(f"[sam-train] {line}", flush=True)
     if ckpt_path:
         print(f"[sam-train] resuming from {ckpt_path}", flush=True)
+        changed = resume_changes(ckpt_path, cfg)
+        if changed:
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            print(
+                f"[sam-train] warning: this resume changes {', '.join(changed[:3])}{more}: it "
+                "will not continue the run as started (its options: .hydra/config.yaml)",
+                flush=True,
+            )
 
     from sam_train.cli import quiet
 

@@ -29,7 +29,7 @@ from typing import Any
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from sam_train.data.resumable import dist_rank_world
+from sam_train.data.resumable import dist_rank_world, replayed_share
 from sam_train.data.shards import ShardErrorHandler, decoded, read_samples, resolve_shards
 from sam_train.data.skipped import SkipCounter
 from sam_train.errors import UserError
@@ -275,10 +275,7 @@ class MixtureStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         done = 0
         if self.resumed is not None and self.resumed[0] == self.epoch:
-            # the loader starts again at worker 0, the epoch goes on at batch `done`: worker w
-            # plays the part of worker (w + done) % workers, and drops that one's share of them
-            worker = (worker + self.resumed[1]) % workers
-            done = len(range(worker, self.resumed[1], workers))
+            worker, done = replayed_share(worker, workers, self.resumed[1])
         slot, slots = self.rank * workers + worker, self.world_size * workers
         key = f"{self.seed}/{self.epoch}/{self.rank}/{worker}"
         streams = [self._source_samples(s, slot, slots, key) for s in self.sources]

@@ -43,6 +43,15 @@ def seeded(seed: int | None):
         yield
 
 
+def replayed_share(worker: int, workers: int, batches_done: int) -> tuple[int, int]:
+    """(the worker whose stream this one plays, batches of it to drop) for an iterable stream
+    restarted `batches_done` batches into an epoch. A DataLoader takes batch i from worker
+    i % workers and starts again at worker 0, so worker w plays worker (w + done) % workers
+    and drops that worker's share of the first `batches_done` batches."""
+    plays = (worker + batches_done) % workers
+    return plays, len(range(plays, batches_done, workers))
+
+
 def split_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
     """A dataset key is an index, or (index, sample_seed) from `ResumableSampler`."""
     return (key[0], key[1]) if isinstance(key, tuple) else (key, None)

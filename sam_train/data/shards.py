@@ -9,7 +9,9 @@
   them), shuffles samples in a buffer, decodes them, and yields whole batches.
 - Resampled mode draws shards with replacement forever and cuts each worker's stream at a fixed
   number of batches computed from the epoch length, so every rank yields exactly the same number
-  of batches (a rank that runs out early would hang DDP's all-reduce).
+  of batches (a rank that runs out early would hang DDP's all-reduce). Restarted mid-epoch, it
+  recomputes and drops the batches already trained, so a resumed run reads what the
+  uninterrupted one would have.
 - A sample that fails to decode is skipped with a warning naming its key and counted in a
   `SkipCounter` that lives in shared memory, so the training process sees the workers' counts.
 """
@@ -32,7 +34,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from sam_train.data.remote import check_scheme, is_remote, open_shard, read_text, scheme_of
-from sam_train.data.resumable import dist_rank_world
+from sam_train.data.resumable import dist_rank_world, replayed_share
 from sam_train.data.skipped import SkipCounter, SkipSample
 
 log = logging.getLogger(__name__)
@@ -292,12 +294,13 @@ class ShardStream(IterableDataset):
 
     def resume(self, epoch: int, batches_done: int = 0) -> None:
         """Continue a restarted run: the next `iter` is `epoch` (a fresh process would start
-        again at 0). If `batches_done` batches of that epoch were trained before the restart,
-        its order is reseeded with that count, so the rest of the epoch draws new samples
-        instead of replaying the ones it began with (resampled streams sample shards with
-        replacement, so the reseeded remainder is as good as the original one). Epochs after
-        it are seeded as in an uninterrupted run. A checkpoint taken after an epoch's last
-        batch goes on with the next epoch, exactly as the uninterrupted run."""
+        again at 0) with its first `batches_done` batches (all workers together) already
+        trained. A resampled stream recomputes and drops them (each worker decodes again its
+        share of them), so the rest of the epoch is exactly the uninterrupted run's; a
+        checkpoint taken after an epoch's last batch goes on with the next epoch. A stream
+        that reads each shard once (no fixed batch count per worker) finishes the epoch with
+        draws reseeded by that count instead. Epochs after it are seeded as in an
+        uninterrupted run."""
         if self.resampled and batches_done >= len(self):
             epoch, batches_done = epoch + 1, 0
         self.set_epoch(epoch)
@@ -317,8 +320,11 @@ class ShardStream(IterableDataset):
         self.epoch += 1
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        done, resumed = 0, self.resumed is not None and self.resumed[0] == self.epoch
+        if resumed and self.resampled:
+            worker, done = replayed_share(worker, workers, self.resumed[1])
         key = f"{self.seed}/{0 if self.same_every_epoch else self.epoch}/{self.rank}/{worker}"
-        if self.resumed is not None and self.resumed[0] == self.epoch:
+        if resumed and not self.resampled:
             key += f"/resumed-after-{self.resumed[1]}"
         rng = random.Random(key)
         if self.resampled:
@@ -333,7 +339,7 @@ class ShardStream(IterableDataset):
             decoded(samples, self.decode, rng, self.counter, self.max_consecutive_skips)
         )
         if self.resampled:
-            batches = islice(batches, self.batches_per_worker())
+            batches = islice(batches, done, self.batches_per_worker())
         yield from batches
 
     def _resampled_urls(self, rng: random.Random) -> Iterator[str]:

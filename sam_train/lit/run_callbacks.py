@@ -5,6 +5,8 @@
 - `ParameterSummary`: the model summary without the FLOPs column and "Total FLOPs: 0" (Lightning
   counts FLOPs only for a module with an `example_input_array`, which ours do not define).
 - `ResumeAwareProgressBar`: the epoch number and length on a run resumed mid-epoch.
+- `StepCheckpoint`: every-N-steps checkpoints (last.ckpt) that hold the validation that follows
+  their step, so a run killed during that validation validates again when resumed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
+
+from sam_train.lit.progress import validation_follows
 
 log = logging.getLogger("sam_train")
 
@@ -27,6 +31,47 @@ class BestCheckpoint(ModelCheckpoint):
         if self.monitor is not None and self.monitor not in monitor_candidates and never_validated:
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` whose every-N-steps save of a step that validation follows (an epoch's
+    last step) is made once that validation has ended.
+
+    Lightning saves it before the validation and resumes such a file in the next epoch: a run
+    killed during the validation would never validate that epoch, and even a completed
+    validation's outcome (the best score, early-stopping counts) would be missing from the
+    file. Saved after it, a kill during the validation resumes from the step before, trains
+    that step again and validates, as the uninterrupted run did.
+    """
+
+    _after_validation: int | None = None  # the step whose save waits for the validation
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self._every_n_train_steps
+        if every >= 1 and trainer.global_step % every == 0 and validation_follows(trainer):
+            self._after_validation = trainer.global_step
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    # where Lightning's checkpoints save after a validation: at its end, or (validation once
+    # an epoch) at the epoch's end, once the best checkpoint has taken its score
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_waiting(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_waiting(trainer)
+
+    def _save_waiting(self, trainer) -> None:
+        if self._after_validation != trainer.global_step or trainer.sanity_checking:
+            return
+        self._after_validation = None
+        if not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
 
 
 class ParameterSummary(ModelSummary):
