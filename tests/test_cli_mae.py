@@ -8,25 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import console_script
-from hydra import compose, initialize_config_module
+from conftest import MAE_TINY, compose_train, console_script
 
 from sam_train.cli.train import train
 from sam_train.weights.safetensors_io import load_weights
 
-TINY = [
-    "model.img_size=32",
-    "model.patch_size=8",
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.decoder_embed_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
-    "data.batch_size=4",
-    "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
 SAMPLE = ["data.samples_per_epoch=8"]
 
 
@@ -40,7 +26,7 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_console_script_trains_exports_and_resumes(tmp_path):
     run1 = tmp_path / "run1"
     res = run_cli(
-        ["stage=mae", *TINY, *SAMPLE, "trainer.max_epochs=1", f"hydra.run.dir={run1}"], tmp_path
+        ["stage=mae", *MAE_TINY, *SAMPLE, "trainer.max_epochs=1", f"hydra.run.dir={run1}"], tmp_path
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"run folder: {run1}" in res.stdout and "Results in" in res.stdout
@@ -58,7 +44,7 @@ def test_console_script_trains_exports_and_resumes(tmp_path):
     res = run_cli(
         [
             "stage=mae",
-            *TINY,
+            *MAE_TINY,
             *SAMPLE,
             "trainer.max_epochs=2",
             f"ckpt_path={last}",
@@ -82,11 +68,6 @@ def test_wrong_key_and_unknown_model_are_reported_by_the_cli(tmp_path):
     assert "mae_vit_giant" in res.stderr and "mae_vit_base" in res.stderr  # lists the options
 
 
-def compose_run(tmp_path: Path, overrides: list[str]):
-    with initialize_config_module("sam_train.conf", version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"paths.run_dir={tmp_path}"])
-
-
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -99,7 +80,7 @@ def compose_run(tmp_path: Path, overrides: list[str]):
     ],
 )
 def test_bad_config_fails_before_training_with_a_clear_message(tmp_path, overrides, message):
-    cfg = compose_run(tmp_path, ["stage=mae", *TINY, *overrides])
+    cfg = compose_train(["stage=mae", *MAE_TINY, *overrides], tmp_path)
     with pytest.raises(Exception, match=message.replace(".", r"\.")):
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()
@@ -107,8 +88,8 @@ def test_bad_config_fails_before_training_with_a_clear_message(tmp_path, overrid
 
 def test_empty_image_folder_is_a_clear_error(tmp_path):
     (tmp_path / "imgs").mkdir()
-    cfg = compose_run(
-        tmp_path, ["stage=mae", *TINY, "data=images", f"data.root={tmp_path / 'imgs'}"]
+    cfg = compose_train(
+        ["stage=mae", *MAE_TINY, "data=images", f"data.root={tmp_path / 'imgs'}"], tmp_path
     )
     with pytest.raises(Exception, match="no images"):
         train(cfg)
@@ -119,7 +100,7 @@ def test_activation_checkpointing_option_reaches_the_encoder(tmp_path):
 
     from sam_train.cli.train import apply_model_options
 
-    cfg = compose_run(tmp_path, ["stage=mae", *TINY, "activation_checkpointing=true"])
+    cfg = compose_train(["stage=mae", *MAE_TINY, "activation_checkpointing=true"], tmp_path)
     model = instantiate(cfg.model)
     apply_model_options(model, cfg)
     assert model.encoder.grad_checkpointing

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, tiny_sam
+from conftest import console_script, randomise, tiny_sam
 from PIL import Image
 
 from sam_train.predictor import SamPredictor
@@ -24,19 +24,10 @@ ORIG_HW = (30, 40)  # resized to 48 x 64, padded to 64 x 64
 SCALE = SIZE / max(ORIG_HW)
 
 
-def random_sam():
-    sam = tiny_sam(image_size=SIZE).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in sam.parameters():  # zero-initialised tables would hide mistakes
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return sam
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("onnx")
-    sam = random_sam()
+    sam = randomise(tiny_sam().eval())
     src = tmp / "sam.safetensors"
     save_weights(src, sam.state_dict(), {"architecture": sam.architecture})
     out = tmp / "model"

@@ -10,17 +10,13 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import console_script
+from conftest import SAM_TINY, console_script, write_official_base
 from safetensors import safe_open
-from test_lora import randomise
-from test_sam_model import tiny_sam
-from test_sam_stage import SAM_TINY
 
 from sam_train.lit.sam_model import trainable_sam
 from sam_train.models.lora import LoraConfig
 from sam_train.predictor import SamPredictor, load_sam
 from sam_train.weights.checkpoints import file_sha256, read_weights
-from sam_train.weights.keymaps import sam_state_to_official
 from sam_train.weights.official import build_official_sam
 
 pytestmark = pytest.mark.slow
@@ -34,13 +30,6 @@ def run(name: str, *args, cwd) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
     )
-
-
-def write_official_base(path, **overrides):
-    """A tiny SAM with non-trivial weights, saved in the official segment-anything layout."""
-    sam = randomise(tiny_sam(**overrides))
-    torch.save(sam_state_to_official(sam.state_dict()), path)
-    return sam
 
 
 @pytest.fixture(scope="module")

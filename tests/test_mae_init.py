@@ -7,10 +7,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import console_script, tiny_mae
-from test_cli_mae import TINY
-from test_lora import randomise
-from test_sam_model import tiny_sam
+from conftest import MAE_TINY, console_script, randomise, tiny_mae, tiny_sam
 
 from sam_train.weights.checkpoints import WeightsError
 from sam_train.weights.init import init_mae_from
@@ -80,7 +77,7 @@ def test_console_script_continues_pretraining_from_a_sam_image_encoder(tmp_path)
         [
             console_script("sam-train"),
             "stage=mae",
-            *TINY,
+            *MAE_TINY,
             "data.samples_per_epoch=8",
             "trainer.max_epochs=1",
             f"model.init_from={path}",

@@ -28,7 +28,7 @@ from annotation_tools import (
     reference,
     tool_paths,
 )
-from conftest import console_script, tiny_sam
+from conftest import console_script, randomise, tiny_sam
 from PIL import Image
 
 from sam_train.predictor import SamPredictor
@@ -50,20 +50,10 @@ PROMPTS = {
 }
 
 
-def random_sam(size: int):
-    """A tiny SAM with non-trivial weights (zero-initialised tables would hide mistakes)."""
-    sam = tiny_sam(image_size=size).eval()
-    g = torch.Generator().manual_seed(size)
-    with torch.no_grad():
-        for p in sam.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return sam
-
-
 @pytest.fixture(scope="module", params=[256, 1024], ids=lambda s: f"{s}px")
 def exported(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"tools{request.param}")
-    sam = random_sam(request.param)
+    sam = randomise(tiny_sam(image_size=request.param).eval(), seed=request.param)
     src = tmp / "my_sam.safetensors"
     save_weights(src, sam.state_dict(), {"architecture": sam.architecture})
     out = tmp / "model"

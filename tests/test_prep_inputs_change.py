@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import console_script, tiny_sam
 from formats_helpers import masks_by_id, save_label, stored
-from test_prep_fixtures import image_folder, make_coco, make_sa1b, write_image
+from prep_helpers import image_folder, make_coco, make_sa1b, write_image
 
 from data_prep.coco import convert_coco
 from data_prep.common import PrepError

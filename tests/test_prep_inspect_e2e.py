@@ -8,11 +8,10 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import console_script
+from conftest import SAM_TINY, console_script
 from formats_helpers import save_label
 from PIL import Image
-from test_prep_fixtures import write_image
-from test_sam_stage import SAM_TINY
+from prep_helpers import write_image
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import console_script
 from formats_helpers import masks_by_id, save_label, shard_bytes, stored
+from prep_helpers import write_image
 from scipy import ndimage
-from test_prep_fixtures import write_image
 
 import data_prep.masks as masks_mod
 from data_prep.masks import convert_masks, load_classes
@@ -204,7 +204,7 @@ def test_cli_reports_skips_and_refuses_bad_arguments_in_one_line(instance_data, 
 def test_keep_empty_writes_images_without_masks_for_stage1_only(instance_data, tmp_path):
     import random
 
-    from test_prep_fixtures import identity_prep
+    from prep_helpers import identity_prep
 
     from data_prep.inspect_shards import iter_samples
     from sam_train.data.shards import SkipSample, decode_image  # decode_image: stage 1's read

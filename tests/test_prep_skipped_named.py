@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 from conftest import console_script
 from formats_helpers import save_label
-from test_prep_fixtures import make_coco, write_image
+from prep_helpers import make_coco, write_image
 
 from data_prep.coco import convert_coco
 from data_prep.shard_writer import ShardOptions, report

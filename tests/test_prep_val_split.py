@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import console_script
 from formats_helpers import save_label, stored
-from test_prep_fixtures import image_folder, write_image
+from prep_helpers import image_folder, write_image
 
 from data_prep.common import PrepError
 from data_prep.images import convert_images

@@ -9,10 +9,9 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import console_script, tree_pythonpath
+from conftest import SAM_TINY, console_script, tree_pythonpath
 from http_helpers import serve_folder
-from test_prep_fixtures import as_list, image_folder, key_of, make_coco
-from test_sam_stage import SAM_TINY
+from prep_helpers import as_list, image_folder, key_of, make_coco
 
 from data_prep.coco import convert_coco
 from data_prep.common import PrepError

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import console_script, tree_pythonpath
-from test_cli_mae import TINY
+from conftest import MAE_TINY, console_script, tree_pythonpath
 
 from sam_train.data.resumable import ResumableDataLoader, ResumableSampler, split_key
 from sam_train.lit.guards import NonFiniteLossError, NonFiniteLossGuard
 
 EXACT = [
-    *TINY,
+    *MAE_TINY,
     "data.samples_per_epoch=24",
     "trainer.max_epochs=2",
     "data.val_photos=[chelsea]",
@@ -77,7 +76,7 @@ def test_two_process_ddp_on_cpu_ends_with_identical_weights_on_disjoint_data(tmp
     dump = tmp_path / "dump"
     res = sam_train(
         [
-            *TINY,
+            *MAE_TINY,
             "data.samples_per_epoch=16",
             "trainer.max_epochs=1",
             "trainer=ddp",

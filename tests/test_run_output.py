@@ -10,10 +10,9 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, console_script
-from test_cli_mae import TINY
+from conftest import MAE_TINY, REPO, console_script
 
-SHORT = [*TINY, "data.samples_per_epoch=8", "trainer.log_every_n_steps=1"]
+SHORT = [*MAE_TINY, "data.samples_per_epoch=8", "trainer.log_every_n_steps=1"]
 
 
 def sam_train(args: list[str], cwd) -> subprocess.CompletedProcess:

@@ -9,9 +9,7 @@ import subprocess
 import pytest
 import torch
 import yaml
-from conftest import console_script
-from test_finetune_cli import write_official_base
-from test_sam_stage import SAM_TINY
+from conftest import SAM_TINY, console_script, write_official_base
 
 pytestmark = pytest.mark.slow
 SEARCHED = ("optim.lr=", "stage.module.max_masks_per_image=")

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import cpu_trainer
-from test_prep_fixtures import as_list, image_folder, key_of
+from prep_helpers import as_list, image_folder, key_of
 
 from data_prep.images import convert_images
 from data_prep.shard_writer import ShardOptions

@@ -6,10 +6,9 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import console_script
-from test_cli_mae import TINY
+from conftest import MAE_TINY, console_script
 
-QUICK = [*TINY, "data.samples_per_epoch=8", "trainer.max_epochs=1"]
+QUICK = [*MAE_TINY, "data.samples_per_epoch=8", "trainer.max_epochs=1"]
 
 
 def sam_train(args, cwd):

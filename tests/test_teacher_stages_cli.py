@@ -11,48 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import console_script, tiny_sam, tree_pythonpath
+from conftest import DISTILL_TINY, SAMI_TINY, console_script, tiny_sam, tree_pythonpath
 
 from sam_train.weights.init import init_sam_from
 from sam_train.weights.safetensors_io import save_weights
 from sam_train.weights.sam_loading import load_sam
-
-SAMI_TINY = [
-    "stage=sami",
-    "model.img_size=32",
-    "model.patch_size=8",
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.decoder_embed_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
-    "data.batch_size=4",
-    "data.samples_per_epoch=8",
-    "data.val_photos=[chelsea]",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
-DISTILL_TINY = [
-    "stage=distill",
-    "model.encoder_embed_dim=16",
-    "model.encoder_depth=2",
-    "model.encoder_num_heads=2",
-    "model.encoder_global_attn_indexes=[1]",
-    "model.image_size=32",
-    "model.patch_size=8",
-    "model.window_size=2",
-    "stage.module.max_masks_per_image=4",
-    "stage.module.val_max_masks=4",
-    "stage.module.val_max_clicks=2",
-    "stage.module.interactive.num_click_rounds=1",
-    "stage.module.interactive.checkpoint_rounds=false",
-    "data.samples_per_epoch=4",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
 
 
 @pytest.fixture(scope="module")

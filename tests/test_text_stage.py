@@ -8,8 +8,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import console_script, tree_pythonpath
-from test_sam_stage import SAM_TINY
+from conftest import SAM_TINY, console_script, tree_pythonpath
 from text_helpers import tiny_clip_files
 
 
