@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -110,11 +113,30 @@ def train_in_process(overrides: list[str], run_dir: Path | str) -> float | None:
         HydraConfig.instance().cfg = None
 
 
+@contextlib.contextmanager
+def run_output():
+    """What code run in the block prints, and what sam_train logs at INFO (the lines a
+    `sam-train` console shows), as one growing text: `with run_output() as out: ...;
+    out.getvalue()`."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger = logging.getLogger("sam_train")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out):
+            yield out
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def call_main(main, argv: list[str], capfd) -> SimpleNamespace:
     """A tool's `main(argv)` in this process: `.returncode` and what it printed (`.stdout`,
     `.stderr`), as `run_cli` gives them for the console script."""
     try:
-        code = main(argv)
+        code = main([str(a) for a in argv])
     except SystemExit as exit_:
         code = exit_.code
     out, err = capfd.readouterr()
@@ -126,8 +148,11 @@ def sam_train_main(argv: list[str]) -> int:
     error) in this process; for `call_main`."""
     from sam_train.cli import train as train_cli
 
-    sys.argv = ["sam-train", *argv]
-    train_cli.main()
+    saved, sys.argv = sys.argv, ["sam-train", *argv]
+    try:
+        train_cli.main()
+    finally:
+        sys.argv = saved
     return 0
 
 
