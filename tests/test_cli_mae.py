@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import MAE_TINY, compose_train, console_script
+from conftest import MAE_TINY, call_main, compose_train, run_cli, sam_train_main
 
 from sam_train.cli.train import train
 from sam_train.weights.safetensors_io import load_weights
@@ -16,18 +14,13 @@ from sam_train.weights.safetensors_io import load_weights
 SAMPLE = ["data.samples_per_epoch=8"]
 
 
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [console_script("sam-train"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
 @pytest.mark.slow
 def test_console_script_trains_exports_and_resumes(tmp_path):
     run1 = tmp_path / "run1"
     res = run_cli(
-        ["stage=mae", *MAE_TINY, *SAMPLE, "trainer.max_epochs=1", f"hydra.run.dir={run1}"], tmp_path
-    )
+        "sam-train", "stage=mae", *MAE_TINY, *SAMPLE, "trainer.max_epochs=1",
+        f"hydra.run.dir={run1}", cwd=tmp_path,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"run folder: {run1}" in res.stdout and "Results in" in res.stdout
     last = run1 / "checkpoints" / "last.ckpt"
@@ -42,16 +35,9 @@ def test_console_script_trains_exports_and_resumes(tmp_path):
 
     run2 = tmp_path / "run2"
     res = run_cli(
-        [
-            "stage=mae",
-            *MAE_TINY,
-            *SAMPLE,
-            "trainer.max_epochs=2",
-            f"ckpt_path={last}",
-            f"hydra.run.dir={run2}",
-        ],
-        tmp_path,
-    )
+        "sam-train", "stage=mae", *MAE_TINY, *SAMPLE, "trainer.max_epochs=2", f"ckpt_path={last}",
+        f"hydra.run.dir={run2}", cwd=tmp_path,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = torch.load(run2 / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["global_step"] == 4
@@ -60,10 +46,12 @@ def test_console_script_trains_exports_and_resumes(tmp_path):
     assert steps and min(steps) >= 2, "the resumed run started again from step 0"
 
 
-def test_wrong_key_and_unknown_model_are_reported_by_the_cli(tmp_path):
-    res = run_cli(["stage=mae", "model.mask_ration=0.5", f"hydra.run.dir={tmp_path}"], tmp_path)
+def test_wrong_key_and_unknown_model_are_reported_by_the_cli(tmp_path, capfd):
+    res = call_main(
+        sam_train_main, ["stage=mae", "model.mask_ration=0.5", f"hydra.run.dir={tmp_path}"], capfd
+    )
     assert res.returncode != 0 and "mask_ration" in res.stderr
-    res = run_cli(["stage=mae", "model=mae_vit_giant"], tmp_path)
+    res = call_main(sam_train_main, ["stage=mae", "model=mae_vit_giant"], capfd)
     assert res.returncode != 0
     assert "mae_vit_giant" in res.stderr and "mae_vit_base" in res.stderr  # lists the options
 

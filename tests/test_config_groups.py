@@ -244,23 +244,11 @@ def test_train_refuses_a_wrong_pairing_before_building_anything(tmp_path, monkey
     assert built == []
 
 
-@pytest.mark.slow
-def test_the_cli_refuses_in_one_message_with_status_2(tmp_path):
-    import subprocess
+def test_the_cli_refuses_in_one_message_with_status_2(tmp_path, capfd):
+    from conftest import call_main, sam_train_main
 
-    from conftest import console_script
-
-    res = subprocess.run(
-        [
-            console_script("sam-train"),
-            "stage=sam",
-            "model=mae_vit_tiny",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["stage=sam", "model=mae_vit_tiny", f"hydra.run.dir={tmp_path}"]
+    res = call_main(sam_train_main, args, capfd)
     assert res.returncode == 2
     assert "stage=sam with model=mae_vit_tiny" in res.stderr and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]  # one line
