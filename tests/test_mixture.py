@@ -337,9 +337,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(sources, 
     assert res.returncode == -9, "the run was meant to die by SIGKILL"
     step = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 6 < step < 12, step  # mid second epoch (6 steps per epoch)
-    res = run_cli(
-        "sam-train", "stage=mae", *exact, f"hydra.run.dir={killed}", cwd=tmp_path
-    )  # same folder: auto resume
+    # the same folder: it resumes from its last.ckpt
+    res = run_cli("sam-train", "stage=mae", *exact, f"hydra.run.dir={killed}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from" in res.stdout
     a, b = final_weights(straight), final_weights(killed)

@@ -121,9 +121,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, teacher, st
     kill = ["+callbacks.kill._target_=run_helpers.SigkillAtStep", f"+callbacks.kill.step={kill_at}"]
     res = run_cli("sam-train", *args, *kill, f"hydra.run.dir={killed}", cwd=tmp_path)
     assert res.returncode == -9, "the run was meant to die by SIGKILL"
-    res = run_cli(
-        "sam-train", *args, f"hydra.run.dir={killed}", cwd=tmp_path
-    )  # same folder: auto resume
+    # the same folder: it resumes from its last.ckpt
+    res = run_cli("sam-train", *args, f"hydra.run.dir={killed}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from" in res.stdout
     a, b = checkpoint_state(straight), checkpoint_state(killed)
