@@ -132,15 +132,24 @@ def run_output():
         logger.setLevel(level)
 
 
-def call_main(main, argv: list[str], capfd) -> SimpleNamespace:
+def call_main(main, argv: list, capfd=None) -> SimpleNamespace:
     """A tool's `main(argv)` in this process: `.returncode` and what it printed (`.stdout`,
-    `.stderr`), as `run_cli` gives them for the console script."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capfd.readouterr()
-    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    `.stderr`), as `run_cli` gives them for the console script. Without pytest's `capfd` (in a
+    module-scoped fixture) Python-level output is captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        if capfd is None:
+            stack.enter_context(contextlib.redirect_stdout(out))
+            stack.enter_context(contextlib.redirect_stderr(err))
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:
+            code = exit_.code
+    if capfd is not None:
+        return SimpleNamespace(
+            returncode=code, **dict(zip(("stdout", "stderr"), capfd.readouterr()))
+        )
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def sam_train_main(argv: list[str]) -> int:

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 import torch
-from conftest import console_script, randomise, tiny_mae, tiny_sam
+from conftest import call_main, randomise, tiny_mae, tiny_sam
 
+from sam_train.cli import export as export_cli
 from sam_train.weights.checkpoints import WeightsError, read_weights
 from sam_train.weights.export import export
 from sam_train.weights.init import init_sam_from
@@ -29,11 +30,7 @@ def sam_folder(tmp_path_factory):
     sam = randomise(tiny_sam().eval())
     src = tmp / "sam.safetensors"
     save_weights(src, sam.state_dict(), {"architecture": sam.architecture})
-    run = subprocess.run(
-        [console_script("sam-export"), str(src), "--format", "hf", "--out", str(tmp / "hf_sam")],
-        capture_output=True,
-        text=True,
-    )
+    run = call_main(export_cli.main, [src, "--format", "hf", "--out", tmp / "hf_sam"])
     assert run.returncode == 0, run.stderr
     return sam, tmp / "hf_sam"
 
