@@ -4,17 +4,17 @@ precomputed region embeddings, the predictor's phrase convenience."""
 from __future__ import annotations
 
 import copy
-import subprocess
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
 from amg_helpers import shapes_on_noise
-from conftest import console_script, cpu_trainer, tiny_sam
+from conftest import call_main, cpu_trainer, tiny_sam
 from text_helpers import read_all_batches, tiny_clip_files
 from torch.utils.data import DataLoader
 
+from sam_train.cli import prep as prep_cli
 from sam_train.lit.optim import OptimConfig
 from sam_train.lit.sam_module import SamModule
 from sam_train.lit.text_pictures import text_prompt_rows
@@ -171,12 +171,11 @@ def sample_shards(tmp_path_factory):
 
 
 def test_precomputed_region_embeddings_agree_with_on_the_fly(
-    clip_files, sample_shards, tmp_path
+    clip_files, sample_shards, tmp_path, capfd
 ) -> None:
     cfg_path, ckpt = clip_files
     out = tmp_path / "val_clip"
     args = [
-        console_script("sam-prep"),
         "clip-embed",
         str(sample_shards / "sam" / "val"),
         str(out),
@@ -192,9 +191,9 @@ def test_precomputed_region_embeddings_agree_with_on_the_fly(
         "2",
         "--no-progress",
     ]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    res = call_main(prep_cli.main, args, capfd)
     assert res.returncode == 0, res.stderr[-3000:]
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300)  # resumes: no work
+    again = call_main(prep_cli.main, args, capfd)  # resumes: no work
     assert again.returncode == 0 and "region_below_min_area" in again.stdout
     text = TextPrompts(text_cfg(clip_files).build_encoder(), text_cfg(clip_files))
     batches = read_all_batches(out, 64)
