@@ -4,13 +4,12 @@ segment-anything's own ONNX exporter, at a tiny size with random (non-trivial) w
 from __future__ import annotations
 
 import json
-import subprocess
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, randomise, tiny_sam
+from conftest import call_main, randomise, run_cli, tiny_sam
 from PIL import Image
 
 from sam_train.predictor import SamPredictor
@@ -31,19 +30,8 @@ def exported(tmp_path_factory):
     src = tmp / "sam.safetensors"
     save_weights(src, sam.state_dict(), {"architecture": sam.architecture})
     out = tmp / "model"
-    run = subprocess.run(
-        [
-            console_script("sam-export"),
-            str(src),
-            "--format",
-            "onnx",
-            "--out",
-            str(out),
-            "--quantize",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    # the console script as a user runs it (sam-export's one run in a process of its own)
+    run = run_cli("sam-export", src, "--format", "onnx", "--out", out, "--quantize")
     assert run.returncode == 0, run.stderr
     return sam, src, out
 
@@ -209,16 +197,14 @@ def test_quantized_decoder_has_the_interface_and_close_masks(exported):
     assert ((m32 > 0) == (m8 > 0)).mean() > 0.9
 
 
-def test_a_checkpoint_that_is_not_a_sam_is_refused_in_one_line(tmp_path):
+def test_a_checkpoint_that_is_not_a_sam_is_refused_in_one_line(tmp_path, capfd):
     from conftest import tiny_mae
 
     src = tmp_path / "mae.safetensors"
     save_weights(src, {f"encoder.{k}": v for k, v in tiny_mae().encoder.state_dict().items()}, {})
-    run = subprocess.run(
-        [console_script("sam-export"), str(src), "--format", "onnx", "--out", str(tmp_path / "m")],
-        capture_output=True,
-        text=True,
-    )
+    from sam_train.cli.export import main
+
+    run = call_main(main, [src, "--format", "onnx", "--out", tmp_path / "m"], capfd)
     assert run.returncode == 2
     assert "not a SAM" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "m").exists()
