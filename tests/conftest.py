@@ -329,6 +329,16 @@ def fit_interactive(sam, batch, cfg, steps: int, warmup: int, seed: int, lr: flo
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny ops run fastest so, and a busy machine does not
+    stall OpenMP barriers (under xdist every worker is on one thread already)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def mae() -> MaskedAutoencoder:
     torch.manual_seed(0)
     return tiny_mae()

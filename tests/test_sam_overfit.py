@@ -15,15 +15,6 @@ from sam_train.training import InteractiveConfig, select_masks
 SIZE = 64
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops run fastest on one thread, and a busy machine does not stall OpenMP barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_tiny_sam_overfits_shapes_with_one_point(one_thread) -> None:
     seed = int(os.environ.get("SAM_OVERFIT_SEED", 0))
