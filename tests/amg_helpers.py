@@ -1,6 +1,7 @@
 """A tiny SAM briefly trained on flat-coloured shapes, and photos-like scenes of those shapes:
 random weights give masks spread over the whole image that every filter removes, a few
-dozen steps give object-like masks that "segment everything" can keep, filter and compare."""
+dozen steps give object-like masks that "segment everything" can keep, filter and compare.
+Also stage-2 batches of four shapes on noise (`shapes_on_noise`) for short training loops."""
 
 from __future__ import annotations
 
