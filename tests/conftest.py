@@ -1,4 +1,6 @@
-"""Shared test set-up: offline hubs, few threads, tiny models."""
+"""Shared test set-up: offline hubs, one thread per xdist worker, tiny models and their
+sam-train overrides, and the ways to run a tool (a child process, its `main`, a training run
+in this process). Tests import these from here, never from another test module."""
 
 from __future__ import annotations
 
@@ -145,11 +147,8 @@ def call_main(main, argv: list, capfd=None) -> SimpleNamespace:
             code = main([str(a) for a in argv])
         except SystemExit as exit_:
             code = exit_.code
-    if capfd is not None:
-        return SimpleNamespace(
-            returncode=code, **dict(zip(("stdout", "stderr"), capfd.readouterr()))
-        )
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    printed, errors = capfd.readouterr() if capfd is not None else (out.getvalue(), err.getvalue())
+    return SimpleNamespace(returncode=code, stdout=printed, stderr=errors)
 
 
 def sam_train_main(argv: list[str]) -> int:
