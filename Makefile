@@ -70,14 +70,17 @@ system-deps:
 			|| echo "system-deps: chromium could not be installed; the browser test will skip"; \
 	fi
 
+# One pytest worker per core (xdist's `auto`), each test file on one worker (its module-scoped
+# fixtures are built once).
+TEST_WORKERS ?= auto
 test: install system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-long: install
 	SAM_TRAIN_LONG_TESTS=1 $(BIN)/python -m pytest -q -m long -s
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: install
 	$(BIN)/ruff check sam_train data_prep tests benchmarks

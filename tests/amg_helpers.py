@@ -1,6 +1,7 @@
 """A tiny SAM briefly trained on flat-coloured shapes, and photos-like scenes of those shapes:
 random weights give masks spread over the whole image that every filter removes, a few
-dozen steps give object-like masks that "segment everything" can keep, filter and compare."""
+dozen steps give object-like masks that "segment everything" can keep, filter and compare.
+Also stage-2 batches of four shapes on noise (`shapes_on_noise`) for short training loops."""
 
 from __future__ import annotations
 
@@ -34,6 +35,38 @@ def shapes_scene(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         masks = [p & ~m for p in masks] + [m]
         image[m] = rng.choice([20, 235], size=3) + rng.normal(0, 4, size=3)
     return image.clip(0, 255).astype(np.uint8), np.stack(masks)
+
+
+def shapes_on_noise(num_images: int = 2, size: int = SIZE, seed: int = 0) -> SamBatch:
+    """Images of four flat-coloured shapes (disk, rectangle, triangle, ring) on noise."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(num_images, 3, size, size, generator=g) * 0.3
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    c = size / 64
+    all_masks = []
+    for b in range(num_images):
+        masks = [
+            (xx - (18 + 6 * b) * c) ** 2 + (yy - 20 * c) ** 2 < (11 * c) ** 2,
+            (xx >= 34 * c) & (xx < 58 * c) & (yy >= (8 + 4 * b) * c) & (yy < 26 * c),
+            (xx - 12 * c + yy - 36 * c >= 0) & (yy < 58 * c) & (xx < 40 * c) & (xx >= 12 * c),
+            (xx >= 44 * c)
+            & (xx < 60 * c)
+            & (yy >= 36 * c)
+            & (yy < 60 * c)
+            & ~((xx >= 49 * c) & (xx < 55 * c) & (yy >= 42 * c) & (yy < 54 * c)),
+        ]
+        for m in masks:
+            colour = torch.rand(3, 1, 1, generator=g) * 2 - 1
+            images[b] = torch.where(m, colour + 0.1 * images[b], images[b])
+        all_masks.append(torch.stack(masks))
+    masks = torch.stack(all_masks)  # [B, 4, S, S]
+    boxes = torch.zeros(*masks.shape[:2], 4)
+    for idx in range(masks.shape[0] * masks.shape[1]):
+        b, i = divmod(idx, masks.shape[1])
+        ys, xs = masks[b, i].nonzero(as_tuple=True)
+        boxes[b, i] = torch.stack([xs.min(), ys.min(), xs.max(), ys.max()]).float()
+    valid = torch.ones(masks.shape[:2], dtype=torch.bool)
+    return SamBatch(images, masks, valid, boxes, torch.full(masks.shape[:2], -1))
 
 
 def scene_batch(scenes: list[tuple[np.ndarray, np.ndarray]]) -> SamBatch:

@@ -9,12 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_sam_arch
-from hydra import compose, initialize_config_module
-from test_lora import randomise
-from test_sam_stage import SAM_TINY
+from conftest import SAM_TINY, compose_train, randomise, tiny_sam_arch, train_in_process
 
-from sam_train.cli.train import apply_model_options, train
+from sam_train.cli.train import apply_model_options
 from sam_train.config_checks import ConfigError, check_config
 from sam_train.lit.sam_model import trainable_sam
 from sam_train.models.lora import LoraConfig
@@ -55,7 +52,7 @@ def test_checkpointed_blocks_give_bit_identical_gradients(peft, every):
 def test_option_reaches_the_sam_encoder_with_adapters(tmp_path):
     from hydra.utils import instantiate
 
-    cfg = compose_run(tmp_path, ["stage=sam", *SAM_TINY, "peft=lora"])
+    cfg = compose_train(["stage=sam", *SAM_TINY, "peft=lora"], tmp_path)
     cfg.activation_checkpointing = True
     model = instantiate(cfg.model)
     apply_model_options(model, cfg)
@@ -84,18 +81,13 @@ def test_every_nth_block_is_recomputed(monkeypatch, every, recomputed):
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5"])
 def test_a_bad_activation_checkpointing_value_is_one_config_error(tmp_path, value):
-    cfg = compose_run(tmp_path, ["stage=sam", *SAM_TINY, f"activation_checkpointing={value}"])
+    cfg = compose_train(["stage=sam", *SAM_TINY, f"activation_checkpointing={value}"], tmp_path)
     with pytest.raises(ConfigError, match=f"activation_checkpointing={value}: give true"):
         check_config(cfg)
 
 
-def compose_run(run_dir: Path, overrides: list[str]):
-    with initialize_config_module("sam_train.conf", version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"paths.run_dir={run_dir}"])
-
-
 def trained_state(run_dir: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
-    train(compose_run(run_dir, overrides))
+    train_in_process(overrides, run_dir)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] >= 2  # optimiser steps were taken
     return ckpt["state_dict"]

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import console_script
+from conftest import console_script, randomise, tiny_sam
 from PIL import Image
-from test_export_onnx import random_sam
 
 from sam_train.predictor import SamPredictor
 from sam_train.weights.safetensors_io import save_weights
@@ -80,7 +79,7 @@ class Server:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
-    sam = random_sam()
+    sam = randomise(tiny_sam().eval())
     save_weights(tmp / "sam.safetensors", sam.state_dict(), {"architecture": sam.architecture})
     images = tmp / "images"
     images.mkdir()

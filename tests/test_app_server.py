@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_export_onnx import random_sam
+from conftest import randomise, tiny_sam
 
 from sam_train.weights.safetensors_io import save_weights
 
@@ -20,7 +20,7 @@ from sam_train.app.web import create_app  # noqa: E402
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app_server")
-    sam = random_sam()
+    sam = randomise(tiny_sam().eval())
     save_weights(tmp / "sam.safetensors", sam.state_dict(), {"architecture": sam.architecture})
     service = SegmentService(tmp / "sam.safetensors", ImageStore(None))
     client = TestClient(create_app(service))
@@ -136,7 +136,7 @@ def test_sam_app_serves_the_page_on_the_port_it_prints(tmp_path) -> None:
 
     from conftest import console_script
 
-    sam = random_sam()
+    sam = randomise(tiny_sam().eval())
     ckpt = tmp_path / "sam.safetensors"
     save_weights(ckpt, sam.state_dict(), {"architecture": sam.architecture})
     proc = subprocess.Popen(

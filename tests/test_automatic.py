@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_sam
 from pycocotools import mask as mask_utils
 from torchvision.ops import box_iou
 
@@ -19,34 +20,22 @@ from sam_train.automatic.mask_ops import (
     stability_score,
     uncompressed_rle,
 )
-from sam_train.models.sam import build_sam
 
 ref = pytest.importorskip("segment_anything.utils.amg")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops run fastest on one thread, and a busy machine does not stall OpenMP barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_sam():
-    torch.manual_seed(0)
-    return build_sam(
-        encoder_embed_dim=32,
+def one_block_sam():
+    """One encoder block on 8 px patches: a 64 px image is 8 x 8 embeddings in 4 x 4 windows."""
+    return tiny_sam(
         encoder_depth=1,
-        encoder_num_heads=2,
         encoder_global_attn_indexes=(0,),
-        image_size=64,
         patch_size=8,
         window_size=4,
-        prompt_embed_dim=32,
         decoder_mlp_dim=32,
         decoder_num_heads=2,
-        iou_head_hidden_dim=32,
     ).eval()
 
 
@@ -110,7 +99,7 @@ def test_generate_returns_segment_anything_records_in_each_output_mode() -> None
     image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
     settings = dict(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
     records = {
-        mode: MaskGenerator(tiny_sam(), output_mode=mode, **settings).generate(image)
+        mode: MaskGenerator(one_block_sam(), output_mode=mode, **settings).generate(image)
         for mode in ("coco_rle", "binary_mask", "uncompressed_rle")
     }
     coco = records["coco_rle"]
@@ -140,9 +129,9 @@ def test_no_two_masks_of_a_crop_overlap_above_box_nms_thresh() -> None:
     (16 points x 3) all span about the whole image, so nearly every pair is a duplicate."""
     image = np.random.default_rng(2).integers(0, 255, (40, 56, 3), dtype=np.uint8)
     settings = dict(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
-    every = MaskGenerator(tiny_sam(), box_nms_thresh=1.0, **settings).generate(image)
+    every = MaskGenerator(one_block_sam(), box_nms_thresh=1.0, **settings).generate(image)
     assert len(every) == 48 and box_ious_above(every, 0.7) > 0  # work for the NMS
-    kept = MaskGenerator(tiny_sam(), box_nms_thresh=0.7, **settings).generate(image)
+    kept = MaskGenerator(one_block_sam(), box_nms_thresh=0.7, **settings).generate(image)
     assert box_ious_above(kept, 0.7) == 0
     assert len(kept) > 0
 
@@ -150,9 +139,9 @@ def test_no_two_masks_of_a_crop_overlap_above_box_nms_thresh() -> None:
 def test_clean_up_leaves_no_small_islands() -> None:
     image = np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8)
     settings = dict(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
-    raw = MaskGenerator(tiny_sam(), output_mode="binary_mask", **settings).generate(image)
+    raw = MaskGenerator(one_block_sam(), output_mode="binary_mask", **settings).generate(image)
     clean = MaskGenerator(
-        tiny_sam(), output_mode="binary_mask", min_mask_region_area=20, **settings
+        one_block_sam(), output_mode="binary_mask", min_mask_region_area=20, **settings
     ).generate(image)
     from scipy import ndimage
 
@@ -165,7 +154,7 @@ def test_clean_up_leaves_no_small_islands() -> None:
 
 
 def test_the_image_is_embedded_once_per_crop() -> None:
-    sam = tiny_sam()
+    sam = one_block_sam()
     calls = []
     sam.image_encoder.register_forward_hook(lambda *a: calls.append(1))
     gen = MaskGenerator(sam, points_per_side=8, points_per_batch=16, crop_n_layers=1)
@@ -185,11 +174,11 @@ def test_the_image_is_embedded_once_per_crop() -> None:
 )
 def test_settings_that_cannot_work_are_refused(settings, message) -> None:
     with pytest.raises(ValueError, match=message):
-        MaskGenerator(tiny_sam(), **settings)
+        MaskGenerator(one_block_sam(), **settings)
 
 
 def test_an_image_too_small_for_the_crops_is_refused_with_a_layer_that_fits() -> None:
-    gen = MaskGenerator(tiny_sam(), points_per_side=8, crop_n_layers=3)
+    gen = MaskGenerator(one_block_sam(), points_per_side=8, crop_n_layers=3)
     with pytest.raises(ValueError, match=r"too small for crop_n_layers=3.*crop_n_layers=2"):
         gen.generate(np.zeros((30, 40, 3), dtype=np.uint8))
 
@@ -197,7 +186,7 @@ def test_an_image_too_small_for_the_crops_is_refused_with_a_layer_that_fits() ->
 def test_one_embedding_shared_by_all_prompts_decodes_as_per_prompt_copies() -> None:
     """The decoder projects a shared image embedding once (segment everything's case); the
     masks, scores and gradients equal those of K explicit copies."""
-    sam = tiny_sam()
+    sam = one_block_sam()
     emb = torch.randn(1, 32, 8, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
     k = 5
     points = (torch.rand(k, 2, 2) * 64, torch.tensor([[1, 0]] * k))

@@ -12,21 +12,27 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, tiny_mae, tiny_sam, train_stage1_checkpoint
+from conftest import (
+    MAE_TINY,
+    assert_one_line_error,
+    call_main,
+    console_script,
+    sam_train_main,
+    tiny_mae,
+    tiny_sam,
+    train_stage1_checkpoint,
+)
 from PIL import Image
-from test_cli_mae import TINY
 
 from sam_train.cli import app as app_cli
 from sam_train.cli import eval as eval_cli
 from sam_train.cli import export as export_cli
 from sam_train.cli import predict as predict_cli
 from sam_train.cli import prep as prep_cli
-from sam_train.cli import train as train_cli
 from sam_train.weights.safetensors_io import save_weights
 
 
@@ -39,35 +45,6 @@ def run(tool: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         timeout=300,
         env={**os.environ, "SAM_TRAIN_OUTPUT": str(cwd / "outputs")},
     )
-
-
-def call_main(main, argv: list[str], capfd) -> SimpleNamespace:
-    """A tool's `main` in this process: its exit code and what it printed."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capfd.readouterr()
-    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-
-def sam_train_main(argv: list[str]) -> int:
-    sys.argv = ["sam-train", *argv]
-    train_cli.main()
-    return 0
-
-
-def assert_one_line_error(res: subprocess.CompletedProcess, tool: str, *fragments: str) -> str:
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2, res.stderr[-3000:]
-    assert "Traceback" not in res.stderr + res.stdout
-    assert len(lines) == 1, res.stderr
-    line = lines[0]
-    assert line.startswith(f"{tool}: error: "), line
-    for fragment in fragments:
-        assert fragment in line, line
-    assert "weights_only" not in line  # torch's advice to unpickle code is not repeated
-    return line
 
 
 @pytest.fixture(scope="module")
@@ -103,28 +80,32 @@ def files(tmp_path_factory) -> dict[str, Path]:
 SAM_PREP_MASKS = ["masks", "--images", "{imgs}", "--masks", "{labels}", "--no-progress"]
 CORPUS = [
     # sam-train: resuming and initialising from files that cannot be used
-    ("sam-train", [*TINY, "ckpt_path={empty}"], ["empty.ckpt", "is empty"]),
-    ("sam-train", [*TINY, "ckpt_path={truncated}"], ["truncated.ckpt", "truncated or corrupt"]),
-    ("sam-train", [*TINY, "ckpt_path={garbage}"], ["garbage.ckpt", "not a PyTorch checkpoint"]),
-    ("sam-train", [*TINY, "ckpt_path={notes}"], ["notes.txt", "text file"]),
-    ("sam-train", [*TINY, "ckpt_path={pickled_object}"], ["Python objects besides tensors"]),
-    ("sam-train", [*TINY, "ckpt_path=/no/such.ckpt"], ["/no/such.ckpt", "does not exist"]),
-    ("sam-train", [*TINY, "ckpt_path=last"], ["ckpt_path=last", "no run"]),
-    ("sam-train", [*TINY, "stage=mae", "ckpt_path={sam}"], ["stage-2 (sam) checkpoint"]),
+    ("sam-train", [*MAE_TINY, "ckpt_path={empty}"], ["empty.ckpt", "is empty"]),
+    ("sam-train", [*MAE_TINY, "ckpt_path={truncated}"], ["truncated.ckpt", "truncated or corrupt"]),
+    ("sam-train", [*MAE_TINY, "ckpt_path={garbage}"], ["garbage.ckpt", "not a PyTorch checkpoint"]),
+    ("sam-train", [*MAE_TINY, "ckpt_path={notes}"], ["notes.txt", "text file"]),
+    ("sam-train", [*MAE_TINY, "ckpt_path={pickled_object}"], ["Python objects besides tensors"]),
+    ("sam-train", [*MAE_TINY, "ckpt_path=/no/such.ckpt"], ["/no/such.ckpt", "does not exist"]),
+    ("sam-train", [*MAE_TINY, "ckpt_path=last"], ["ckpt_path=last", "no run"]),
+    ("sam-train", [*MAE_TINY, "stage=mae", "ckpt_path={sam}"], ["stage-2 (sam) checkpoint"]),
     ("sam-train", ["stage=sam", "ckpt_path={mae}"], ["stage-1 (mae) checkpoint", "init_from="]),
-    ("sam-train", [*TINY, "stage=mae", "ckpt_path={mae}"], ["other options", "model options"]),
+    ("sam-train", [*MAE_TINY, "stage=mae", "ckpt_path={mae}"], ["other options", "model options"]),
     ("sam-train", ["stage=sam", "model.init_from={notes}"], ["notes.txt", "text file"]),
     ("sam-train", ["stage=sam", "model.init_from={garbage}"], ["garbage.ckpt", "not a PyTorch"]),
     # sam-train: values and keys
     (
         "sam-train",
-        [*TINY, "trainer.precision=16-mixed"],
+        [*MAE_TINY, "trainer.precision=16-mixed"],
         ["trainer.precision=16-mixed on a CPU", "fp16"],
     ),
-    ("sam-train", [*TINY, "model.mask_ratio=1.5"], ["mask_ratio must lie strictly between"]),
-    ("sam-train", [*TINY, "trainer.max_epochs=abc"], ["trainer.max_epochs=abc: expected an int"]),
-    ("sam-train", [*TINY, "optim.lr=fast"], ["optim.lr=fast: expected a number"]),
-    ("sam-train", [*TINY, "data.batch_size=2.5"], ["data.batch_size=2.5: expected an integer"]),
+    ("sam-train", [*MAE_TINY, "model.mask_ratio=1.5"], ["mask_ratio must lie strictly between"]),
+    (
+        "sam-train",
+        [*MAE_TINY, "trainer.max_epochs=abc"],
+        ["trainer.max_epochs=abc: expected an int"],
+    ),
+    ("sam-train", [*MAE_TINY, "optim.lr=fast"], ["optim.lr=fast: expected a number"]),
+    ("sam-train", [*MAE_TINY, "data.batch_size=2.5"], ["data.batch_size=2.5: expected an integer"]),
     ("sam-train", ["model.mask_ration=0.5"], ["did you mean model.mask_ratio?"]),
     ("sam-train", ["model=mae_vit_giant"], ["model/mae_vit_giant", "mae_vit_base"]),
     ("sam-train", ["--help", "model=mae_vit_giant"], ["model/mae_vit_giant"]),
@@ -294,7 +275,7 @@ def inputs(tmp_path_factory):
     port that is taken."""
     import socket
 
-    from test_prep_fixtures import write_image
+    from prep_helpers import write_image
 
     from data_prep.images import convert_images
     from data_prep.shard_writer import ShardOptions

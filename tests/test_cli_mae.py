@@ -3,45 +3,24 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import console_script
-from hydra import compose, initialize_config_module
+from conftest import MAE_TINY, call_main, compose_train, run_cli, sam_train_main
 
 from sam_train.cli.train import train
 from sam_train.weights.safetensors_io import load_weights
 
-TINY = [
-    "model.img_size=32",
-    "model.patch_size=8",
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.decoder_embed_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
-    "data.batch_size=4",
-    "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
 SAMPLE = ["data.samples_per_epoch=8"]
-
-
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [console_script("sam-train"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
 
 
 @pytest.mark.slow
 def test_console_script_trains_exports_and_resumes(tmp_path):
     run1 = tmp_path / "run1"
     res = run_cli(
-        ["stage=mae", *TINY, *SAMPLE, "trainer.max_epochs=1", f"hydra.run.dir={run1}"], tmp_path
-    )
+        "sam-train", "stage=mae", *MAE_TINY, *SAMPLE, "trainer.max_epochs=1",
+        f"hydra.run.dir={run1}", cwd=tmp_path,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"run folder: {run1}" in res.stdout and "Results in" in res.stdout
     last = run1 / "checkpoints" / "last.ckpt"
@@ -56,16 +35,9 @@ def test_console_script_trains_exports_and_resumes(tmp_path):
 
     run2 = tmp_path / "run2"
     res = run_cli(
-        [
-            "stage=mae",
-            *TINY,
-            *SAMPLE,
-            "trainer.max_epochs=2",
-            f"ckpt_path={last}",
-            f"hydra.run.dir={run2}",
-        ],
-        tmp_path,
-    )
+        "sam-train", "stage=mae", *MAE_TINY, *SAMPLE, "trainer.max_epochs=2", f"ckpt_path={last}",
+        f"hydra.run.dir={run2}", cwd=tmp_path,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = torch.load(run2 / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["global_step"] == 4
@@ -74,17 +46,14 @@ def test_console_script_trains_exports_and_resumes(tmp_path):
     assert steps and min(steps) >= 2, "the resumed run started again from step 0"
 
 
-def test_wrong_key_and_unknown_model_are_reported_by_the_cli(tmp_path):
-    res = run_cli(["stage=mae", "model.mask_ration=0.5", f"hydra.run.dir={tmp_path}"], tmp_path)
+def test_wrong_key_and_unknown_model_are_reported_by_the_cli(tmp_path, capfd):
+    res = call_main(
+        sam_train_main, ["stage=mae", "model.mask_ration=0.5", f"hydra.run.dir={tmp_path}"], capfd
+    )
     assert res.returncode != 0 and "mask_ration" in res.stderr
-    res = run_cli(["stage=mae", "model=mae_vit_giant"], tmp_path)
+    res = call_main(sam_train_main, ["stage=mae", "model=mae_vit_giant"], capfd)
     assert res.returncode != 0
     assert "mae_vit_giant" in res.stderr and "mae_vit_base" in res.stderr  # lists the options
-
-
-def compose_run(tmp_path: Path, overrides: list[str]):
-    with initialize_config_module("sam_train.conf", version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"paths.run_dir={tmp_path}"])
 
 
 @pytest.mark.parametrize(
@@ -99,7 +68,7 @@ def compose_run(tmp_path: Path, overrides: list[str]):
     ],
 )
 def test_bad_config_fails_before_training_with_a_clear_message(tmp_path, overrides, message):
-    cfg = compose_run(tmp_path, ["stage=mae", *TINY, *overrides])
+    cfg = compose_train(["stage=mae", *MAE_TINY, *overrides], tmp_path)
     with pytest.raises(Exception, match=message.replace(".", r"\.")):
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()
@@ -107,8 +76,8 @@ def test_bad_config_fails_before_training_with_a_clear_message(tmp_path, overrid
 
 def test_empty_image_folder_is_a_clear_error(tmp_path):
     (tmp_path / "imgs").mkdir()
-    cfg = compose_run(
-        tmp_path, ["stage=mae", *TINY, "data=images", f"data.root={tmp_path / 'imgs'}"]
+    cfg = compose_train(
+        ["stage=mae", *MAE_TINY, "data=images", f"data.root={tmp_path / 'imgs'}"], tmp_path
     )
     with pytest.raises(Exception, match="no images"):
         train(cfg)
@@ -119,7 +88,7 @@ def test_activation_checkpointing_option_reaches_the_encoder(tmp_path):
 
     from sam_train.cli.train import apply_model_options
 
-    cfg = compose_run(tmp_path, ["stage=mae", *TINY, "activation_checkpointing=true"])
+    cfg = compose_train(["stage=mae", *MAE_TINY, "activation_checkpointing=true"], tmp_path)
     model = instantiate(cfg.model)
     apply_model_options(model, cfg)
     assert model.encoder.grad_checkpointing

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from hydra import compose, initialize_config_module
+from conftest import compose_train
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -74,20 +74,6 @@ def stage_of(group: str, option: str) -> str:
     return STAGE_OF[group][option]
 
 
-def compose_run(overrides: list[str], tmp_path: Path):
-    with initialize_config_module("sam_train.conf", version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[*overrides, f"paths.run_dir={tmp_path}"],
-            return_hydra_config=True,
-        )
-
-
-def without_hydra(cfg):
-    """The job config as `sam-train` gets it (the hydra node left out, interpolations kept)."""
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-
-
 def test_every_stage_specific_option_is_listed_here():
     for group, listed in STAGE_OF.items():
         assert sorted(listed) == options(group), f"new {group} option: say its stage above"
@@ -99,7 +85,7 @@ def test_every_stage_specific_option_is_listed_here():
 def test_each_model_builds_tiny_with_its_stage(option, tmp_path):
     stage = stage_of("model", option)
     tiny = TINY_OF_MODEL.get(option, TINY[stage])
-    cfg = compose_run([f"stage={stage}", f"model={option}", *tiny], tmp_path)
+    cfg = compose_train([f"stage={stage}", f"model={option}", *tiny], tmp_path, hydra=True)
     check_stage_pairing(cfg, cfg.hydra.runtime.choices)
     model = instantiate(cfg.model)
     assert isinstance(model, BUILDS[stage])
@@ -110,7 +96,7 @@ def test_each_model_builds_tiny_with_its_stage(option, tmp_path):
 
 def mixture_sources(root: Path, masks: bool) -> str:
     """`data.sources=...` over two tiny shard folders (with masks for stage 2)."""
-    from test_prep_fixtures import image_folder, make_coco
+    from prep_helpers import image_folder, make_coco
 
     from data_prep.coco import convert_coco
     from data_prep.images import convert_images
@@ -142,7 +128,7 @@ def test_each_data_config_builds_with_its_stage(option, tmp_path):
         extra = [f"data.path={tmp_path}"]
     if option in ("mix", "mix_mae"):  # two sources, written as on a command line
         extra = [mixture_sources(tmp_path, masks=option == "mix")]
-    cfg = compose_run([f"stage={stage}", f"data={option}", *extra], tmp_path)
+    cfg = compose_train([f"stage={stage}", f"data={option}", *extra], tmp_path, hydra=True)
     check_stage_pairing(cfg, cfg.hydra.runtime.choices)
     dm = instantiate(cfg.data)
     assert isinstance(dm, L.LightningDataModule)
@@ -155,18 +141,18 @@ def test_each_data_config_builds_with_its_stage(option, tmp_path):
 def test_each_experiment_selects_its_stage_and_builds(option, tmp_path):
     stage = stage_of("experiment", option)
     data = ["data.path=/shards"] if "sa1b" in option else []
-    cfg = compose_run([f"experiment={option}", *data], tmp_path)  # no stage= needed
+    cfg = compose_train([f"experiment={option}", *data], tmp_path, hydra=True)  # no stage= needed
     assert cfg.stage.name == stage
     check_stage_pairing(cfg, cfg.hydra.runtime.choices)
     tiny = [] if option.startswith("demo") else TINY[stage]
-    cfg = compose_run([f"experiment={option}", *data, *tiny], tmp_path)
+    cfg = compose_train([f"experiment={option}", *data, *tiny], tmp_path, hydra=True)
     assert isinstance(instantiate(cfg.model), BUILDS[stage])
     instantiate(cfg.optim)
 
 
 def test_the_vit_h_recipe_is_the_vit_b_recipe_with_another_encoder(tmp_path):
-    b = compose_run(["experiment=sam_vit_b_sa1b", "data.path=x"], tmp_path)
-    h = compose_run(["experiment=sam_vit_h_sa1b", "data.path=x"], tmp_path)
+    b = compose_train(["experiment=sam_vit_b_sa1b", "data.path=x"], tmp_path, hydra=True)
+    h = compose_train(["experiment=sam_vit_h_sa1b", "data.path=x"], tmp_path, hydra=True)
     assert (h.model.encoder_embed_dim, h.model.drop_path_rate) == (1280, 0.4)
     for key in ("optim", "trainer", "data"):
         assert OmegaConf.to_container(b[key]) == OmegaConf.to_container(h[key]), key
@@ -176,7 +162,7 @@ def test_the_vit_h_recipe_is_the_vit_b_recipe_with_another_encoder(tmp_path):
 
 
 def test_the_search_selects_stage_mae_and_its_parameters_exist(tmp_path):
-    cfg = compose_run(["hparams_search=mae_optuna"], tmp_path)
+    cfg = compose_train(["hparams_search=mae_optuna"], tmp_path, hydra=True)
     assert cfg.stage.name == "mae"
     check_stage_pairing(cfg, cfg.hydra.runtime.choices)
     for key in cfg.hydra.sweeper.params:
@@ -189,16 +175,16 @@ def test_each_trainer_composes_and_the_cpu_ones_build(option, tmp_path):
         "cpu": [],
         "ddp": ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"],
     }
-    cfg = compose_run([f"trainer={option}", *cpu.get(option, [])], tmp_path)
+    cfg = compose_train([f"trainer={option}", *cpu.get(option, [])], tmp_path)
     assert cfg.trainer.use_distributed_sampler is False
     if option in cpu:
-        trainer = instantiate(without_hydra(cfg).trainer, logger=False)
+        trainer = instantiate(cfg.trainer, logger=False)
         assert isinstance(trainer, L.Trainer)
 
 
 @pytest.mark.parametrize("option", options("logger"))
 def test_each_logger_builds(option, tmp_path):
-    cfg = without_hydra(compose_run([f"logger={option}", "paths.cache_dir=/tmp"], tmp_path))
+    cfg = compose_train([f"logger={option}", "paths.cache_dir=/tmp"], tmp_path)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     assert all(hasattr(lg, "log_metrics") for lg in loggers)
     assert bool(loggers) == (option != "none")
@@ -206,7 +192,7 @@ def test_each_logger_builds(option, tmp_path):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_builds_its_callbacks_and_prompt_config(stage, tmp_path):
-    cfg = without_hydra(compose_run([f"stage={stage}"], tmp_path))
+    cfg = compose_train([f"stage={stage}"], tmp_path)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     assert all(isinstance(c, L.Callback) for c in callbacks)
     assert instantiate(cfg.prompt.text).enabled is False
@@ -216,11 +202,15 @@ def test_code_defaults_are_the_config_defaults(tmp_path):
     """A default written once in the code is what a run gets, and can be overridden."""
     from sam_train.training.interactive import InteractiveConfig
 
-    cfg = compose_run(["stage=sam", "stage.module.interactive.num_click_rounds=6"], tmp_path)
+    cfg = compose_train(
+        ["stage=sam", "stage.module.interactive.num_click_rounds=6"], tmp_path, hydra=True
+    )
     interactive = instantiate(cfg.stage.module.interactive)
     assert interactive.box_noise_frac == InteractiveConfig.box_noise_frac == 0.1
     assert interactive.num_click_rounds == 6
-    cfg = compose_run(["stage=sam", "data=coco", "data.path=x", "data.hflip=false"], tmp_path)
+    cfg = compose_train(
+        ["stage=sam", "data=coco", "data.path=x", "data.hflip=false"], tmp_path, hydra=True
+    )
     assert cfg.data.min_mask_area == cfg.stage.module.min_mask_area  # one mask filter
     assert cfg.data.hflip is False
 
@@ -237,7 +227,7 @@ WRONG = [
 @pytest.mark.parametrize("stage, group, option", WRONG)
 def test_an_option_of_the_other_stage_is_refused_naming_both_keys(stage, group, option, tmp_path):
     extra = ["data.path=x"] if "sa1b" in option else []
-    cfg = compose_run([f"stage={stage}", f"{group}={option}", *extra], tmp_path)
+    cfg = compose_train([f"stage={stage}", f"{group}={option}", *extra], tmp_path, hydra=True)
     with pytest.raises(ConfigError) as err:
         check_stage_pairing(cfg, cfg.hydra.runtime.choices)
     assert f"stage={stage}" in str(err.value) and f"{group}={option}" in str(err.value)
@@ -248,29 +238,17 @@ def test_train_refuses_a_wrong_pairing_before_building_anything(tmp_path, monkey
 
     built = []
     monkeypatch.setattr("hydra.utils.instantiate", lambda *a, **k: built.append(a))
-    cfg = without_hydra(compose_run(["stage=sam", "model=mae_vit_tiny"], tmp_path))
+    cfg = compose_train(["stage=sam", "model=mae_vit_tiny"], tmp_path)
     with pytest.raises(ConfigError, match="MaskedAutoencoder"):
         cli.train(cfg)
     assert built == []
 
 
-@pytest.mark.slow
-def test_the_cli_refuses_in_one_message_with_status_2(tmp_path):
-    import subprocess
+def test_the_cli_refuses_in_one_message_with_status_2(tmp_path, capfd):
+    from conftest import call_main, sam_train_main
 
-    from conftest import console_script
-
-    res = subprocess.run(
-        [
-            console_script("sam-train"),
-            "stage=sam",
-            "model=mae_vit_tiny",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["stage=sam", "model=mae_vit_tiny", f"hydra.run.dir={tmp_path}"]
+    res = call_main(sam_train_main, args, capfd)
     assert res.returncode == 2
     assert "stage=sam with model=mae_vit_tiny" in res.stderr and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]  # one line
@@ -288,7 +266,7 @@ def test_every_option_passes_the_argument_type_check(group, option, tmp_path):
     from sam_train.config_types import argument_type_problems
 
     stage = option if group == "optim" else "sam" if group == "trainer" else stage_of(group, option)
-    cfg = compose_run([f"stage={stage}", f"{group}={option}"], tmp_path)
+    cfg = compose_train([f"stage={stage}", f"{group}={option}"], tmp_path, hydra=True)
     for key in CHECKED_NODES:
         assert argument_type_problems(OmegaConf.select(cfg, key), key) == [], (group, option)
 
@@ -310,7 +288,7 @@ def test_every_stage_config_is_a_registered_stage_of_that_name(tmp_path):
     }
     assert stages["sami"].batch_stage == "mae" and stages["distill"].batch_stage == "sam"
     for name in stages:
-        cfg = compose_run([f"stage={name}"], tmp_path)
+        cfg = compose_train([f"stage={name}"], tmp_path, hydra=True)
         assert cfg.stage.name == name
         assert get_class(cfg.stage.module._target_) is stages[name], name
 

@@ -12,14 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_sam
-from hydra import compose, initialize_config_module
-from test_cli_mae import TINY
-from test_sam_stage import SAM_TINY
-from test_teacher_stages_cli import DISTILL_TINY, SAMI_TINY
+from conftest import (
+    DISTILL_TINY,
+    MAE_TINY,
+    SAM_TINY,
+    SAMI_TINY,
+    compose_train,
+    tiny_sam,
+    train_in_process,
+)
 
 from sam_train import cpu_precision
-from sam_train.cli.train import train
 from sam_train.config_checks import ConfigError, check_config
 from sam_train.cpu_precision import cpu_bf16_units, cpu_precision_problem, linux_cpu_flags
 from sam_train.weights.safetensors_io import load_weights, save_weights
@@ -30,11 +33,6 @@ needs_bf16_units = pytest.mark.skipif(
     reason="needs a CPU with bf16 matmul units (AMX, AVX512-BF16 or Arm BF16); this one has "
     "none, so bf16 training is refused here (the refusal is tested above)",
 )
-
-
-def compose_run(run_dir: Path, overrides: list[str]):
-    with initialize_config_module("sam_train.conf", version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"paths.run_dir={run_dir}"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -82,13 +80,13 @@ def test_bf16_units_read_from_linux_cpu_flags(tmp_path, monkeypatch, machine, fl
 @pytest.mark.parametrize("units", [None, "AVX512-BF16"])
 def test_config_check_asks_the_cpu(tmp_path, monkeypatch, units):
     monkeypatch.setattr(cpu_precision, "cpu_bf16_units", lambda: units)
-    cfg = compose_run(tmp_path, ["stage=mae", *TINY, "trainer.precision=bf16-mixed"])
+    cfg = compose_train(["stage=mae", *MAE_TINY, "trainer.precision=bf16-mixed"], tmp_path)
     if units is None:
         with pytest.raises(ConfigError, match="bf16-mixed on a CPU without bf16 matmul units"):
             check_config(cfg)
     else:
         check_config(cfg)  # accepted
-    gpu = compose_run(tmp_path, ["stage=mae", *TINY, "trainer=gpu"])
+    gpu = compose_train(["stage=mae", *MAE_TINY, "trainer=gpu"], tmp_path)
     monkeypatch.setattr(cpu_precision, "cpu_bf16_units", lambda: None)
     check_config(gpu)  # a GPU run does not ask the CPU
 
@@ -108,7 +106,7 @@ def teacher(tmp_path_factory) -> Path:
 
 def stage_overrides(stage: str, teacher: Path) -> list[str]:
     return {
-        "mae": ["stage=mae", *TINY, "trainer.max_epochs=1"],
+        "mae": ["stage=mae", *MAE_TINY, "trainer.max_epochs=1"],
         "sam": ["stage=sam", *SAM_TINY],
         "sami": [*SAMI_TINY, f"model.teacher={teacher}"],
         "distill": [*DISTILL_TINY, f"model.teacher={teacher}"],
@@ -117,10 +115,9 @@ def stage_overrides(stage: str, teacher: Path) -> list[str]:
 
 def train_losses(run_dir: Path, overrides: list[str]) -> list[float]:
     """Train a few steps in this process; the per-step training loss from metrics.csv."""
-    cfg = compose_run(
-        run_dir, [*overrides, f"trainer.max_steps={STEPS}", "validate_before_training=false"]
+    train_in_process(
+        [*overrides, f"trainer.max_steps={STEPS}", "validate_before_training=false"], run_dir
     )
-    train(cfg)
     with open(run_dir / "csv" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
     return [float(r["train/loss"]) for r in rows]
@@ -157,7 +154,7 @@ def test_every_stage_trains_in_bf16_close_to_fp32_and_keeps_fp32_checkpoints(
 @pytest.mark.parametrize("experiment", ["demo_mae", "demo_sam"])
 def test_the_demo_trains_in_fp32_unless_asked(tmp_path, experiment):
     # bf16 is opt-in: a CPU that has the units still runs the demo exactly as before
-    cfg = compose_run(tmp_path, [f"experiment={experiment}"])
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "32-true"
 
 

@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
+from conftest import compose_train
 from omegaconf import OmegaConf
-from test_config_groups import compose_run
 
 from sam_train.cli.overrides import renamed_option_notices
 
 
 def test_old_name_composes_the_same_data_config(tmp_path):
-    new = compose_run(["stage=sam", "data=shards_sam", "data.path=x"], tmp_path)
-    old = compose_run(["stage=sam", "data=coco", "data.path=x"], tmp_path)
+    new = compose_train(["stage=sam", "data=shards_sam", "data.path=x"], tmp_path, hydra=True)
+    old = compose_train(["stage=sam", "data=coco", "data.path=x"], tmp_path, hydra=True)
     assert OmegaConf.to_container(new.data) == OmegaConf.to_container(old.data)
     assert old.hydra.runtime.choices["data"] == "coco"
 

@@ -4,11 +4,9 @@ segments the held-out sample images (minutes of CPU: a `long` test, `make test-l
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
 
 import pytest
-from conftest import console_script
+from conftest import run_cli
 
 
 def _last_validation(metrics_csv) -> dict[str, float]:
@@ -18,8 +16,6 @@ def _last_validation(metrics_csv) -> dict[str, float]:
 
 @pytest.mark.long
 def test_the_demo_recipe_segments_held_out_images_and_more_clicks_help(tmp_path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    train = console_script("sam-train")
     for args in (
         ["experiment=demo_mae", f"hydra.run.dir={tmp_path}/mae"],
         [
@@ -29,7 +25,7 @@ def test_the_demo_recipe_segments_held_out_images_and_more_clicks_help(tmp_path)
             f"model.init_from={tmp_path}/mae/checkpoints/last.ckpt",
         ],
     ):
-        run = subprocess.run([train, *args], capture_output=True, text=True, env=env)
+        run = run_cli("sam-train", *args, env={"HF_HUB_OFFLINE": "1"}, timeout=None)
         assert run.returncode == 0, run.stderr[-2000:]
     after = _last_validation(tmp_path / "sam" / "csv" / "metrics.csv")
     print("demo stage 2 after training:", after)

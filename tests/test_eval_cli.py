@@ -10,9 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import console_script, tiny_mae
-from test_sam_model import tiny_sam
-from test_sam_stage import SAM_TINY
+from conftest import SAM_TINY, console_script, tiny_mae, tiny_sam
 
 from sam_train.cli.eval import main as eval_main
 from sam_train.weights.checkpoints import file_sha256
@@ -163,7 +161,7 @@ def test_eval_says_which_masks_it_scored_and_why_it_left_others_out(
 ):
     import numpy as np
     from formats_helpers import save_label
-    from test_prep_fixtures import write_image
+    from prep_helpers import write_image
 
     from data_prep.masks import convert_masks
     from data_prep.shard_writer import ShardOptions

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
-from conftest import console_script, tiny_mae
-from test_export_onnx import random_sam
+from conftest import call_main, randomise, tiny_mae, tiny_sam
 
+from sam_train.cli import export as export_cli
 from sam_train.weights.checkpoints import WeightsError, read_weights
 from sam_train.weights.export import export
 from sam_train.weights.init import init_sam_from
@@ -27,14 +27,10 @@ BOX = torch.tensor([4.0, 6.0, 31.0, 22.0])
 @pytest.fixture(scope="module")
 def sam_folder(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hf")
-    sam = random_sam()
+    sam = randomise(tiny_sam().eval())
     src = tmp / "sam.safetensors"
     save_weights(src, sam.state_dict(), {"architecture": sam.architecture})
-    run = subprocess.run(
-        [console_script("sam-export"), str(src), "--format", "hf", "--out", str(tmp / "hf_sam")],
-        capture_output=True,
-        text=True,
-    )
+    run = call_main(export_cli.main, [src, "--format", "hf", "--out", tmp / "hf_sam"])
     assert run.returncode == 0, run.stderr
     return sam, tmp / "hf_sam"
 
@@ -211,7 +207,7 @@ def test_a_sam_without_relative_positions_exports_loads_strictly_and_agrees(tmp_
     """`model.use_rel_pos=false` (the demo's SAM: its encoder is exactly the MAE's ViT)."""
     from sam_train.models.sam.sam import build_sam
 
-    sam = random_sam()
+    sam = randomise(tiny_sam().eval())
     plain = build_sam(**{**sam.architecture, "use_rel_pos": False}).eval()
     plain.load_state_dict(sam.state_dict(), strict=False)
     assert not any("rel_pos" in k for k in plain.state_dict())

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from conftest import console_script, tiny_mae, train_stage1_checkpoint
+from conftest import call_main, tiny_mae, train_stage1_checkpoint
 
+from sam_train.cli import export as export_cli
 from sam_train.weights.checkpoints import WeightsError, read_weights
 from sam_train.weights.export import export
 from sam_train.weights.keymaps import mae_from_official
@@ -81,23 +82,11 @@ def test_bad_files_give_errors_naming_the_file(tmp_path):
         read_weights(tmp_path / "missing.ckpt")
 
 
-def test_cli_exports_and_reports_errors(stage1_ckpt, tmp_path):
-    import subprocess
-
+def test_cli_exports_and_reports_errors(stage1_ckpt, tmp_path, capfd):
     ckpt, _ = stage1_ckpt
     out = tmp_path / "enc.safetensors"
-    res = subprocess.run(
-        [console_script("sam-export"), str(ckpt), "--format", "encoder", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = call_main(export_cli.main, [ckpt, "--format", "encoder", "--out", out], capfd)
     assert res.returncode == 0, res.stderr
     assert out.is_file() and "wrote encoder weights" in res.stdout
-    res = subprocess.run(
-        [console_script("sam-export"), str(tmp_path / "nope.ckpt"), "--format", "timm"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = call_main(export_cli.main, [tmp_path / "nope.ckpt", "--format", "timm"], capfd)
     assert res.returncode == 2 and "nope.ckpt" in res.stderr and "Traceback" not in res.stderr

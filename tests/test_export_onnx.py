@@ -4,13 +4,12 @@ segment-anything's own ONNX exporter, at a tiny size with random (non-trivial) w
 from __future__ import annotations
 
 import json
-import subprocess
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, tiny_sam
+from conftest import call_main, randomise, run_cli, tiny_sam
 from PIL import Image
 
 from sam_train.predictor import SamPredictor
@@ -24,35 +23,15 @@ ORIG_HW = (30, 40)  # resized to 48 x 64, padded to 64 x 64
 SCALE = SIZE / max(ORIG_HW)
 
 
-def random_sam():
-    sam = tiny_sam(image_size=SIZE).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in sam.parameters():  # zero-initialised tables would hide mistakes
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return sam
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("onnx")
-    sam = random_sam()
+    sam = randomise(tiny_sam().eval())
     src = tmp / "sam.safetensors"
     save_weights(src, sam.state_dict(), {"architecture": sam.architecture})
     out = tmp / "model"
-    run = subprocess.run(
-        [
-            console_script("sam-export"),
-            str(src),
-            "--format",
-            "onnx",
-            "--out",
-            str(out),
-            "--quantize",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    # the console script as a user runs it (sam-export's one run in a process of its own)
+    run = run_cli("sam-export", src, "--format", "onnx", "--out", out, "--quantize")
     assert run.returncode == 0, run.stderr
     return sam, src, out
 
@@ -218,16 +197,14 @@ def test_quantized_decoder_has_the_interface_and_close_masks(exported):
     assert ((m32 > 0) == (m8 > 0)).mean() > 0.9
 
 
-def test_a_checkpoint_that_is_not_a_sam_is_refused_in_one_line(tmp_path):
+def test_a_checkpoint_that_is_not_a_sam_is_refused_in_one_line(tmp_path, capfd):
     from conftest import tiny_mae
 
     src = tmp_path / "mae.safetensors"
     save_weights(src, {f"encoder.{k}": v for k, v in tiny_mae().encoder.state_dict().items()}, {})
-    run = subprocess.run(
-        [console_script("sam-export"), str(src), "--format", "onnx", "--out", str(tmp_path / "m")],
-        capture_output=True,
-        text=True,
-    )
+    from sam_train.cli.export import main
+
+    run = call_main(main, [src, "--format", "onnx", "--out", tmp_path / "m"], capfd)
     assert run.returncode == 2
     assert "not a SAM" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "m").exists()

@@ -1,46 +1,34 @@
-"""Fine-tuning a released SAM through the console scripts, at tiny sizes: `sam-train peft=lora`
-from an official-layout checkpoint, `sam-export --format adapter|sam`, `sam-predict --adapter`,
-and the bad inputs that stop with exit code 2."""
+"""Fine-tuning a released SAM with the tools, at tiny sizes: `sam-train peft=lora` from an
+official-layout checkpoint, `sam-export --format adapter|sam`, `sam-predict --adapter`, and the
+bad inputs that stop with exit code 2 (each in this process: the run composed and trained, the
+other tools through their `main`)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 import torch
-from conftest import console_script
+from conftest import (
+    SAM_TINY,
+    call_main,
+    run_output,
+    sam_train_main,
+    train_in_process,
+    write_official_base,
+)
 from safetensors import safe_open
-from test_lora import randomise
-from test_sam_model import tiny_sam
-from test_sam_stage import SAM_TINY
 
+from sam_train.cli import export as export_cli
+from sam_train.cli import predict as predict_cli
 from sam_train.lit.sam_model import trainable_sam
 from sam_train.models.lora import LoraConfig
 from sam_train.predictor import SamPredictor, load_sam
 from sam_train.weights.checkpoints import file_sha256, read_weights
-from sam_train.weights.keymaps import sam_state_to_official
 from sam_train.weights.official import build_official_sam
 
 pytestmark = pytest.mark.slow
-
-
-def run(name: str, *args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [console_script(name), *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def write_official_base(path, **overrides):
-    """A tiny SAM with non-trivial weights, saved in the official segment-anything layout."""
-    sam = randomise(tiny_sam(**overrides))
-    torch.save(sam_state_to_official(sam.state_dict()), path)
-    return sam
 
 
 @pytest.fixture(scope="module")
@@ -49,19 +37,19 @@ def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     base = root / "base.pth"
     write_official_base(base)
-    res = run(
-        "sam-train",
-        "stage=sam",
-        *SAM_TINY,
-        f"model.init_from={base}",
-        "peft=lora",
-        "model.freeze=[prompt_encoder]",
-        f"hydra.run.dir={root / 'run'}",
-        f"paths.cache_dir={root / 'cache'}",
-        cwd=root,
-    )
-    assert res.returncode == 0, res.stderr[-4000:]
-    return root, base, root / "run" / "checkpoints" / "last.ckpt", res.stdout
+    with run_output() as out:
+        train_in_process(
+            [
+                "stage=sam",
+                *SAM_TINY,
+                f"model.init_from={base}",
+                "peft=lora",
+                "model.freeze=[prompt_encoder]",
+                f"paths.cache_dir={root / 'cache'}",
+            ],
+            root / "run",
+        )
+    return root, base, root / "run" / "checkpoints" / "last.ckpt", out.getvalue()
 
 
 def adapted_model(ckpt) -> torch.nn.Module:
@@ -92,12 +80,12 @@ def test_lora_run_reports_counts_and_trains_only_adapters_and_the_decoder(lora_r
 
 
 def test_merged_export_loads_strictly_into_segment_anything_and_equals_the_adapted_model(
-    lora_run,
+    lora_run, capfd
 ):
     pytest.importorskip("segment_anything")
     root, _, ckpt, _ = lora_run
     out = root / "merged.pth"
-    res = run("sam-export", ckpt, "--format", "sam", "--out", out, cwd=root)
+    res = call_main(export_cli.main, [ckpt, "--format", "sam", "--out", out], capfd)
     assert res.returncode == 0, res.stderr
     arch = json.loads(out.with_suffix(".json").read_text())["architecture"]
     official = build_official_sam(arch)
@@ -123,11 +111,11 @@ def test_merged_export_loads_strictly_into_segment_anything_and_equals_the_adapt
 
 
 def test_adapter_export_holds_only_what_the_run_changed_and_rebuilds_the_model_with_its_base(
-    lora_run,
+    lora_run, capfd
 ):
     root, base, ckpt, _ = lora_run
     adapter = root / "lora.safetensors"
-    res = run("sam-export", ckpt, "--format", "adapter", "--out", adapter, cwd=root)
+    res = call_main(export_cli.main, [ckpt, "--format", "adapter", "--out", adapter], capfd)
     assert res.returncode == 0, res.stderr
     with safe_open(adapter, "pt") as f:
         keys = set(f.keys())
@@ -154,9 +142,10 @@ def test_adapter_export_holds_only_what_the_run_changed_and_rebuilds_the_model_w
     Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)).save(
         image
     )
-    res = run(
-        "sam-predict", base, "--adapter", adapter, "--image", image, "--point", "20,20",
-        "--out", root / "pred.png", cwd=root,
+    res = call_main(
+        predict_cli.main,
+        [base, "--adapter", adapter, "--image", image, "--point", "20,20", "--out", root / "pred.png"],
+        capfd,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert (root / "pred.png").is_file()
@@ -168,21 +157,24 @@ def _metadata(path) -> dict:
     return load_weights(path)[1]
 
 
-def test_an_adapter_with_a_base_of_another_hash_and_architecture_stops_with_exit_2(lora_run):
+def test_an_adapter_with_a_base_of_another_hash_and_architecture_stops_with_exit_2(lora_run, capfd):
     root, _, ckpt, _ = lora_run
     adapter = root / "lora_for_bad_base.safetensors"
     assert (
-        run("sam-export", ckpt, "--format", "adapter", "--out", adapter, cwd=root).returncode == 0
+        call_main(
+            export_cli.main, [ckpt, "--format", "adapter", "--out", adapter], capfd
+        ).returncode
+        == 0
     )
     other = root / "other_base.pth"
     write_official_base(other, encoder_embed_dim=64, encoder_num_heads=4)
-    res = run("sam-predict", other, "--adapter", adapter, "--sample", "arc2017", cwd=root)
+    res = call_main(predict_cli.main, [other, "--adapter", adapter, "--sample", "arc2017"], capfd)
     assert res.returncode == 2
     assert "sha256" in res.stderr and "base.pth" in res.stderr
     assert "width 64" in res.stderr and "needs width 32" in res.stderr
     assert "Traceback" not in res.stderr
 
-    res = run("sam-export", other, "--format", "adapter", cwd=root)  # no adapters in it
+    res = call_main(export_cli.main, [other, "--format", "adapter"], capfd)  # no adapters in it
     assert res.returncode == 2 and "peft=lora" in res.stderr and "--format sam" in res.stderr
 
 
@@ -193,10 +185,9 @@ def test_an_adapter_with_a_base_of_another_hash_and_architecture_stops_with_exit
         ("model.freeze=[mask_decoder.transfomer]", ["model.freeze", "mask_decoder.transformer"]),
     ],
 )
-def test_targets_or_freeze_naming_nothing_stop_with_exit_2(lora_run, override, expected):
+def test_targets_or_freeze_naming_nothing_stop_with_exit_2(lora_run, override, expected, capfd):
     root, base, _, _ = lora_run
-    res = run(
-        "sam-train",
+    args = [
         "stage=sam",
         *SAM_TINY,
         f"model.init_from={base}",
@@ -204,8 +195,8 @@ def test_targets_or_freeze_naming_nothing_stop_with_exit_2(lora_run, override, e
         override,
         f"hydra.run.dir={root / 'bad'}",
         f"paths.cache_dir={root / 'cache'}",
-        cwd=root,
-    )
+    ]
+    res = call_main(sam_train_main, args, capfd)
     assert res.returncode == 2, res.stderr[-2000:]
     for text in expected:
         assert text in res.stderr

@@ -8,9 +8,7 @@ import logging
 
 import pytest
 import torch
-import torch.nn as nn
-from conftest import tiny_sam_arch
-from test_sam_model import tiny_sam
+from conftest import randomise, tiny_sam, tiny_sam_arch
 
 from sam_train.lit.optim import OptimConfig
 from sam_train.lit.sam_model import trainable_sam
@@ -28,15 +26,6 @@ from sam_train.training.freezing import FreezeError, freeze_parts
 
 TINY = tiny_sam_arch()
 QKV = LoraConfig(targets=["attn.qkv"], rank=4, alpha=8.0)
-
-
-def randomise(module: nn.Module) -> nn.Module:
-    """Non-zero values everywhere (LoRA's B starts at zero, which would hide mistakes)."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return module
 
 
 def test_adapted_encoder_matches_peft_on_the_same_weights():

@@ -3,14 +3,17 @@ image encoder of a SAM checkpoint; what carries over, what is ignored, what is n
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import torch
-from conftest import console_script, tiny_mae
-from test_cli_mae import TINY
-from test_lora import randomise
-from test_sam_model import tiny_sam
+from conftest import (
+    MAE_TINY,
+    compose_train,
+    randomise,
+    run_output,
+    tiny_mae,
+    tiny_sam,
+    train_in_process,
+)
 
 from sam_train.weights.checkpoints import WeightsError
 from sam_train.weights.init import init_mae_from
@@ -72,37 +75,28 @@ def test_an_encoder_of_another_width_is_refused_with_the_size_it_fits(tmp_path):
 
 
 @pytest.mark.slow
-def test_console_script_continues_pretraining_from_a_sam_image_encoder(tmp_path):
+def test_stage1_continues_pretraining_from_a_sam_image_encoder(tmp_path):
     sam = randomise(tiny_sam(encoder_embed_dim=32, encoder_num_heads=2, patch_size=8))
     path = tmp_path / "sam_official.pth"
     torch.save(sam_state_to_official(sam.state_dict()), path)
-    res = subprocess.run(
-        [
-            console_script("sam-train"),
-            "stage=mae",
-            *TINY,
-            "data.samples_per_epoch=8",
-            "trainer.max_epochs=1",
-            f"model.init_from={path}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "init from" in res.stdout and "(sam_official)" in res.stdout
-    assert "ignored (encoder.pos_embed" in res.stdout or "rel_pos" in res.stdout
+    overrides = [
+        "stage=mae",
+        *MAE_TINY,
+        "data.samples_per_epoch=8",
+        "trainer.max_epochs=1",
+        f"model.init_from={path}",
+    ]
+    with run_output() as out:
+        train_in_process(overrides, tmp_path / "run")
+    log = out.getvalue()
+    assert "init from" in log and "(sam_official)" in log
+    assert "ignored (encoder.pos_embed" in log or "rel_pos" in log
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_adapters_are_refused_for_stage_1_with_the_key_to_drop():
-    from hydra import compose, initialize_config_module
-
     from sam_train.config_checks import ConfigError, check_config
 
-    with initialize_config_module("sam_train.conf", version_base="1.3"):
-        cfg = compose("train", overrides=["stage=mae", "peft=lora"])
+    cfg = compose_train(["stage=mae", "peft=lora"], ".")
     with pytest.raises(ConfigError, match="peft=lora with stage=mae"):
         check_config(cfg)

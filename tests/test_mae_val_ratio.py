@@ -6,10 +6,9 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_mae
+from conftest import MAE_TINY, tiny_mae
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
-from test_cli_mae import TINY
 from torch.utils.data import DataLoader
 
 from sam_train.lit.mae_module import MaeModule
@@ -49,7 +48,7 @@ def test_optuna_trials_keep_the_validation_ratio_fixed(tmp_path):
             "train",
             overrides=[
                 "hparams_search=mae_optuna",
-                *TINY,
+                *MAE_TINY,
                 "model.mask_ratio=0.6",  # what a trial sets
                 f"paths.run_dir={tmp_path}",
             ],

@@ -12,8 +12,15 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import cpu_trainer
-from test_prep_fixtures import as_list, image_folder
+from conftest import (
+    MAE_TINY,
+    assert_one_line_error,
+    call_main,
+    cpu_trainer,
+    run_cli,
+    sam_train_main,
+)
+from prep_helpers import as_list, image_folder
 from torch.utils.data import DataLoader
 
 from data_prep.images import convert_images
@@ -284,9 +291,6 @@ def test_default_names_are_the_folder_names():
 def test_sam_train_refuses_a_bad_mixture_in_one_line(
     sources, tmp_path, stage, spec, fragments, monkeypatch, capfd
 ):
-    from test_cli_errors import assert_one_line_error, call_main, sam_train_main
-    from test_cli_mae import TINY
-
     if "s3://" in spec:
         try:
             import s3fs  # noqa: F401
@@ -299,7 +303,7 @@ def test_sam_train_refuses_a_bad_mixture_in_one_line(
     monkeypatch.setattr("sys.argv", ["sam-train"])
     data = "data=mix_mae" if stage == "mae" else "data=mix"
     arg = "data.sources=" + spec.format(a=sources["a"], b=sources["b"])
-    tiny = TINY if stage == "mae" else []
+    tiny = MAE_TINY if stage == "mae" else []
     res = call_main(sam_train_main, [f"stage={stage}", data, *tiny, arg], capfd)
     assert_one_line_error(res, "sam-train", *fragments)
     assert not (tmp_path / "outputs").exists()
@@ -314,11 +318,8 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(sources, tmp_path):
-    from test_cli_mae import TINY
-    from test_resume_and_ddp import sam_train
-
     exact = [
-        *TINY,
+        *MAE_TINY,
         "data=mix_mae",
         f"data.sources=[{{name: a, path: {sources['a']}, weight: 0.6, val_path: {sources['b']}}},"
         f" {{name: b, path: {sources['b']}, weight: 0.4}}]",
@@ -329,14 +330,15 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(sources, 
         "trainer.deterministic=true",
     ]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    res = sam_train([*exact, f"hydra.run.dir={straight}"], tmp_path)
+    res = run_cli("sam-train", "stage=mae", *exact, f"hydra.run.dir={straight}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     kill = ["+callbacks.kill._target_=run_helpers.SigkillAtStep", "+callbacks.kill.step=9"]
-    res = sam_train([*exact, f"hydra.run.dir={killed}", *kill], tmp_path)
+    res = run_cli("sam-train", "stage=mae", *exact, f"hydra.run.dir={killed}", *kill, cwd=tmp_path)
     assert res.returncode == -9, "the run was meant to die by SIGKILL"
     step = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 6 < step < 12, step  # mid second epoch (6 steps per epoch)
-    res = sam_train([*exact, f"hydra.run.dir={killed}"], tmp_path)  # same folder: auto resume
+    # the same folder: it resumes from its last.ckpt
+    res = run_cli("sam-train", "stage=mae", *exact, f"hydra.run.dir={killed}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from" in res.stdout
     a, b = final_weights(straight), final_weights(killed)
@@ -345,13 +347,12 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(sources, 
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_trains_a_mixture_in_step(sources, tmp_path):
-    from test_cli_mae import TINY
-    from test_resume_and_ddp import sam_train
-
     dump = tmp_path / "dump"
-    res = sam_train(
-        [
-            *TINY,
+    res = run_cli(
+        "sam-train",
+        "stage=mae",
+        *[
+            *MAE_TINY,
             "data=mix_mae",
             f"data.sources=[{{name: a, path: {sources['a']}, weight: 0.5, val_path: {sources['b']}}},"
             f" {{name: c, path: {sources['c']}, weight: 0.5, val_path: {sources['c']}}}]",
@@ -366,7 +367,7 @@ def test_two_process_ddp_on_cpu_trains_a_mixture_in_step(sources, tmp_path):
             "+callbacks.dump._target_=run_helpers.DumpRankWeights",
             f"+callbacks.dump.dirpath={dump}",
         ],
-        tmp_path,
+        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-4000:]
     r0, r1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,10 @@ from annotation_tools import (
     reference,
     tool_paths,
 )
-from conftest import console_script, tiny_sam
+from conftest import call_main, randomise, tiny_sam
 from PIL import Image
 
+from sam_train.cli import export as export_cli
 from sam_train.predictor import SamPredictor
 from sam_train.viz.labels import save_png
 from sam_train.weights.safetensors_io import save_weights
@@ -50,28 +50,14 @@ PROMPTS = {
 }
 
 
-def random_sam(size: int):
-    """A tiny SAM with non-trivial weights (zero-initialised tables would hide mistakes)."""
-    sam = tiny_sam(image_size=size).eval()
-    g = torch.Generator().manual_seed(size)
-    with torch.no_grad():
-        for p in sam.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return sam
-
-
 @pytest.fixture(scope="module", params=[256, 1024], ids=lambda s: f"{s}px")
 def exported(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"tools{request.param}")
-    sam = random_sam(request.param)
+    sam = randomise(tiny_sam(image_size=request.param).eval(), seed=request.param)
     src = tmp / "my_sam.safetensors"
     save_weights(src, sam.state_dict(), {"architecture": sam.architecture})
     out = tmp / "model"
-    run = subprocess.run(
-        [console_script("sam-export"), str(src), "--format", "onnx", "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
+    run = call_main(export_cli.main, [src, "--format", "onnx", "--out", out])
     assert run.returncode == 0, run.stderr
     assert f"{out}/anylabeling/model.yaml" in run.stdout  # where to point the tools
     return sam, out

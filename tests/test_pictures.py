@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_mae
-from test_sam_model import tiny_sam
-from test_sam_overfit import shapes_on_noise
+from amg_helpers import shapes_on_noise
+from conftest import tiny_mae, tiny_sam
 
 from sam_train.viz.mae_grid import mae_reconstruction_grid, visible_pixels
 from sam_train.viz.sam_masks import GT_COLOUR, PRED_COLOUR, mask_tile

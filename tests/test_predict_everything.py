@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_sam
 from PIL import Image
-from test_sam_model import tiny_sam
 
 from sam_train.automatic.mask_ops import decode_rle
 from sam_train.cli.predict import main as predict_main

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from prep_helpers import identity_prep, make_coco
 from pycocotools.coco import COCO
-from test_prep_fixtures import identity_prep, make_coco
 
 from data_prep.coco import convert_coco
 from data_prep.common import PrepError

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import console_script, tiny_sam
+from conftest import call_main, tiny_sam
 from formats_helpers import masks_by_id, save_label, stored
-from test_prep_fixtures import image_folder, make_coco, make_sa1b, write_image
+from prep_helpers import image_folder, make_coco, make_sa1b, write_image
 
 from data_prep.coco import convert_coco
 from data_prep.common import PrepError
@@ -23,6 +22,7 @@ from data_prep.labelme import convert_labelme
 from data_prep.masks import convert_masks
 from data_prep.sa1b import convert_sa1b
 from data_prep.shard_writer import ShardOptions
+from sam_train.cli import prep as prep_cli
 
 OPTS = ShardOptions(maxcount=2, progress=False)
 
@@ -179,7 +179,7 @@ def test_teacher_embed_follows_its_input_shards(tmp_path):
     assert sorted(embeddings()) == ["a"]
 
 
-def test_a_folder_of_other_inputs_is_refused_unless_overwrite(tmp_path):
+def test_a_folder_of_other_inputs_is_refused_unless_overwrite(tmp_path, capfd):
     a, b = image_folder(tmp_path / "a", 2), image_folder(tmp_path / "b", 3)
     out = tmp_path / "out"
     convert_images(a, out, OPTS)
@@ -187,20 +187,10 @@ def test_a_folder_of_other_inputs_is_refused_unless_overwrite(tmp_path):
     with pytest.raises(PrepError, match="--overwrite"):
         convert_images(b, out, OPTS)
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    res = subprocess.run(
-        [console_script("sam-prep"), "images", str(b), str(out), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = call_main(prep_cli.main, ["images", b, out, "--no-progress"], capfd)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().count("\n") == 0 and "--overwrite" in res.stderr
-    res = subprocess.run(
-        [console_script("sam-prep"), "images", str(b), str(out), "--no-progress", "--overwrite"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = call_main(prep_cli.main, ["images", b, out, "--no-progress", "--overwrite"], capfd)
     assert res.returncode == 0, res.stderr
     assert json.loads((out / "manifest.json").read_text())["total"] == 3
     assert len(stored(out)) == 3

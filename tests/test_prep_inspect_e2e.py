@@ -1,18 +1,19 @@
 """`sam-prep inspect` counts what the shards hold; `sam-prep masks` -> `sam-train stage=sam`
-runs end to end on a label-image folder."""
+runs end to end on a label-image folder (each tool in this process)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
+import warnings
 
 import numpy as np
 import pytest
-from conftest import console_script
+from conftest import SAM_TINY, call_main, run_output, train_in_process
 from formats_helpers import save_label
 from PIL import Image
-from test_prep_fixtures import write_image
-from test_sam_stage import SAM_TINY
+from prep_helpers import write_image
+
+from sam_train.cli import prep as prep_cli
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +30,15 @@ def label_folder(tmp_path_factory):
     return root
 
 
-def _prep(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [console_script("sam-prep"), *args], capture_output=True, text=True, timeout=300
-    )
-
-
-def test_inspect_prints_counts_and_writes_an_overlay(label_folder, tmp_path):
+def test_inspect_prints_counts_and_writes_an_overlay(label_folder, tmp_path, capfd):
     out = tmp_path / "shards"
-    res = _prep(
+    args = [
         "masks", "--images", str(label_folder / "imgs"), "--masks", str(label_folder / "labels"),
         str(out), "--workers", "1", "--no-progress", "--maxcount", "4",
-    )  # fmt: skip
+    ]  # fmt: skip
+    res = call_main(prep_cli.main, args, capfd)
     assert res.returncode == 0, res.stderr
-    res = _prep("inspect", str(out), "--json", "--samples", "3")
+    res = call_main(prep_cli.main, ["inspect", str(out), "--json", "--samples", "3"], capfd)
     assert res.returncode == 0, res.stderr
     stats = json.loads(res.stdout[: res.stdout.rindex("}") + 1])
     assert stats["samples"] == 6 and stats["masks"] == 12
@@ -52,55 +48,51 @@ def test_inspect_prints_counts_and_writes_an_overlay(label_folder, tmp_path):
     assert stats["categories"] == {"(none)": 12}
     overlay = Image.open(out / "inspect.png")
     assert overlay.size == (3 * 256, 256)
-    text = _prep("inspect", str(out)).stdout
+    text = call_main(prep_cli.main, ["inspect", str(out)], capfd).stdout
     assert "masks per image  min 1  median 2  max 3" in text
     assert "image_without_masks" in text
-    res = _prep("inspect", str(tmp_path / "nowhere"))
+    res = call_main(prep_cli.main, ["inspect", str(tmp_path / "nowhere")], capfd)
     assert res.returncode == 2 and "manifest.json" in res.stderr
 
 
-def _train(tmp_path, run, *data: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            console_script("sam-train"),
-            "stage=sam",
-            "data=shards_sam",
-            *data,
-            "data.num_workers=0",
-            "data.pin_memory=false",
-            "data.batch_size=2",
-            "data.shuffle_buffer=8",
-            *SAM_TINY,
-            f"hydra.run.dir={run}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _train(tmp_path, run, *data: str) -> str:
+    """A stage-2 run on the shards, in this process: what it printed, logged and warned."""
+    overrides = [
+        "stage=sam",
+        "data=shards_sam",
+        *data,
+        "data.num_workers=0",
+        "data.pin_memory=false",
+        "data.batch_size=2",
+        "data.shuffle_buffer=8",
+        *SAM_TINY,
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
+    with run_output() as out, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_in_process(overrides, run)
+    return out.getvalue() + "".join(f"{w.message}\n" for w in caught)
 
 
 @pytest.mark.slow
-def test_label_images_to_sam_training_end_to_end(label_folder, tmp_path):
+def test_label_images_to_sam_training_end_to_end(label_folder, tmp_path, capfd):
     """The own-data journey of docs/your_data.md: convert with a validation split, train."""
     out = tmp_path / "shards"
-    res = _prep(
+    args = [
         "masks", "--images", str(label_folder / "imgs"), "--masks", str(label_folder / "labels"),
         str(out), "--workers", "1", "--no-progress", "--val-fraction", "0.34",
-    )  # fmt: skip
+    ]  # fmt: skip
+    res = call_main(prep_cli.main, args, capfd)
     assert res.returncode == 0, res.stderr
     assert "train: wrote 4 samples" in res.stdout and "val: wrote 2 samples" in res.stdout
     run = tmp_path / "run"
-    res = _train(tmp_path, run, f"data.path={out / 'train'}", f"data.val_path={out / 'val'}")
-    assert res.returncode == 0, res.stderr[-4000:]
-    assert "no validation data" not in res.stdout
+    text = _train(tmp_path, run, f"data.path={out / 'train'}", f"data.val_path={out / 'val'}")
+    assert "no validation data" not in text
     assert (run / "checkpoints" / "last.ckpt").is_file()
     metrics = (run / "csv" / "metrics.csv").read_text()
     assert "train/loss_dice" in metrics.splitlines()[0] and "val/miou_box" in metrics
     # without validation data: one line says so at start, and the run goes on
-    res = _train(tmp_path, tmp_path / "run2", f"data.path={out / 'train'}", "trainer.max_steps=1")
-    assert res.returncode == 0, res.stderr[-4000:]
-    notices = [line for line in res.stdout.splitlines() if "no validation data" in line]
+    text = _train(tmp_path, tmp_path / "run2", f"data.path={out / 'train'}", "trainer.max_steps=1")
+    notices = [line for line in text.splitlines() if "no validation data" in line]
     assert len(notices) == 1 and "data.val_path" in notices[0]
-    assert "across ranks is zero" not in res.stdout + res.stderr
+    assert "across ranks is zero" not in text

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from formats_helpers import masks_by_id, stored
 from PIL import Image, ImageDraw
-from test_prep_fixtures import write_image
+from prep_helpers import write_image
 
 from data_prep.labelme import convert_labelme
 from data_prep.records import PixelOptions

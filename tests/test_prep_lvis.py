@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 from formats_helpers import masks_by_id, stored
+from prep_helpers import write_image
 from pycocotools.coco import COCO
-from test_prep_fixtures import write_image
 
 from data_prep.coco import convert_coco
 from data_prep.shard_writer import ShardOptions

@@ -4,18 +4,18 @@ from the shards pixel for pixel; bad inputs counted by reason; reruns byte-ident
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
-from conftest import console_script
+from conftest import call_main, run_cli
 from formats_helpers import masks_by_id, save_label, shard_bytes, stored
+from prep_helpers import write_image
 from scipy import ndimage
-from test_prep_fixtures import write_image
 
 import data_prep.masks as masks_mod
 from data_prep.masks import convert_masks, load_classes
 from data_prep.shard_writer import ShardOptions
+from sam_train.cli import prep as prep_cli
 
 OPTS = ShardOptions(maxcount=2, progress=False)
 
@@ -176,15 +176,11 @@ def test_class_table_forms(tmp_path):
     assert load_classes(tmp_path / "list.json") == {1: "a", 2: "b"}
 
 
-def test_cli_reports_skips_and_refuses_bad_arguments_in_one_line(instance_data, tmp_path):
+def test_cli_reports_skips_and_refuses_bad_arguments_in_one_line(instance_data, tmp_path, capfd):
     root, _ = instance_data
-    prep = console_script("sam-prep")
     args = ["masks", "--images", str(root / "imgs"), "--masks", str(root / "labels")]
-    res = subprocess.run(
-        [prep, *args, str(tmp_path / "o"), "--no-progress", "--workers", "1"],
-        capture_output=True,
-        text=True,
-    )
+    # the console script as a user runs it (sam-prep's one run in a process of its own)
+    res = run_cli("sam-prep", *args, tmp_path / "o", "--no-progress", "--workers", "1")
     assert res.returncode == 0, res.stderr
     assert "wrote 5 samples" in res.stdout and "mask_size_mismatch" in res.stdout
     assert "stage 2 needs masks" in res.stdout  # what happens to images without masks
@@ -194,9 +190,7 @@ def test_cli_reports_skips_and_refuses_bad_arguments_in_one_line(instance_data, 
         (["--tile", "8"], "--tile"),
         (["--tile", "64", "--max-side", "32"], "not both"),
     ]:
-        res = subprocess.run(
-            [prep, *args, *bad, str(tmp_path / "p")], capture_output=True, text=True
-        )
+        res = call_main(prep_cli.main, [*args, *bad, tmp_path / "p"], capfd)
         assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
 
@@ -204,7 +198,7 @@ def test_cli_reports_skips_and_refuses_bad_arguments_in_one_line(instance_data, 
 def test_keep_empty_writes_images_without_masks_for_stage1_only(instance_data, tmp_path):
     import random
 
-    from test_prep_fixtures import identity_prep
+    from prep_helpers import identity_prep
 
     from data_prep.inspect_shards import iter_samples
     from sam_train.data.shards import SkipSample, decode_image  # decode_image: stage 1's read

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tree_pythonpath
-from test_prep_fixtures import image_folder
+from prep_helpers import image_folder
 
 import data_prep.images as images_mod
 from data_prep.images import convert_images

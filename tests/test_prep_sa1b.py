@@ -6,8 +6,8 @@ import json
 import tarfile
 
 import pytest
+from prep_helpers import identity_prep, image_folder, make_sa1b
 from pycocotools import mask as mask_utils
-from test_prep_fixtures import identity_prep, image_folder, make_sa1b
 
 from data_prep.common import PrepError
 from data_prep.images import convert_images

@@ -4,22 +4,22 @@ all of them in OUT/skipped.jsonl (none left behind once nothing is skipped)."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
-from conftest import console_script
+from conftest import call_main
 from formats_helpers import save_label
-from test_prep_fixtures import make_coco, write_image
+from prep_helpers import make_coco, write_image
 
 from data_prep.coco import convert_coco
 from data_prep.shard_writer import ShardOptions, report
+from sam_train.cli import prep as prep_cli
 
 
 def _skipped(folder) -> list[dict]:
     return [json.loads(line) for line in (folder / "skipped.jsonl").read_text().splitlines()]
 
 
-def test_masks_report_and_file_name_each_skipped_input(tmp_path):
+def test_masks_report_and_file_name_each_skipped_input(tmp_path, capfd):
     imgs, labels, out = tmp_path / "imgs", tmp_path / "labels", tmp_path / "out"
     good = np.zeros((32, 40), np.uint8)
     good[3:12, 4:20] = 1
@@ -30,11 +30,8 @@ def test_masks_report_and_file_name_each_skipped_input(tmp_path):
     (imgs / "c.png").write_bytes(b"\x89PNG not really")  # corrupt image
     save_label(labels / "c.png", good)
     write_image(imgs / "d.png", 40, 32, seed=4)  # no label at all
-    res = subprocess.run(
-        [console_script("sam-prep"), "masks", "--images", str(imgs), "--masks", str(labels),
-         str(out), "--no-progress", "--workers", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    args = ["masks", "--images", imgs, "--masks", labels, out, "--no-progress", "--workers", "1"]
+    res = call_main(prep_cli.main, args, capfd)
     assert res.returncode == 0, res.stderr
     entries = {e["input"]: e for e in _skipped(out)}
     assert set(entries) == {str(imgs / n) for n in ("b.png", "c.png", "d.png")}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 from formats_helpers import masks_by_id, save_label, shard_bytes, stored
+from prep_helpers import image_folder, make_coco
 from pycocotools.coco import COCO
-from test_prep_fixtures import image_folder, make_coco
 
 from data_prep.coco import convert_coco
 from data_prep.images import convert_images

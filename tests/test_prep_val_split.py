@@ -4,18 +4,17 @@ OUT/train and OUT/val, the same on every rerun and machine, mistakes refused in 
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import console_script
+from conftest import call_main
 from formats_helpers import save_label, stored
-from test_prep_fixtures import image_folder, write_image
+from prep_helpers import image_folder, write_image
 
 from data_prep.common import PrepError
 from data_prep.images import convert_images
 from data_prep.shard_writer import ShardOptions
+from sam_train.cli import prep as prep_cli
 
 
 def _opts(**kw) -> ShardOptions:
@@ -58,13 +57,8 @@ def test_tiles_of_one_image_stay_in_one_split(tmp_path):
     assert len(val) == 2 and len({k.rsplit("_", 2)[0] for k in val}) == 1
 
 
-def _prep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [console_script("sam-prep"), *args], capture_output=True, text=True, timeout=300, cwd=cwd
-    )
-
-
-def test_masks_cli_writes_train_and_val_and_refuses_mistakes(tmp_path):
+def test_masks_cli_writes_train_and_val_and_refuses_mistakes(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)  # --val-images names a file relative to where sam-prep runs
     imgs, labels = tmp_path / "imgs", tmp_path / "labels"
     for i in range(5):
         write_image(imgs / f"p{i}.jpg", 40, 32, seed=i)
@@ -73,7 +67,7 @@ def test_masks_cli_writes_train_and_val_and_refuses_mistakes(tmp_path):
         save_label(labels / f"p{i}.png", label)
     (tmp_path / "val.txt").write_text("p1.jpg\np3\n")
     base = ["masks", "--images", str(imgs), "--masks", str(labels), "--no-progress"]
-    res = _prep(*base, str(tmp_path / "out"), "--val-images", "val.txt", cwd=tmp_path)
+    res = call_main(prep_cli.main, [*base, str(tmp_path / "out"), "--val-images", "val.txt"], capfd)
     assert res.returncode == 0, res.stderr
     assert "train: wrote 3 samples" in res.stdout and "val: wrote 2 samples" in res.stdout
     assert str(tmp_path / "out" / "val" / "manifest.json") in res.stdout
@@ -84,11 +78,11 @@ def test_masks_cli_writes_train_and_val_and_refuses_mistakes(tmp_path):
         (["--val-fraction", "1.5"], "--val-fraction 1.5"),
         (["--val-images", "p9"], "match no input"),
     ]:
-        res = _prep(*base, str(tmp_path / "bad"), *args, cwd=tmp_path)
+        res = call_main(prep_cli.main, [*base, str(tmp_path / "bad"), *args], capfd)
         assert res.returncode == 2 and fragment in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
         assert not (tmp_path / "bad").exists()
     # a folder of unsplit shards is not split on top of
-    assert _prep(*base, str(tmp_path / "flat"), cwd=tmp_path).returncode == 0
-    res = _prep(*base, str(tmp_path / "flat"), "--val-fraction", "0.2", cwd=tmp_path)
+    assert call_main(prep_cli.main, [*base, str(tmp_path / "flat")], capfd).returncode == 0
+    res = call_main(prep_cli.main, [*base, str(tmp_path / "flat"), "--val-fraction", "0.2"], capfd)
     assert res.returncode == 2 and "--overwrite" in res.stderr

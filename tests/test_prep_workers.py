@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import tiny_sam
 from formats_helpers import save_label, shard_bytes
-from test_prep_fixtures import image_folder, make_coco, make_sa1b, write_image
+from prep_helpers import image_folder, make_coco, make_sa1b, write_image
 
 from data_prep.clip_embed import convert_clip_embed
 from data_prep.coco import convert_coco

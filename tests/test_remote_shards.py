@@ -4,15 +4,12 @@ failures are retried with back-off; a scheme without its package is one line."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 
 import pytest
-from conftest import console_script, tree_pythonpath
+from conftest import MAE_TINY, SAM_TINY, run_output, train_in_process
 from http_helpers import serve_folder
-from test_prep_fixtures import as_list, image_folder, key_of, make_coco
-from test_sam_stage import SAM_TINY
+from prep_helpers import as_list, image_folder, key_of, make_coco
 
 from data_prep.coco import convert_coco
 from data_prep.common import PrepError
@@ -120,17 +117,6 @@ def test_inspect_reads_a_shard_folder_over_http(served, tmp_path):
 
 # ---------------------------------------------------------------- both stages, end to end
 
-MAE_TINY = [
-    "model.img_size=32",
-    "model.patch_size=8",
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.decoder_embed_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
-    "data.batch_size=2",
-]
 RUN = [
     "data.num_workers=0",
     "data.samples_per_epoch=6",
@@ -152,18 +138,6 @@ def sources_arg(base: str, folder: str, first: int, last: int, good: list[int]) 
     )
 
 
-def sam_train(args: list[str], cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": tree_pythonpath()}
-    return subprocess.run(
-        [console_script("sam-train"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def metric_names(run) -> list[str]:
     return (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
 
@@ -179,20 +153,24 @@ def test_both_stages_train_from_http_and_pipe_curl_past_a_missing_and_a_corrupt_
     missing = next(i for i in range(good[-1]) if i not in good)
     corrupt = served / "coco_bad" / f"shard-{missing:06d}.tar"  # fill one gap with garbage
     corrupt.write_bytes(b"garbage" * 200)
+    logs = {}
     with serve_folder(served) as (base, hits):
-        mae = sam_train(
-            ["stage=mae", "data=mix_mae", *MAE_TINY, *RUN, f"hydra.run.dir={tmp_path / 'mae'}",
-             sources_arg(base, "shards", 0, N_SHARDS, list(range(N_SHARDS)))],
-            tmp_path,
-        )  # fmt: skip
-        sam = sam_train(
-            ["stage=sam", "data=mix", *SAM_TINY, *RUN, f"hydra.run.dir={tmp_path / 'sam'}",
-             sources_arg(base, "coco", 0, good[-1], good)],
-            tmp_path,
-        )  # fmt: skip
-    for res in (mae, sam):
-        assert res.returncode == 0, res.stderr[-3000:]
-        assert "(shard_error)" in res.stdout + res.stderr, res.stdout[-3000:]  # named in the log
+        for stage, data, tiny, sources in [
+            (
+                "mae",
+                "mix_mae",
+                [*MAE_TINY, "data.batch_size=2"],
+                sources_arg(base, "shards", 0, N_SHARDS, list(range(N_SHARDS))),
+            ),
+            ("sam", "mix", SAM_TINY, sources_arg(base, "coco", 0, good[-1], good)),
+        ]:
+            with run_output() as out:
+                train_in_process(
+                    [f"stage={stage}", f"data={data}", *tiny, *RUN, sources], tmp_path / stage
+                )
+            logs[stage] = out.getvalue()
+    for log in logs.values():
+        assert "(shard_error)" in log, log[-3000:]  # named in the log
     assert hits["shards_bad/shard-000004.tar"] >= 1  # asked for, missing (404)
     mae_metrics, sam_metrics = metric_names(tmp_path / "mae"), metric_names(tmp_path / "sam")
     assert {"data/skipped_shard_error", "val/web/loss", "val/piped/loss", "val/loss"} <= set(

@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import console_script, tree_pythonpath
-from test_cli_mae import TINY
+from conftest import MAE_TINY, run_cli
 
 from sam_train.data.resumable import ResumableDataLoader, ResumableSampler, split_key
 from sam_train.lit.guards import NonFiniteLossError, NonFiniteLossGuard
 
 EXACT = [
-    *TINY,
+    *MAE_TINY,
     "data.samples_per_epoch=24",
     "trainer.max_epochs=2",
     "data.val_photos=[chelsea]",
     "callbacks.last_checkpoint.every_n_train_steps=1",
     "trainer.deterministic=true",
 ]
-
-
-def sam_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": tree_pythonpath()}
-    return subprocess.run(
-        [console_script("sam-train"), "stage=mae", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -43,18 +28,18 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path):
     straight = tmp_path / "straight"
-    res = sam_train([*EXACT, f"hydra.run.dir={straight}"], tmp_path)
+    res = run_cli("sam-train", "stage=mae", *EXACT, f"hydra.run.dir={straight}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    res = sam_train(
-        [
-            *EXACT,
-            f"hydra.run.dir={killed}",
-            "+callbacks.kill._target_=run_helpers.SigkillAtStep",
-            "+callbacks.kill.step=9",
-        ],
-        tmp_path,
+    res = run_cli(
+        "sam-train",
+        "stage=mae",
+        *EXACT,
+        f"hydra.run.dir={killed}",
+        "+callbacks.kill._target_=run_helpers.SigkillAtStep",
+        "+callbacks.kill.step=9",
+        cwd=tmp_path,
     )
     assert res.returncode == -9, "the run was meant to die by SIGKILL"
     step_at_kill = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)[
@@ -62,7 +47,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
     ]
     assert 6 < step_at_kill < 12, step_at_kill  # mid second epoch (6 steps per epoch)
 
-    res = sam_train([*EXACT, f"hydra.run.dir={killed}"], tmp_path)  # same folder: auto resume
+    # the same folder: it resumes from its last.ckpt
+    res = run_cli("sam-train", "stage=mae", *EXACT, f"hydra.run.dir={killed}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from" in res.stdout
     a, b = final_weights(straight), final_weights(killed)
@@ -75,20 +61,20 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_ends_with_identical_weights_on_disjoint_data(tmp_path):
     dump = tmp_path / "dump"
-    res = sam_train(
-        [
-            *TINY,
-            "data.samples_per_epoch=16",
-            "trainer.max_epochs=1",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "trainer.precision=32-true",
-            f"hydra.run.dir={tmp_path / 'run'}",
-            "+callbacks.dump._target_=run_helpers.DumpRankWeights",
-            f"+callbacks.dump.dirpath={dump}",
-        ],
-        tmp_path,
+    res = run_cli(
+        "sam-train",
+        "stage=mae",
+        *MAE_TINY,
+        "data.samples_per_epoch=16",
+        "trainer.max_epochs=1",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "+callbacks.dump._target_=run_helpers.DumpRankWeights",
+        f"+callbacks.dump.dirpath={dump}",
+        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-4000:]
     r0, r1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")

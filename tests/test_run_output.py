@@ -10,20 +10,15 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, console_script
-from test_cli_mae import TINY
+from conftest import MAE_TINY, REPO, call_main, run_cli, sam_train_main
 
-SHORT = [*TINY, "data.samples_per_epoch=8", "trainer.log_every_n_steps=1"]
+SHORT = [*MAE_TINY, "data.samples_per_epoch=8", "trainer.log_every_n_steps=1"]
 
 
 def sam_train(args: list[str], cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [console_script("sam-train"), "stage=mae", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "SAM_TRAIN_OUTPUT": str(cwd / "outputs")},
+    """`sam-train stage=mae ARGS` as a user runs it from `cwd` (runs under cwd/outputs)."""
+    return run_cli(
+        "sam-train", "stage=mae", *args, cwd=cwd, env={"SAM_TRAIN_OUTPUT": str(cwd / "outputs")}
     )
 
 
@@ -113,17 +108,25 @@ def test_help_imports_no_torch_and_writes_no_cache(tmp_path):
 
 
 @pytest.mark.slow
-def test_resuming_from_an_earlier_checkpoint_logs_each_step_once(tmp_path):
+def test_resuming_from_an_earlier_checkpoint_logs_each_step_once(tmp_path, monkeypatch, capfd):
     """The steps the first part logged after the checkpoint a run resumes from are logged
-    again by the resumed part; metrics.csv keeps each of them once."""
+    again by the resumed part; metrics.csv keeps each of them once (`sam-train`'s entry point
+    in this process)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAM_TRAIN_OUTPUT", str(tmp_path / "outputs"))
     run = tmp_path / "outputs" / "mae" / "run"
-    common = [*SHORT, "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1"]
-    res = sam_train([*common, f"hydra.run.dir={run}"], tmp_path)
+    common = [
+        "stage=mae",
+        *SHORT,
+        "trainer.max_epochs=2",
+        "callbacks.model_checkpoint.save_top_k=-1",
+    ]
+    res = call_main(sam_train_main, [*common, f"hydra.run.dir={run}"], capfd)
     assert res.returncode == 0, res.stderr[-3000:]
     first_epoch = run / "checkpoints" / "epoch000-step000002.ckpt"
     assert first_epoch.is_file(), sorted(p.name for p in (run / "checkpoints").iterdir())
 
-    res = sam_train([*common, f"ckpt_path={first_epoch}"], tmp_path)
+    res = call_main(sam_train_main, [*common, f"ckpt_path={first_epoch}"], capfd)
     assert res.returncode == 0, res.stderr[-3000:]
     with open(run / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

@@ -1,31 +1,19 @@
 """The stage-2 Optuna search (`hparams_search=sam_optuna`) and early stopping on the optimised
-metric (`callbacks=early_stopping`), through the console script at tiny sizes."""
+metric (`callbacks=early_stopping`), at tiny sizes, in this process
+(the search through `sam-train`'s entry point, as Hydra's multirun runs it)."""
 
 from __future__ import annotations
 
 import csv
-import subprocess
 
 import pytest
 import torch
 import yaml
-from conftest import console_script
-from test_finetune_cli import write_official_base
-from test_sam_stage import SAM_TINY
+from conftest import SAM_TINY, call_main, sam_train_main, train_in_process, write_official_base
 
 pytestmark = pytest.mark.slow
 SEARCHED = ("optim.lr=", "stage.module.max_masks_per_image=")
 FIXED = [a for a in SAM_TINY if not a.startswith(SEARCHED)]
-
-
-def sam_train(args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [console_script("sam-train"), *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 def last_val_miou(run_dir) -> float:
@@ -34,11 +22,12 @@ def last_val_miou(run_dir) -> float:
     return [float(v) for v in rows if v][-1]
 
 
-def test_two_trial_lora_search_returns_the_best_validation_miou(tmp_path):
+def test_two_trial_lora_search_returns_the_best_validation_miou(tmp_path, capfd):
     base = tmp_path / "base.pth"
     write_official_base(base)
     sweep = tmp_path / "search"
-    res = sam_train(
+    res = call_main(
+        sam_train_main,
         [
             "stage=sam",
             "hparams_search=sam_optuna",
@@ -49,7 +38,7 @@ def test_two_trial_lora_search_returns_the_best_validation_miou(tmp_path):
             f"hydra.sweep.dir={sweep}",
             f"paths.cache_dir={tmp_path / 'cache'}",
         ],
-        tmp_path,
+        capfd,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -73,7 +62,7 @@ def test_two_trial_lora_search_returns_the_best_validation_miou(tmp_path):
 
 def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path):
     run = tmp_path / "run"
-    res = sam_train(
+    train_in_process(
         [
             "stage=sam",
             *SAM_TINY,
@@ -81,12 +70,10 @@ def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path):
             "callbacks=early_stopping",
             "callbacks.early_stopping.patience=1",
             "callbacks.early_stopping.min_delta=10",  # no change of mIoU counts as improving
-            f"hydra.run.dir={run}",
             f"paths.cache_dir={tmp_path / 'cache'}",
         ],
-        tmp_path,
+        run,
     )
-    assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     # epoch 0 sets the best, epoch 1 fails to beat it: stop after 2 of 4 epochs (2 steps each)
     assert ckpt["global_step"] == 4

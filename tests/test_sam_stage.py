@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, tiny_mae, tiny_sam, train_stage1_checkpoint
+from conftest import (
+    SAM_TINY,
+    run_output,
+    tiny_mae,
+    tiny_sam,
+    train_in_process,
+    train_stage1_checkpoint,
+)
 from safetensors.torch import load_file
 
 from sam_train.predictor import SamPredictor
@@ -18,28 +24,6 @@ from sam_train.weights.init import init_sam_from
 from sam_train.weights.official import build_official_sam
 from sam_train.weights.safetensors_io import save_weights
 from sam_train.weights.sam_loading import load_sam
-
-SAM_TINY = [
-    "model.encoder_embed_dim=32",
-    "model.encoder_depth=2",
-    "model.encoder_num_heads=2",
-    "model.encoder_global_attn_indexes=[1]",
-    "model.image_size=64",
-    "model.window_size=2",
-    "model.prompt_embed_dim=32",
-    "model.decoder_mlp_dim=64",
-    "model.decoder_num_heads=4",
-    "model.iou_head_hidden_dim=32",
-    "stage.module.max_masks_per_image=4",
-    "stage.module.val_max_masks=4",
-    "stage.module.val_max_clicks=3",
-    "stage.module.interactive.num_click_rounds=2",
-    "data.samples_per_epoch=4",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-    "optim.lr=1e-3",
-]
 
 
 @pytest.fixture(scope="module")
@@ -76,27 +60,20 @@ def test_wrong_width_or_depth_is_refused(stage1_ckpt):
 
 
 @pytest.mark.slow
-def test_console_script_trains_sam_from_stage1_and_exports(stage1_ckpt, tmp_path):
+def test_stage2_trains_from_stage1_and_exports(stage1_ckpt, tmp_path):
     path, _ = stage1_ckpt
     run = tmp_path / "run"
-    res = subprocess.run(
-        [
-            console_script("sam-train"),
-            "stage=sam",
-            *SAM_TINY,
-            f"model.init_from={path}",
-            f"hydra.run.dir={run}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-            "validate_before_training=true",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-4000:]
-    assert "init from" in res.stdout and "tensors loaded" in res.stdout
-    assert "before training ->" in res.stdout
+    overrides = [
+        "stage=sam",
+        *SAM_TINY,
+        f"model.init_from={path}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "validate_before_training=true",
+    ]
+    with run_output() as out:
+        train_in_process(overrides, run)
+    assert "init from" in out.getvalue() and "tensors loaded" in out.getvalue()
+    assert "before training ->" in out.getvalue()
     for rel in [
         "checkpoints/last.ckpt",
         "export/sam.safetensors",

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 import torch
-from test_prep_fixtures import as_list, image_folder, key_of
+from prep_helpers import as_list, image_folder, key_of
 from torch.utils.data import DataLoader
 
 from data_prep.images import convert_images

@@ -1,21 +1,21 @@
-"""Hydra multirun, the Optuna sweeper, and the SLURM launcher config."""
+"""Hydra multirun, the Optuna sweeper, and the SLURM launcher config, through `sam-train`'s
+entry point in this process."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import yaml
-from conftest import console_script
-from test_cli_mae import TINY
+from conftest import MAE_TINY, call_main, sam_train_main
 
-QUICK = [*TINY, "data.samples_per_epoch=8", "trainer.max_epochs=1"]
+QUICK = [*MAE_TINY, "data.samples_per_epoch=8", "trainer.max_epochs=1"]
 
 
-def sam_train(args, cwd):
-    return subprocess.run(
-        [console_script("sam-train"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+@pytest.fixture
+def sam_train(tmp_path, monkeypatch, capfd):
+    """`sam-train ARGS` through its entry point in this process, from a shell in `tmp_path`."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAM_TRAIN_OUTPUT", str(tmp_path / "outputs"))
+    return lambda args: call_main(sam_train_main, args, capfd)
 
 
 def val_loss(run_dir) -> float:
@@ -26,11 +26,9 @@ def val_loss(run_dir) -> float:
 
 
 @pytest.mark.slow
-def test_two_value_multirun_writes_two_run_folders(tmp_path):
+def test_two_value_multirun_writes_two_run_folders(tmp_path, sam_train):
     sweep = tmp_path / "sweep"
-    res = sam_train(
-        ["-m", "stage=mae", *QUICK, "optim.lr=1e-4,1e-3", f"hydra.sweep.dir={sweep}"], tmp_path
-    )
+    res = sam_train(["-m", "stage=mae", *QUICK, "optim.lr=1e-4,1e-3", f"hydra.sweep.dir={sweep}"])
     assert res.returncode == 0, res.stderr[-3000:]
     lrs = set()
     for job in ("0", "1"):
@@ -42,7 +40,7 @@ def test_two_value_multirun_writes_two_run_folders(tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_search_of_two_trials_returns_the_best_value(tmp_path):
+def test_optuna_search_of_two_trials_returns_the_best_value(tmp_path, sam_train):
     sweep = tmp_path / "optuna"
     res = sam_train(
         [
@@ -51,8 +49,7 @@ def test_optuna_search_of_two_trials_returns_the_best_value(tmp_path):
             "hydra.sweeper.n_trials=2",
             "hydra.sweeper.sampler.n_startup_trials=1",
             f"hydra.sweep.dir={sweep}",
-        ],
-        tmp_path,
+        ]
     )
     assert res.returncode == 0, res.stderr[-3000:]
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -61,7 +58,7 @@ def test_optuna_search_of_two_trials_returns_the_best_value(tmp_path):
     assert set(result["best_params"]) == {"optim.base_lr", "model.mask_ratio", "optim.weight_decay"}
 
 
-def test_slurm_launcher_composes_with_requeue_and_resume(tmp_path):
+def test_slurm_launcher_composes_with_requeue_and_resume(sam_train):
     res = sam_train(
         [
             "stage=mae",
@@ -70,8 +67,7 @@ def test_slurm_launcher_composes_with_requeue_and_resume(tmp_path):
             "trainer=ddp",
             "--cfg",
             "hydra",
-        ],
-        tmp_path,
+        ]
     )
     assert res.returncode == 0, res.stderr[-3000:]
     hydra_cfg = yaml.safe_load(res.stdout)["hydra"]
@@ -79,11 +75,5 @@ def test_slurm_launcher_composes_with_requeue_and_resume(tmp_path):
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert launcher["partition"] == "gpu" and launcher["max_num_timeout"] > 0
     assert launcher["tasks_per_node"] == launcher["gpus_per_node"]
-    job = subprocess.run(
-        [console_script("sam-train"), "stage=mae", "--cfg", "job"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    job = sam_train(["stage=mae", "--cfg", "job"])
     assert yaml.safe_load(job.stdout)["auto_resume"] is True

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, tiny_sam, tree_pythonpath
+from conftest import call_main, run_cli, tiny_sam
 
 from data_prep.add_member import model_input
 from data_prep.sample import ensure_sample_shards
+from sam_train.cli import prep as prep_cli
 from sam_train.data.shard_datamodules import ShardSamDataModule
 from sam_train.lit.distill_module import DistillModule
 from sam_train.lit.optim import OptimConfig
@@ -24,13 +24,6 @@ from sam_train.models.teacher import load_teacher
 from sam_train.weights.safetensors_io import save_weights
 
 CACHE = Path(os.environ.get("SAM_TRAIN_CACHE", Path.home() / ".cache" / "sam_train"))
-
-
-def prep(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": tree_pythonpath()}
-    return subprocess.run(
-        [console_script("sam-prep"), *args], env=env, capture_output=True, text=True, timeout=600
-    )
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +37,8 @@ def embedded(tmp_path_factory):
     save_weights(teacher, sam.state_dict(), {"architecture": sam.architecture})
     out = tmp / "shards"
     src = root / "sam" / "val"
-    res = prep(
-        ["teacher-embed", str(src), str(out), "--teacher", str(teacher), "--image-size", "64"]
-    )
+    args = ["teacher-embed", src, out, "--teacher", teacher, "--image-size", "64"]
+    res = run_cli("sam-prep", *args)
     assert res.returncode == 0, res.stderr[-2000:]
     return src, out, teacher, res
 
@@ -75,12 +67,11 @@ def test_every_sample_gets_the_teachers_fp16_embeddings_of_the_training_image(em
 
 
 @pytest.mark.slow
-def test_a_rerun_resumes_without_rewriting(embedded):
+def test_a_rerun_resumes_without_rewriting(embedded, capfd):
     src, out, teacher, _ = embedded
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
-    res = prep(
-        ["teacher-embed", str(src), str(out), "--teacher", str(teacher), "--image-size", "64"]
-    )
+    args = ["teacher-embed", src, out, "--teacher", teacher, "--image-size", "64"]
+    res = call_main(prep_cli.main, args, capfd)
     assert res.returncode == 0, res.stderr[-2000:]
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == before
 
@@ -105,9 +96,10 @@ def test_distillation_reads_precomputed_targets_equal_to_the_teachers(embedded):
     assert precomputed.item() == pytest.approx(on_the_fly.item(), rel=1e-3)
 
 
-def test_a_file_that_is_no_sam_stops_with_one_line(tmp_path):
+def test_a_file_that_is_no_sam_stops_with_one_line(tmp_path, capfd):
     bad = tmp_path / "bad.pth"
     torch.save({"x": torch.zeros(1)}, bad)
-    res = prep(["teacher-embed", str(tmp_path), str(tmp_path / "out"), "--teacher", str(bad)])
+    args = ["teacher-embed", tmp_path, tmp_path / "out", "--teacher", bad]
+    res = call_main(prep_cli.main, args, capfd)
     assert res.returncode == 2
     assert "bad.pth" in res.stderr and "Traceback" not in res.stderr

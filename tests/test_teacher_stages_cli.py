@@ -1,58 +1,27 @@
-"""`sam-train stage=sami` and `stage=distill` as a user runs them: the student's checkpoint and
-export hold no teacher, a SAMI student goes on to stage 2 through `model.init_from`, a
-distilled student is a complete SAM with the teacher's decoder, a wrong grid stops the run, and
-both stages resume exactly."""
+"""`sam-train stage=sami` and `stage=distill`: the student's checkpoint and export hold no
+teacher, a SAMI student goes on to stage 2 through `model.init_from`, a distilled student is a
+complete SAM with the teacher's decoder, a wrong grid stops the run in one line (runs composed
+and trained in this process), and a killed `sam-train` process resumes exactly."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import console_script, tiny_sam, tree_pythonpath
+from conftest import (
+    DISTILL_TINY,
+    SAMI_TINY,
+    call_main,
+    run_cli,
+    sam_train_main,
+    tiny_sam,
+    train_in_process,
+)
 
 from sam_train.weights.init import init_sam_from
 from sam_train.weights.safetensors_io import save_weights
 from sam_train.weights.sam_loading import load_sam
-
-SAMI_TINY = [
-    "stage=sami",
-    "model.img_size=32",
-    "model.patch_size=8",
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "model.decoder_embed_dim=32",
-    "model.decoder_depth=1",
-    "model.decoder_num_heads=2",
-    "data.batch_size=4",
-    "data.samples_per_epoch=8",
-    "data.val_photos=[chelsea]",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
-DISTILL_TINY = [
-    "stage=distill",
-    "model.encoder_embed_dim=16",
-    "model.encoder_depth=2",
-    "model.encoder_num_heads=2",
-    "model.encoder_global_attn_indexes=[1]",
-    "model.image_size=32",
-    "model.patch_size=8",
-    "model.window_size=2",
-    "stage.module.max_masks_per_image=4",
-    "stage.module.val_max_masks=4",
-    "stage.module.val_max_clicks=2",
-    "stage.module.interactive.num_click_rounds=1",
-    "stage.module.interactive.checkpoint_rounds=false",
-    "data.samples_per_epoch=4",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-]
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +33,12 @@ def teacher(tmp_path_factory) -> Path:
     return path
 
 
-def sam_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": tree_pythonpath()}
-    return subprocess.run(
-        [console_script("sam-train"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    """`sam-train` called in this process as from a shell in `tmp_path` (runs under ./outputs)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAM_TRAIN_OUTPUT", str(tmp_path / "outputs"))
+    return tmp_path
 
 
 def checkpoint_state(run: Path) -> dict[str, torch.Tensor]:
@@ -83,8 +48,7 @@ def checkpoint_state(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_sami_run_exports_a_student_encoder_that_stage2_initialises_from(tmp_path, teacher):
     run = tmp_path / "sami"
-    res = sam_train([*SAMI_TINY, f"model.teacher={teacher}", f"hydra.run.dir={run}"], tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_in_process([*SAMI_TINY, f"model.teacher={teacher}"], run)
     state = checkpoint_state(run)
     assert all(k.startswith("model.") for k in state)
     assert state["model.decoder_pred.weight"].shape == (32, 32)  # to the teacher's width
@@ -104,11 +68,12 @@ def test_sami_run_exports_a_student_encoder_that_stage2_initialises_from(tmp_pat
 
 
 @pytest.mark.slow
-def test_distill_run_exports_a_complete_sam_with_the_frozen_teacher_decoder(tmp_path, teacher):
+def test_distill_run_exports_a_complete_sam_with_the_frozen_teacher_decoder(
+    tmp_path, teacher, capsys
+):
     run = tmp_path / "distill"
-    res = sam_train([*DISTILL_TINY, f"model.teacher={teacher}", f"hydra.run.dir={run}"], tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "val/miou_point_confident" in res.stdout
+    train_in_process([*DISTILL_TINY, f"model.teacher={teacher}"], run)
+    assert "val/miou_point_confident" in capsys.readouterr().out
     student = load_sam(run / "export" / "sam.safetensors")
     original = load_sam(teacher)
     for part in ("prompt_encoder", "mask_decoder"):
@@ -120,16 +85,18 @@ def test_distill_run_exports_a_complete_sam_with_the_frozen_teacher_decoder(tmp_
     assert "val/loss_embed" in metrics and "train/loss_embed" in metrics
 
 
-def test_distill_with_another_embedding_grid_stops_naming_both_sizes(tmp_path, teacher):
-    res = sam_train([*DISTILL_TINY, f"model.teacher={teacher}", "model.image_size=64"], tmp_path)
+def test_distill_with_another_embedding_grid_stops_naming_both_sizes(in_tmp, teacher, capfd):
+    tmp_path = in_tmp
+    args = [*DISTILL_TINY, f"model.teacher={teacher}", "model.image_size=64"]
+    res = call_main(sam_train_main, args, capfd)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "the student gives 8 x 8" in res.stderr and "the teacher 4 x 4" in res.stderr
     assert "model.image_size=32" in res.stderr  # the fix
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.ckpt"))
 
 
-def test_a_missing_teacher_stops_the_run_with_the_key(tmp_path):
-    res = sam_train([*SAMI_TINY, f"model.teacher={tmp_path / 'nope.pth'}"], tmp_path)
+def test_a_missing_teacher_stops_the_run_with_the_key(in_tmp, capfd):
+    res = call_main(sam_train_main, [*SAMI_TINY, f"model.teacher={in_tmp / 'nope.pth'}"], capfd)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "model.teacher=" in res.stderr and "is not a file" in res.stderr
 
@@ -149,12 +116,13 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, teacher, st
     if stage == "distill":
         args += ["stage.module.decoder_phase_start=3", "stage.module.mask_targets=teacher"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    res = sam_train([*args, f"hydra.run.dir={straight}"], tmp_path)
+    res = run_cli("sam-train", *args, f"hydra.run.dir={straight}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     kill = ["+callbacks.kill._target_=run_helpers.SigkillAtStep", f"+callbacks.kill.step={kill_at}"]
-    res = sam_train([*args, *kill, f"hydra.run.dir={killed}"], tmp_path)
+    res = run_cli("sam-train", *args, *kill, f"hydra.run.dir={killed}", cwd=tmp_path)
     assert res.returncode == -9, "the run was meant to die by SIGKILL"
-    res = sam_train([*args, f"hydra.run.dir={killed}"], tmp_path)  # same folder: auto resume
+    # the same folder: it resumes from its last.ckpt
+    res = run_cli("sam-train", *args, f"hydra.run.dir={killed}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming from" in res.stdout
     a, b = checkpoint_state(straight), checkpoint_state(killed)

@@ -65,10 +65,10 @@ def test_region_crop_is_the_box_enlarged_with_the_background_dimmed() -> None:
 
 
 def test_config_with_text_enabled_builds_the_module_with_clip(clip_files, tmp_path) -> None:
+    from conftest import SAM_TINY
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-    from test_sam_stage import SAM_TINY
 
     cfg_path, ckpt = clip_files
     overrides = [

@@ -34,9 +34,9 @@ TEMPLATE = "a photo of a {}."
 
 
 def _read(path):
-    from test_text_prompts import _read_all
+    from text_helpers import read_all_batches
 
-    return _read_all(path, SIZE)
+    return read_all_batches(path, SIZE)
 
 
 def pretrain_clip(text: TextPrompts, batches, steps: int = 150) -> None:

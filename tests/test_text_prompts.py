@@ -4,19 +4,17 @@ precomputed region embeddings, the predictor's phrase convenience."""
 from __future__ import annotations
 
 import copy
-import subprocess
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import console_script, cpu_trainer, tiny_sam
-from test_sam_overfit import shapes_on_noise
-from text_helpers import tiny_clip_files
+from amg_helpers import shapes_on_noise
+from conftest import call_main, cpu_trainer, tiny_sam
+from text_helpers import read_all_batches, tiny_clip_files
 from torch.utils.data import DataLoader
 
-from sam_train.data.sam_samples import SamSamplePrep, collate_sam
-from sam_train.data.shards import ShardStream, resolve_shards
+from sam_train.cli import prep as prep_cli
 from sam_train.lit.optim import OptimConfig
 from sam_train.lit.sam_module import SamModule
 from sam_train.lit.text_pictures import text_prompt_rows
@@ -172,27 +170,12 @@ def sample_shards(tmp_path_factory):
     return out
 
 
-def _read_all(path, img_size: int):
-    urls, _ = resolve_shards(str(path))
-    stream = ShardStream(
-        urls,
-        SamSamplePrep(img_size, max_masks=64, min_mask_area=1),
-        collate_sam,
-        batch_size=8,
-        resampled=False,
-        shuffle_buffer=0,
-        shuffle_shards=False,
-    )
-    return list(stream)
-
-
 def test_precomputed_region_embeddings_agree_with_on_the_fly(
-    clip_files, sample_shards, tmp_path
+    clip_files, sample_shards, tmp_path, capfd
 ) -> None:
     cfg_path, ckpt = clip_files
     out = tmp_path / "val_clip"
     args = [
-        console_script("sam-prep"),
         "clip-embed",
         str(sample_shards / "sam" / "val"),
         str(out),
@@ -208,12 +191,12 @@ def test_precomputed_region_embeddings_agree_with_on_the_fly(
         "2",
         "--no-progress",
     ]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    res = call_main(prep_cli.main, args, capfd)
     assert res.returncode == 0, res.stderr[-3000:]
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300)  # resumes: no work
+    again = call_main(prep_cli.main, args, capfd)  # resumes: no work
     assert again.returncode == 0 and "region_below_min_area" in again.stdout
     text = TextPrompts(text_cfg(clip_files).build_encoder(), text_cfg(clip_files))
-    batches = _read_all(out, 64)
+    batches = read_all_batches(out, 64)
     assert all(b.region_embeds is not None and b.region_embeds.shape[-1] == E for b in batches)
     n_checked = 0
     for batch in batches:
@@ -225,5 +208,5 @@ def test_precomputed_region_embeddings_agree_with_on_the_fly(
         assert (pre[pre_ok] - fly[fly_ok]).abs().max() < 2e-3  # float16 storage
         n_checked += int(pre_ok.sum())
     assert n_checked >= 5
-    plain = _read_all(sample_shards / "sam" / "val", 64)
+    plain = read_all_batches(sample_shards / "sam" / "val", 64)
     assert all(b.region_embeds is None for b in plain)

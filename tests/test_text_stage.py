@@ -4,12 +4,8 @@ summed over ranks, text and COCO metrics are logged."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
-from conftest import console_script, tree_pythonpath
-from test_sam_stage import SAM_TINY
+from conftest import SAM_TINY, run_cli
 from text_helpers import tiny_clip_files
 
 
@@ -20,7 +16,6 @@ def test_two_process_ddp_trains_text_prompts_with_checkpointed_rounds_and_logs_m
     cfg_path, ckpt = tiny_clip_files(tmp_path / "clip")
     run = tmp_path / "run"
     args = [
-        console_script("sam-train"),
         "stage=sam",
         *SAM_TINY,
         "prompt.text.enabled=true",
@@ -40,8 +35,7 @@ def test_two_process_ddp_trains_text_prompts_with_checkpointed_rounds_and_logs_m
         f"hydra.run.dir={run}",
         f"paths.cache_dir={tmp_path / 'cache'}",
     ]
-    env = {**os.environ, "PYTHONPATH": tree_pythonpath()}
-    res = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    res = run_cli("sam-train", *args, cwd=tmp_path, timeout=900)  # DDP: a process of its own
     assert res.returncode == 0, res.stderr[-4000:]
     header = (run / "csv" / "metrics.csv").read_text().splitlines()[0]
     for name in [

@@ -5,11 +5,9 @@ sizes) and its exports and adapter read back."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import torch
-from conftest import console_script
+from conftest import run_cli
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from lite_medsam_helpers import lite_medsam_path, randomise_
@@ -100,16 +98,6 @@ TINY = [
 ]
 
 
-def run(name: str, *args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [console_script(name), *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_sam_train_fine_tunes_a_mobile_sam_layout_file_with_lora(tmp_path):
     """A tiny LiteMedSAM-geometry SAM saved as a plain MobileSAM-layout state dict (no
     metadata), fine-tuned with `model=lite_medsam peft=lora`; the run's export reads back as a
@@ -129,7 +117,7 @@ def test_sam_train_fine_tunes_a_mobile_sam_layout_file_with_lora(tmp_path):
         iou_head_hidden_dim=32,
     )
     torch.save(randomise_(tiny, seed=1).state_dict(), base)
-    res = run(
+    res = run_cli(
         "sam-train",
         "stage=sam",
         "model=lite_medsam",
@@ -145,7 +133,7 @@ def test_sam_train_fine_tunes_a_mobile_sam_layout_file_with_lora(tmp_path):
     exported = load_sam(tmp_path / "run" / "export" / "sam.safetensors")
     assert exported.pixel_norm == "min_max" and exported.image_encoder.img_size == 64
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    res = run(
+    res = run_cli(
         "sam-export", ckpt, "--format", "adapter", "--out", tmp_path / "a.safetensors", cwd=tmp_path
     )
     assert res.returncode == 0, res.stderr[-2000:]

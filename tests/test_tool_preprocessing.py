@@ -11,8 +11,6 @@ the encoders on a colour photo (min-max over all three channels together, paddin
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 import skimage.data
@@ -24,10 +22,11 @@ from annotation_tools import (
     reference,
     tool_paths,
 )
-from conftest import console_script, tiny_sam
+from conftest import call_main, tiny_sam
 from lite_medsam_helpers import lite_medsam_path, stardist_nuclei
 from PIL import Image
 
+from sam_train.cli import export as export_cli
 from sam_train.predictor import SamPredictor
 from sam_train.weights.onnx_tools import OsamMinMaxEncoder, export_tool_folders
 from sam_train.weights.sam_loading import load_sam
@@ -66,19 +65,7 @@ def tile() -> tuple[np.ndarray, dict]:
 @pytest.fixture(scope="module")
 def lite_medsam_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("lite_medsam") / "model"
-    run = subprocess.run(
-        [
-            console_script("sam-export"),
-            str(lite_medsam_path()),
-            "--format",
-            "onnx",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = call_main(export_cli.main, [lite_medsam_path(), "--format", "onnx", "--out", out])
     assert run.returncode == 0, run.stderr[-3000:]
     return load_sam(lite_medsam_path()), out
 

@@ -28,3 +28,21 @@ def tiny_clip_files(folder: Path, name: str = "tiny-clip-test", seed: int = 0) -
     ckpt = folder / f"{name}.pt"
     torch.save(model.state_dict(), ckpt)
     return str(cfg), str(ckpt)
+
+
+def read_all_batches(path, img_size: int) -> list:
+    """Every sample of the shards at `path`, in order, as stage-2 batches of 8."""
+    from sam_train.data.sam_samples import SamSamplePrep, collate_sam
+    from sam_train.data.shards import ShardStream, resolve_shards
+
+    urls, _ = resolve_shards(str(path))
+    stream = ShardStream(
+        urls,
+        SamSamplePrep(img_size, max_masks=64, min_mask_area=1),
+        collate_sam,
+        batch_size=8,
+        resampled=False,
+        shuffle_buffer=0,
+        shuffle_shards=False,
+    )
+    return list(stream)
