@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from sam_train.config_checks import resume_changes
 from sam_train.lit.run_callbacks import BestCheckpoint, StepCheckpoint
-from sam_train.weights.safetensors_io import save_weights
+from sam_train.weights.safetensors_io import load_weights, save_weights
 
 EVERY_RUN = [
     "trainer.max_epochs=2",
@@ -243,6 +243,10 @@ def check_kill_and_resume(stage: str, kill: str, teacher: Path, tmp_path, tmp_pa
         diff = differences(a[part], b[part], part)
         assert not diff, f"{stage} killed at {kill}: {len(diff)} differ, e.g. {diff[:4]}"
     assert checkpoint_scores(b) == checkpoint_scores(a), "the best checkpoint differs"
+    if stage == "distill":  # the decoder phase ran: the copied decoder moved from the teacher's
+        first, _ = load_weights(teacher)
+        decoder = [k for k in a["state_dict"] if k.startswith("model.mask_decoder.")]
+        assert any(not torch.equal(a["state_dict"][k], first[k[len("model.") :]]) for k in decoder)
     moments = [s for opt in b["optimizer_states"] for s in opt["state"].values()]
     assert moments and all({"exp_avg", "exp_avg_sq", "step"} <= s.keys() for s in moments)
 

@@ -13,7 +13,6 @@ from conftest import (
     DISTILL_TINY,
     SAMI_TINY,
     call_main,
-    run_cli,
     sam_train_main,
     tiny_sam,
     train_in_process,
@@ -99,40 +98,3 @@ def test_a_missing_teacher_stops_the_run_with_the_key(in_tmp, capfd):
     res = call_main(sam_train_main, [*SAMI_TINY, f"model.teacher={in_tmp / 'nope.pth'}"], capfd)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "model.teacher=" in res.stderr and "is not a file" in res.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("stage", ["sami"])
-def test_a_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, teacher, stage):
-    args = [*(SAMI_TINY if stage == "sami" else DISTILL_TINY), f"model.teacher={teacher}"]
-    args += [
-        "trainer.max_epochs=2",
-        "trainer.deterministic=true",
-        "callbacks.last_checkpoint.every_n_train_steps=1",
-    ]
-    # SAMI: killed mid-epoch (2 steps an epoch); distillation reads shard streams, which do not
-    # resume bit-exactly: its resume is tested on fixed batches in test_teacher_student.py
-    kill_at = 3 if stage == "sami" else 2
-    if stage == "distill":
-        args += ["stage.module.decoder_phase_start=3", "stage.module.mask_targets=teacher"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    res = run_cli("sam-train", *args, f"hydra.run.dir={straight}", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    kill = ["+callbacks.kill._target_=run_helpers.SigkillAtStep", f"+callbacks.kill.step={kill_at}"]
-    res = run_cli("sam-train", *args, *kill, f"hydra.run.dir={killed}", cwd=tmp_path)
-    assert res.returncode == -9, "the run was meant to die by SIGKILL"
-    # the same folder: it resumes from its last.ckpt
-    res = run_cli("sam-train", *args, f"hydra.run.dir={killed}", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "resuming from" in res.stdout
-    a, b = checkpoint_state(straight), checkpoint_state(killed)
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
-    if stage == "distill":
-        first = load_sam(teacher).mask_decoder.state_dict()
-        trained = [
-            not torch.equal(a[k], first[k.removeprefix("model.mask_decoder.")])
-            for k in a
-            if k.startswith("model.mask_decoder.")
-        ]
-        assert any(trained), "the decoder phase did not train the decoder"
