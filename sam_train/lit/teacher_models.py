@@ -42,19 +42,32 @@ def sami_student(teacher: str, init_from: str | None = None, **mae_args) -> Sami
 
 
 def embedding_grid_problem(
-    student_image_size: int, student_patch: int, teacher: SamTeacher
+    student_image_size: int, student_patch: int, teacher: SamTeacher, neck_upsample: int = 1
 ) -> str | None:
-    """Why a student cannot regress the teacher's embeddings, or None: the grids must match."""
-    grid = student_image_size // student_patch
-    if grid == teacher.grid:
+    """Why a student cannot regress the teacher's embeddings, or None: the grids must match.
+    The message names each one-setting fix that works (input size, patch, neck upsampling)."""
+    from sam_train.models.sam.image_encoder import NECK_UPSAMPLE_FACTORS
+
+    size, patch, up, want = student_image_size, student_patch, neck_upsample, teacher.grid
+    grid = size // patch * up
+    if grid == want:
         return None
+    fixes = []
+    if (want * patch) % up == 0:
+        fixes.append(f"model.image_size={want * patch // up}")
+    if (size * up) % want == 0 and (size * up) // want > 0:
+        new_patch = size * up // want
+        if size % new_patch == 0 and new_patch % up == 0:
+            fixes.append(f"model.patch_size={new_patch}")
+    for f in NECK_UPSAMPLE_FACTORS:
+        if f != up and size // patch * f == want and patch % f == 0:
+            fixes.append(f"model.neck_upsample={f}")
+    upsampled = f" x model.neck_upsample={up}" if up != 1 else ""
     return (
         f"distillation needs the student's embedding grid to match the teacher's: the student "
-        f"gives {grid} x {grid} (model.image_size={student_image_size} / "
-        f"model.patch_size={student_patch}), the teacher {teacher.grid} x {teacher.grid} "
-        f"({teacher.input_size} px / patch {teacher.patch_size}); set "
-        f"model.image_size={teacher.grid * student_patch} or "
-        f"model.patch_size={student_image_size // teacher.grid}"
+        f"gives {grid} x {grid} (model.image_size={size} / model.patch_size={patch}"
+        f"{upsampled}), the teacher {want} x {want} ({teacher.input_size} px / "
+        f"{teacher.patch_size} px per cell); set {' or '.join(fixes) or 'a matching size'}"
     )
 
 
@@ -65,7 +78,10 @@ def distill_student(teacher: str, init_from: str | None = None, **architecture) 
     architecture.pop("freeze_encoder", None)  # the distillation stage decides what trains
     t = load_teacher(str(teacher))
     problem = embedding_grid_problem(
-        architecture.get("image_size", 1024), architecture.get("patch_size", 16), t
+        architecture.get("image_size", 1024),
+        architecture.get("patch_size", 16),
+        t,
+        architecture.get("neck_upsample", 1),
     )
     if problem:
         raise ValueError(problem)
@@ -106,6 +122,8 @@ def teacher_problems(cfg) -> list[str]:
     except WeightsError as err:
         return [f"model.teacher: {err}"]
     if stage == "distill":
-        problem = embedding_grid_problem(model.image_size, model.patch_size, teacher)
+        problem = embedding_grid_problem(
+            model.image_size, model.patch_size, teacher, model.get("neck_upsample", 1)
+        )
         return [problem] if problem else []
     return []
