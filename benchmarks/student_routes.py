@@ -270,6 +270,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stage2-epochs", type=int, default=4, help="6 steps of 2 tiles each")
     p.add_argument("--routes", nargs="*", default=list("abcde"))
     p.add_argument("--only-pretrain", action="store_true")
+    p.add_argument(
+        "--no-stage2",
+        action="store_true",
+        help="stop after the distilled students' evaluation before stage 2 (a budget probe)",
+    )
     a = p.parse_args(argv)
     from lite_medsam_helpers import lite_medsam_path
 
@@ -302,8 +307,9 @@ def main(argv: list[str] | None = None) -> None:
                     export, shards, root / f"eval_{route}_before", "eval.tasks=[point,box]"
                 )
                 row["embedding_mse"] = embedding_mse(export, shards)
-            sam = stage2(init, root / f"stage2_{route}", shards, a.stage2_epochs, seed)
-            row["after"] = evaluate(sam, shards, root / f"eval_{route}")
+            if not a.no_stage2:
+                sam = stage2(init, root / f"stage2_{route}", shards, a.stage2_epochs, seed)
+                row["after"] = evaluate(sam, shards, root / f"eval_{route}")
             row["seconds"] = round(time.time() - t0)
             rows = [r for r in runs.get(route, []) if r["seed"] != seed]
             runs[route] = sorted([*rows, row], key=lambda r: r["seed"])
@@ -341,7 +347,7 @@ def print_table(results: dict) -> None:
         print(f"| {name} | - | {f['miou_box']:.3f} | {point} | {clicks} |")
     for route, rows in results.get("runs", {}).items():
         for part, label in (("before_stage2", " before stage 2"), ("after", "")):
-            if part not in rows[0]:
+            if any(part not in r for r in rows):
                 continue
             figs = [r[part] for r in rows]
             clicks = " / ".join(cell([f.get(k) for f in figs]).split(" ")[0] for k in KEYS[2:])
@@ -349,7 +355,7 @@ def print_table(results: dict) -> None:
                 f"| {names[route]}{label} | {len(rows)} | {cell([f.get('miou_box') for f in figs])}"
                 f" | {cell([f.get('miou_point_confident') for f in figs])} | {clicks} |"
             )
-        if "embedding_mse" in rows[0]:
+        if all("embedding_mse" in r for r in rows):
             print(
                 f"  {names[route]}: held-out embedding MSE {cell([r['embedding_mse'] for r in rows])}"
             )
