@@ -238,26 +238,40 @@ def stage2(init: Path | None, folder: Path, shards: Path, epochs: int, seed: int
     return folder / "export" / "sam.safetensors"
 
 
-def embedding_mse(ckpt: Path, shards: Path) -> float:
-    """Held-out mean squared error of a distilled student's embeddings against LiteMedSAM's
-    (the 4 held-out tiles at 256 px, as distillation feeds them)."""
+def held_out_batch(shards: Path):
+    """The 4 held-out tiles at 256 px, ImageNet-normalised as distillation feeds them:
+    [4, 3, 256, 256]."""
     import torch
-    from lite_medsam_helpers import lite_medsam_path
 
     from sam_train.models.pixels import normalise_pixels
-    from sam_train.models.teacher import load_teacher
-    from sam_train.weights.sam_loading import load_sam
 
-    student, teacher = load_sam(ckpt), load_teacher(str(lite_medsam_path()))
     img = np.asarray(Image.open(shards.parent / "raw" / "val" / "images" / "nuclei_br.png"))
     tiles = [
         img[y : y + TILE, x : x + TILE] for y in range(0, 256, TILE) for x in range(0, 256, TILE)
     ]
     x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float()  # [4, 3, 128, 128]
     x = torch.nn.functional.interpolate(x, size=(SIZE, SIZE), mode="bilinear")
-    x = normalise_pixels(x, "imagenet")
+    return normalise_pixels(x, "imagenet")
+
+
+def embedding_mse(ckpt: Path | None, shards: Path) -> float:
+    """Held-out mean squared error of a student's embeddings against LiteMedSAM's; with no
+    checkpoint, that of the teacher's own per-channel mean (what a student that learned only
+    the average embedding would reach)."""
+    import torch
+    from lite_medsam_helpers import lite_medsam_path
+
+    from sam_train.models.teacher import load_teacher
+    from sam_train.weights.sam_loading import load_sam
+
+    x, teacher = held_out_batch(shards), load_teacher(str(lite_medsam_path()))
     with torch.no_grad():
-        return float(((student.embed_images(x) - teacher.embeddings(x)) ** 2).mean())
+        target = teacher.embeddings(x)  # [4, 256, 64, 64]
+        if ckpt is None:
+            pred = target.mean(dim=(0, 2, 3), keepdim=True)
+        else:
+            pred = load_sam(ckpt).embed_images(x)
+        return float(((pred - target) ** 2).mean())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -289,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     results["filled box"] = {"miou_box": filled_box_miou(out)}
     results["LiteMedSAM"] = evaluate(lite_medsam_path(), shards, out / "eval_lite_medsam")
+    if "teacher_channel_mean_mse" not in results:
+        results["teacher_channel_mean_mse"] = embedding_mse(None, shards)
     runs = results.setdefault("runs", {})
     for seed in a.seeds:
         root = out / f"seed{seed}"
@@ -338,6 +354,9 @@ def print_table(results: dict) -> None:
         "d": "(d) distillation",
         "e": "(e) distillation + decoder phase",
     }
+    if "teacher_channel_mean_mse" in results:
+        mse = results["teacher_channel_mean_mse"]
+        print(f"held-out embedding MSE of the teacher's channel means: {mse:.3f}")
     print("| model | seeds | box | centre point | clicks 1..5 |")
     print("|---|---|---|---|---|")
     for name in ("filled box", "LiteMedSAM"):
