@@ -285,6 +285,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--routes", nargs="*", default=list("abcde"))
     p.add_argument("--only-pretrain", action="store_true")
     p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="no training: the table from the evaluations already in --out",
+    )
+    p.add_argument(
         "--no-stage2",
         action="store_true",
         help="stop after the distilled students' evaluation before stage 2 (a budget probe)",
@@ -306,6 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     if "teacher_channel_mean_mse" not in results:
         results["teacher_channel_mean_mse"] = embedding_mse(None, shards)
     runs = results.setdefault("runs", {})
+    if a.table_only:
+        results["runs"] = collect(out, a.seeds, a.routes, shards)
+        results_path.write_text(json.dumps(results, indent=2))
+        print_table(results)
+        return
     for seed in a.seeds:
         root = out / f"seed{seed}"
         root.mkdir(parents=True, exist_ok=True)
@@ -333,6 +343,25 @@ def main(argv: list[str] | None = None) -> None:
             print(f"seed {seed} route {route}: {json.dumps(row)}", flush=True)
     results_path.write_text(json.dumps(results, indent=2))
     print_table(results)
+
+
+def collect(out: Path, seeds: list[int], routes: list[str], shards: Path) -> dict:
+    """Rows from the finished evaluations in `out` (a run cut short is left out)."""
+    runs: dict = {}
+    for route in routes:
+        for seed in seeds:
+            root = out / f"seed{seed}"
+            after = root / f"eval_{route}" / "eval.json"
+            if not after.exists():
+                continue
+            row: dict = {"seed": seed, "after": json.loads(after.read_text())["figures"]}
+            before = root / f"eval_{route}_before" / "eval.json"
+            if before.exists():
+                row["before_stage2"] = json.loads(before.read_text())["figures"]
+                export = root / f"pretrain_{route}" / "export" / "sam.safetensors"
+                row["embedding_mse"] = embedding_mse(export, shards)
+            runs.setdefault(route, []).append(row)
+    return runs
 
 
 KEYS = ["miou_box", "miou_point_confident", *(f"miou_click_{k}" for k in range(1, CLICKS + 1))]
