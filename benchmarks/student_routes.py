@@ -183,7 +183,7 @@ def pretrain(route: str, root: Path, out: Path, shards: Path, steps: int, seed: 
             folder,
             root / "runs.log",
         )
-    else:
+    else:  # d, e, f: distillation
         half = steps // 2
         run_train(
             [
@@ -200,6 +200,7 @@ def pretrain(route: str, root: Path, out: Path, shards: Path, steps: int, seed: 
                 *BOX_ONLY,
                 *common,
                 *([f"stage.module.decoder_phase_start={half}"] if route == "e" else []),
+                *(["model.teacher_output_norm=true"] if route == "f" else []),
             ],
             folder,
             root / "runs.log",
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
             if a.only_pretrain:
                 continue
             row: dict = {"seed": seed}
-            if route in ("d", "e"):
+            if route in ("d", "e", "f"):
                 export = init.parent.parent / "export" / "sam.safetensors"
                 row["before_stage2"] = evaluate(
                     export, shards, root / f"eval_{route}_before", "eval.tasks=[point,box]"
@@ -382,6 +383,7 @@ def print_table(results: dict) -> None:
         "c": "(c) SAMI from LiteMedSAM",
         "d": "(d) distillation",
         "e": "(e) distillation + decoder phase",
+        "f": "(f) distillation from the teacher's output norm",
     }
     if "teacher_channel_mean_mse" in results:
         mse = results["teacher_channel_mean_mse"]
