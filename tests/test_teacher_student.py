@@ -260,3 +260,25 @@ def test_distillation_resumed_before_its_decoder_phase_gives_the_uninterrupted_w
     first = load_teacher(teacher_path).sam.mask_decoder.state_dict()
     mine = straight.model.mask_decoder.state_dict()
     assert any(not torch.equal(mine[k], first[k]) for k in first), "the decoder did not train"
+
+
+def test_distill_student_can_start_from_the_teachers_output_norm(teacher_path):
+    """`teacher_output_norm`: the student's last LayerNorm2d (here its upsampling's) takes the
+    teacher's per-channel scale and offset; without it the student keeps its own init."""
+    from sam_train.lit.teacher_models import output_norm
+
+    teacher = load_teacher(teacher_path).sam  # cached: its change is undone below
+    shift = torch.linspace(-1, 1, 32)
+    with torch.no_grad():  # a teacher whose output norm is not the identity
+        output_norm(teacher.image_encoder).bias.add_(shift)
+    try:
+        arch = {**SAM_STUDENT, "image_size": 16, "neck_upsample": 2}  # 16 / 8 * 2 = 4 x 4
+        student = distill_student(teacher_path, teacher_output_norm=True, **arch)
+        mine, theirs = output_norm(student.image_encoder), output_norm(teacher.image_encoder)
+        assert mine is student.image_encoder.upsample[-1]
+        assert torch.equal(mine.bias, theirs.bias) and torch.equal(mine.weight, theirs.weight)
+    finally:
+        with torch.no_grad():
+            output_norm(teacher.image_encoder).bias.sub_(shift)
+    plain = output_norm(distill_student(teacher_path, **arch).image_encoder)
+    assert torch.equal(plain.bias, torch.zeros(32))

@@ -173,6 +173,85 @@ def test_lite_medsam_as_a_teacher_gets_its_own_normalisation(ours):
     assert teacher.features(normalise_pixels(x, "imagenet")).shape == (1, 320, 64, 64)
     problem = embedding_grid_problem(256, 16, teacher)
     assert problem and "model.image_size=1024" in problem and "model.patch_size=4" in problem
+    assert "model.neck_upsample=4" in problem
+
+
+def test_a_vit16_student_with_an_upsampling_neck_distils_lite_medsam(tmp_path):
+    """A ViT/16 student at 256 px with model.neck_upsample=4 meets LiteMedSAM's 64 x 64
+    embeddings: two distillation steps (the second in the decoder phase) lower the embedding
+    loss on the batch they train on."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from sam_train.data.batch import SamBatch
+    from sam_train.lit.distill_module import DistillModule
+    from sam_train.lit.optim import OptimConfig
+    from sam_train.lit.teacher_models import distill_student
+    from sam_train.models.pixels import normalise_pixels
+
+    rgb, labels = stardist_nuclei()
+    tile = torch.from_numpy(rgb[:256, :256].copy()).permute(2, 0, 1)[None]  # [1, 3, 256, 256]
+    images = normalise_pixels(tile.float(), "imagenet")
+    ids = [i for i in np.unique(labels[:256, :256]) if i][:2]
+    masks = torch.from_numpy(np.stack([labels[:256, :256] == i for i in ids]))[None]  # [1,2,H,W]
+    boxes = []
+    for m in masks[0]:
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    batch = SamBatch(
+        images,
+        masks,
+        torch.ones(1, len(ids), dtype=torch.bool),
+        torch.tensor(boxes, dtype=torch.float32)[None],
+        torch.full((1, len(ids)), -1),
+        image_hw=torch.tensor([[256, 256]]),
+    )
+    torch.manual_seed(0)
+    student = distill_student(
+        str(lite_medsam_path()),
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=256,
+        patch_size=16,
+        window_size=8,
+        neck_upsample=4,
+    )
+    module = DistillModule(
+        student,
+        OptimConfig(lr=1e-3, warmup_steps=0),
+        teacher=str(lite_medsam_path()),
+        decoder_phase_start=1,
+        max_masks_per_image=2,
+    )
+    module.interactive.num_click_rounds = 0
+    with torch.no_grad():
+        before, emb, target = module.embedding_loss(batch)
+    assert emb.shape == target.shape == (1, 256, 64, 64)
+    trainer = L.Trainer(
+        max_steps=2,
+        max_epochs=-1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+
+    class Data(L.LightningDataModule):
+        batch_size = 1
+
+        def train_dataloader(self):
+            return DataLoader([batch], batch_size=None)
+
+    trainer.fit(module, datamodule=Data())
+    assert trainer.global_step == 2 and module.in_decoder_phase()
+    with torch.no_grad():
+        after, _, _ = module.embedding_loss(batch)
+    assert after < before
 
 
 def test_the_page_answers_a_box_with_the_predictors_masks(ours, image, tmp_path):

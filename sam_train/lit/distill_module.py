@@ -60,7 +60,9 @@ class DistillModule(SamModule, stage="distill"):
             raise ValueError(f"mask_targets must be one of {MASK_TARGETS}, got {mask_targets!r}")
         t = teacher if isinstance(teacher, nn.Module) else load_teacher(str(teacher))
         enc = model.image_encoder
-        problem = embedding_grid_problem(enc.img_size, enc.patch_size, t)
+        problem = embedding_grid_problem(
+            enc.img_size, enc.patch_size, t, getattr(enc, "neck_upsample", 1)
+        )
         if problem is None and enc.out_chans != t.embedding_dim:
             problem = (
                 f"the student's embeddings have {enc.out_chans} channels, the teacher's "

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import logging
 
+import torch
+import torch.nn as nn
+
 from sam_train.lit.sam_model import trainable_sam
+from sam_train.models.sam.common import LayerNorm2d
 from sam_train.models.sam.sam import Sam
 from sam_train.models.sami import SamiModel
 from sam_train.models.teacher import SamTeacher, load_teacher
@@ -42,30 +46,74 @@ def sami_student(teacher: str, init_from: str | None = None, **mae_args) -> Sami
 
 
 def embedding_grid_problem(
-    student_image_size: int, student_patch: int, teacher: SamTeacher
+    student_image_size: int, student_patch: int, teacher: SamTeacher, neck_upsample: int = 1
 ) -> str | None:
-    """Why a student cannot regress the teacher's embeddings, or None: the grids must match."""
-    grid = student_image_size // student_patch
-    if grid == teacher.grid:
+    """Why a student cannot regress the teacher's embeddings, or None: the grids must match.
+    The message names each one-setting fix that works (input size, patch, neck upsampling)."""
+    from sam_train.models.sam.image_encoder import NECK_UPSAMPLE_FACTORS
+
+    size, patch, up, want = student_image_size, student_patch, neck_upsample, teacher.grid
+    grid = size // patch * up
+    if grid == want:
         return None
+    fixes = []
+    if (want * patch) % up == 0:
+        fixes.append(f"model.image_size={want * patch // up}")
+    if (size * up) % want == 0 and (size * up) // want > 0:
+        new_patch = size * up // want
+        if size % new_patch == 0 and new_patch % up == 0:
+            fixes.append(f"model.patch_size={new_patch}")
+    for f in NECK_UPSAMPLE_FACTORS:
+        if f != up and size // patch * f == want and patch % f == 0:
+            fixes.append(f"model.neck_upsample={f}")
+    upsampled = f" x model.neck_upsample={up}" if up != 1 else ""
     return (
         f"distillation needs the student's embedding grid to match the teacher's: the student "
-        f"gives {grid} x {grid} (model.image_size={student_image_size} / "
-        f"model.patch_size={student_patch}), the teacher {teacher.grid} x {teacher.grid} "
-        f"({teacher.input_size} px / patch {teacher.patch_size}); set "
-        f"model.image_size={teacher.grid * student_patch} or "
-        f"model.patch_size={student_image_size // teacher.grid}"
+        f"gives {grid} x {grid} (model.image_size={size} / model.patch_size={patch}"
+        f"{upsampled}), the teacher {want} x {want} ({teacher.input_size} px / "
+        f"{teacher.patch_size} px per cell); set {' or '.join(fixes) or 'a matching size'}"
     )
 
 
-def distill_student(teacher: str, init_from: str | None = None, **architecture) -> Sam:
+def output_norm(encoder: nn.Module) -> LayerNorm2d | None:
+    """The last LayerNorm2d of an image encoder (its neck's, or its upsampling's), or None."""
+    norms = [m for m in encoder.modules() if isinstance(m, LayerNorm2d)]
+    return norms[-1] if norms else None
+
+
+def copy_output_norm(student: Sam, teacher: Sam) -> bool:
+    """Give the student's last LayerNorm2d the teacher's affine (per-channel scale and
+    offset); True when both have one of the same width. Both encoders end in a LayerNorm2d,
+    so the teacher's embedding = its affine of a unit-variance map: with the affine copied the
+    student starts at the teacher's channel means and scales and regresses only the normalised
+    part, where from its own init (offset 0, scale 1) Adam walks to offsets of order 1 at about
+    lr per step."""
+    mine, theirs = output_norm(student.image_encoder), output_norm(teacher.image_encoder)
+    if mine is None or theirs is None or mine.weight.shape != theirs.weight.shape:
+        return False
+    with torch.no_grad():
+        mine.weight.copy_(theirs.weight)
+        mine.bias.copy_(theirs.bias)
+    return True
+
+
+def distill_student(
+    teacher: str,
+    init_from: str | None = None,
+    teacher_output_norm: bool = False,
+    **architecture,
+) -> Sam:
     """A SAM student: its image encoder as configured (optionally `init_from` a stage-1
     checkpoint), its prompt encoder and mask decoder copied from `teacher` (and built with the
-    teacher's decoder sizes, whatever the config says)."""
+    teacher's decoder sizes, whatever the config says). `teacher_output_norm`: also start the
+    encoder's last LayerNorm2d from the teacher's (`copy_output_norm`)."""
     architecture.pop("freeze_encoder", None)  # the distillation stage decides what trains
     t = load_teacher(str(teacher))
     problem = embedding_grid_problem(
-        architecture.get("image_size", 1024), architecture.get("patch_size", 16), t
+        architecture.get("image_size", 1024),
+        architecture.get("patch_size", 16),
+        t,
+        architecture.get("neck_upsample", 1),
     )
     if problem:
         raise ValueError(problem)
@@ -81,6 +129,11 @@ def distill_student(teacher: str, init_from: str | None = None, **architecture) 
     sam = trainable_sam(init_from=init_from, **architecture)
     sam.prompt_encoder.load_state_dict(t.sam.prompt_encoder.state_dict())
     sam.mask_decoder.load_state_dict(t.sam.mask_decoder.state_dict())
+    if teacher_output_norm and not copy_output_norm(sam, t.sam):
+        raise ValueError(
+            "model.teacher_output_norm=true needs student and teacher encoders that both end in "
+            "a LayerNorm2d of the embedding width"
+        )
     return sam
 
 
@@ -106,6 +159,8 @@ def teacher_problems(cfg) -> list[str]:
     except WeightsError as err:
         return [f"model.teacher: {err}"]
     if stage == "distill":
-        problem = embedding_grid_problem(model.image_size, model.patch_size, teacher)
+        problem = embedding_grid_problem(
+            model.image_size, model.patch_size, teacher, model.get("neck_upsample", 1)
+        )
         return [problem] if problem else []
     return []

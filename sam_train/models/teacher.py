@@ -49,7 +49,8 @@ class SamTeacher(nn.Module):
 
     @property
     def patch_size(self) -> int:
-        return self.sam.image_encoder.patch_size
+        """Input pixels per embedding cell (a ViT's patch over its neck's upsampling)."""
+        return self.sam.image_encoder.embedding_stride
 
     @property
     def grid(self) -> int:

@@ -307,6 +307,7 @@ class TinyViT(nn.Module):
             )
         self.img_size = img_size
         self.patch_size = 4 * stem_stride  # input pixels per embedding cell
+        self.embedding_stride = self.patch_size
         self.depth = sum(depths)
         self.embed_dim = embed_dims[-1]
         self.out_chans = out_chans

@@ -60,7 +60,19 @@ def _architecture_from_config(config: dict) -> dict | None:
     return {k: v for k, v in model.items() if not k.startswith("_")} or None
 
 
+def refuse_neck_upsample(weights: LoadedWeights, fmt: str) -> None:
+    """A ViT SAM with `neck_upsample` > 1 has layers the official SAM, transformers' SamModel
+    and timm's SAM encoder do not have: refuse those formats in one line."""
+    if any(k.startswith("image_encoder.upsample.") for k in weights.state_dict):
+        raise WeightsError(
+            f"--format {fmt}: {weights.path} has an upsampling neck (model.neck_upsample > 1), "
+            "a layer that format has no place for; use --format safetensors, onnx or encoder"
+        )
+
+
 def _export_encoder(weights: LoadedWeights, out: Path, dtype: str, fmt: str) -> Path:
+    if fmt == "timm":
+        refuse_neck_upsample(weights, fmt)
     meta = _metadata(weights, fmt, dtype)
     sd = encoder_state(weights)
     if fmt == "timm" and weights.layout in SAM_LAYOUTS:
@@ -77,6 +89,7 @@ def _export_sam(weights: LoadedWeights, out: Path, dtype: str) -> Path:
         raise WeightsError(
             f"--format sam needs a stage-2 (SAM) checkpoint, {weights.path} is {weights.layout}"
         )
+    refuse_neck_upsample(weights, "sam")
     ours = weights.state_dict
     if weights.layout == "sam_official":
         from sam_train.weights.keymaps import sam_state_from_official
@@ -139,6 +152,7 @@ def _register_folder_formats() -> None:
     def hf(w: LoadedWeights, o: Path, d: str) -> Path:
         from sam_train.weights.hf_export import export_hf_weights
 
+        refuse_neck_upsample(w, "hf")
         return export_hf_weights(w, o, d)
 
     EXPORTERS.update(onnx=onnx, hf=hf)

@@ -39,8 +39,16 @@ def infer_sam_architecture(sd: dict[str, torch.Tensor]) -> dict:
         image_size=grid * patch,
         patch_size=patch,
         window_size=window,
+        neck_upsample=neck_upsample_of(sd),
         **_prompt_architecture(sd),
     )
+
+
+def neck_upsample_of(sd: dict[str, torch.Tensor]) -> int:
+    """The ViT encoder's `neck_upsample` from its upsampling stages' transposed convolutions
+    (`image_encoder.upsample.N.weight`, 4-D): 2 ** their count."""
+    convs = [k for k, v in sd.items() if k.startswith("image_encoder.upsample.") and v.ndim == 4]
+    return 2 ** len(convs)
 
 
 def _prompt_architecture(sd: dict[str, torch.Tensor]) -> dict:

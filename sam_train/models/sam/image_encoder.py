@@ -16,7 +16,8 @@ from sam_train.models.vit import VisionTransformer
 
 
 class ImageEncoderViT(VisionTransformer):
-    """[B, 3, H, W] -> [B, out_chans, H/patch, W/patch] for any H, W divisible by the patch.
+    """[B, 3, H, W] -> [B, out_chans, H/p * f, W/p * f] (p the patch, f `neck_upsample`) for
+    any H, W divisible by the patch.
 
     Args:
         img_size: training image side in pixels (sizes the positional table and the relative
@@ -33,6 +34,12 @@ class ImageEncoderViT(VisionTransformer):
         global_attn_indexes: blocks with global attention.
         use_rel_pos: decomposed relative positions in every block.
         drop_path_rate: stochastic depth, rising linearly to this value.
+        neck_upsample: f, 1, 2 or 4: after the neck, log2(f) stages of a stride-2 transposed
+            convolution and a LayerNorm2d (GELU between stages, as in the mask decoder's
+            upscaler) multiply the embedding grid by f, so a ViT/16 meets a teacher's (or a
+            decoder's) finer grid without 16x the tokens. The neck runs first, unchanged, so
+            f = 1 is the plain SAM encoder (same tensors) and a SAM / MAE neck still loads; the
+            added stages end in a LayerNorm2d, like the neck, so the output keeps its scale.
     """
 
     def __init__(
@@ -50,6 +57,7 @@ class ImageEncoderViT(VisionTransformer):
         global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11),
         use_rel_pos: bool = True,
         drop_path_rate: float = 0.0,
+        neck_upsample: int = 1,
     ) -> None:
         super().__init__(
             img_size=img_size,
@@ -68,8 +76,14 @@ class ImageEncoderViT(VisionTransformer):
             drop_path_rate=drop_path_rate,
             final_norm=False,
         )
-        self.architecture["out_chans"] = out_chans
+        if neck_upsample not in NECK_UPSAMPLE_FACTORS or patch_size % neck_upsample:
+            raise ValueError(
+                f"neck_upsample={neck_upsample}: choose one of {NECK_UPSAMPLE_FACTORS} that "
+                f"divides the patch size {patch_size}"
+            )
+        self.architecture.update(out_chans=out_chans, neck_upsample=neck_upsample)
         self.out_chans = out_chans
+        self.neck_upsample = neck_upsample
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
             LayerNorm2d(out_chans),
@@ -77,6 +91,33 @@ class ImageEncoderViT(VisionTransformer):
             LayerNorm2d(out_chans),
         )
 
+        # no module (and no state-dict key) at f = 1: the plain encoder's tensors exactly
+        if neck_upsample > 1:
+            self.upsample = upsample_stages(out_chans, neck_upsample)
+
+    @property
+    def embedding_stride(self) -> int:
+        """Input pixels per image-embedding cell."""
+        return self.patch_size // self.neck_upsample
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """[B, 3, H, W] -> [B, out_chans, H/p, W/p]."""
-        return self.neck(self.forward_grid(x))
+        """[B, 3, H, W] -> [B, out_chans, H/p * f, W/p * f]."""
+        x = self.neck(self.forward_grid(x))  # [B, C, H/p, W/p]
+        return self.upsample(x) if self.neck_upsample > 1 else x
+
+
+NECK_UPSAMPLE_FACTORS = (1, 2, 4)
+
+
+def upsample_stages(channels: int, factor: int) -> nn.Sequential:
+    """log2(factor) x (ConvTranspose2d k=2 s=2, LayerNorm2d), GELU between: [B, C, h, w] ->
+    [B, C, h * factor, w * factor]."""
+    layers: list[nn.Module] = []
+    for i in range(factor.bit_length() - 1):
+        if i:
+            layers.append(nn.GELU())
+        layers += [
+            nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2),
+            LayerNorm2d(channels),
+        ]
+    return nn.Sequential(*layers)

@@ -27,7 +27,8 @@ class Sam(nn.Module):
     """Promptable segmenter.
 
     Args:
-        image_encoder: images [B, 3, S, S] -> embeddings [B, C, S/p, S/p].
+        image_encoder: images [B, 3, S, S] -> embeddings [B, C, S/s, S/s] (s its
+            `embedding_stride`: the patch, over the neck's upsampling).
         prompt_encoder: points / boxes / mask logits / text -> sparse and dense embeddings.
         mask_decoder: embeddings -> low-res mask logits and predicted IoU.
     """
@@ -173,13 +174,16 @@ def build_sam(
     decoder_mlp_dim: int = 2048,
     iou_head_hidden_dim: int = 256,
     pixel_norm: str = "imagenet",
+    neck_upsample: int = 1,
 ) -> Sam:
     """Build a SAM from plain arguments (a Hydra `_target_`); defaults are ViT-B at 1024 px.
 
     `use_rel_pos=False` leaves out the encoder's relative-position tables: the encoder is then
     exactly the plain ViT an MAE trains, so a frozen stage-1 encoder has no new tensors inside
     its blocks (only the neck is new). `pixel_norm`: how images are normalised for this model
-    (`sam_train.models.pixels.PIXEL_NORMS`), recorded with the architecture.
+    (`sam_train.models.pixels.PIXEL_NORMS`), recorded with the architecture. `neck_upsample`
+    (1, 2, 4) multiplies the embedding grid after the neck (`ImageEncoderViT`): the prompt
+    encoder is built for the grid image_size / patch_size * neck_upsample.
     """
     args = dict(locals())
     args["encoder_global_attn_indexes"] = [int(i) for i in encoder_global_attn_indexes]
@@ -195,8 +199,9 @@ def build_sam(
         global_attn_indexes=tuple(args["encoder_global_attn_indexes"]),
         use_rel_pos=use_rel_pos,
         drop_path_rate=drop_path_rate,
+        neck_upsample=neck_upsample,
     )
-    sam = Sam(image_encoder, *_prompt_parts(args, image_size // patch_size))
+    sam = Sam(image_encoder, *_prompt_parts(args, image_size // image_encoder.embedding_stride))
     sam.architecture = args
     return sam
 
@@ -265,7 +270,7 @@ def build_tiny_vit_sam(
         drop_path_rate=drop_path_rate,
         out_chans=prompt_embed_dim,
     )
-    sam = Sam(image_encoder, *_prompt_parts(args, image_size // image_encoder.patch_size))
+    sam = Sam(image_encoder, *_prompt_parts(args, image_size // image_encoder.embedding_stride))
     sam.architecture = {"encoder": "tiny_vit", **args}
     return sam
 
