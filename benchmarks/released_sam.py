@@ -138,7 +138,7 @@ def evaluate(ckpt: Path | str, shards: Path, out_dir: Path, seed: int) -> dict:
     run(
         tool("sam-eval"),
         str(ckpt),
-        "data=coco",
+        "data=shards_sam",
         f"data.path={shards / 'val'}",
         f"data.val_path={shards / 'val'}",
         "data.num_workers=0",
@@ -150,6 +150,41 @@ def evaluate(ckpt: Path | str, shards: Path, out_dir: Path, seed: int) -> dict:
     return json.loads((out_dir / "eval.json").read_text())["figures"]
 
 
+def before_after_page(shards: Path, models: list[tuple[str, Path]], path: Path) -> None:
+    """A page of held-out tiles, one row per model, each tile the model's mask from the
+    mask's box over the same masks: the released model zero-shot above its fine-tunes."""
+    from hydra import compose, initialize_config_module
+    from PIL import Image as PILImage
+
+    from sam_train.cli.eval import build_datamodule
+    from sam_train.files import atomic_path
+    from sam_train.predictor import load_sam
+    from sam_train.viz.sam_masks import tile_grid
+    from sam_train.viz.sam_predictions import box_rows
+
+    sams = [(label, load_sam(ckpt)) for label, ckpt in models]
+    val = shards / "val"
+    with initialize_config_module("sam_train.conf", version_base=None):
+        cfg = compose(
+            "eval",
+            overrides=[
+                f"ckpt={models[0][1]}",
+                "data=shards_sam",
+                f"data.path={val}",
+                f"data.val_path={val}",
+                "data.num_workers=0",
+            ],
+        )
+    sam = sams[0][1]
+    datamodule = build_datamodule(cfg, sam.image_encoder.img_size, sam.pixel_norm)
+    datamodule.setup("validate")
+    batches = list(datamodule.val_dataloader())
+    rows = box_rows(sams, batches, num_masks=8)
+    title = "held-out tiles: green = ground truth, magenta = the model's mask from the yellow box"
+    with atomic_path(path) as tmp:
+        PILImage.fromarray(tile_grid(rows, title)).save(tmp, format="PNG")
+
+
 def fine_tune(base: Path, shards: Path, run_dir: Path, args: argparse.Namespace, seed: int) -> None:
     """One `sam-train` run of the recipe; its export lands in run_dir/export."""
     run(
@@ -157,7 +192,7 @@ def fine_tune(base: Path, shards: Path, run_dir: Path, args: argparse.Namespace,
         "stage=sam",
         "model=lite_medsam",
         f"model.init_from={base}",
-        "data=coco",
+        "data=shards_sam",
         f"data.path={shards / 'train'}",
         f"data.val_path={shards / 'val'}",
         "data.num_workers=0",
@@ -176,6 +211,35 @@ def fine_tune(base: Path, shards: Path, run_dir: Path, args: argparse.Namespace,
         *ROUTES[args.route],
         *args.set,
     )
+
+
+COLUMNS = [("miou_box", "box"), ("miou_point_confident", "point")] + [
+    (f"miou_click_{i}", f"{i} click" + "s" * (i > 1)) for i in range(1, CLICKS + 1)
+]
+
+
+def print_table(rows: dict[str, dict[str, float]], seeds: list[int], name: str) -> None:
+    """Held-out mIoU per row, and the fine-tunes' mean (min-max) over seeds."""
+    print(
+        f"\nheld-out mIoU, {TILE}-px tiles of the bottom-right quadrant of stardist's 2-D example"
+    )
+    print(f"{'':34s}" + "".join(f"{label:>11s}" for _, label in COLUMNS))
+    for row, figures in rows.items():
+        cells = "".join(
+            f"{figures[k]:11.3f}" if k in figures else f"{'-':>11s}" for k, _ in COLUMNS
+        )
+        print(f"{row:34s}{cells}")
+    tuned = [rows[f"{name} fine-tune, seed {s}"] for s in seeds]
+    if len(tuned) > 1:
+        print(f"{name} fine-tune, mean (range) over seeds {' '.join(map(str, seeds))}")
+        print(f"{'':34s}" + "".join(f"{np.mean([t[k] for t in tuned]):11.3f}" for k, _ in COLUMNS))
+        print(
+            f"{'':34s}"
+            + "".join(
+                f"{min(t[k] for t in tuned):4.2f}-{max(t[k] for t in tuned):4.2f}".rjust(11)
+                for k, _ in COLUMNS
+            )
+        )
 
 
 def main() -> None:
@@ -227,13 +291,16 @@ def main() -> None:
         rows[f"{name} fine-tune, seed {seed}"] = evaluate(
             ckpt, shards, out / f"eval_{name}_{seed}", 0
         )
-    keys = ["miou_box", "miou_point_confident", "miou_point_oracle"]
-    print(f"\nheld-out tiles ({TILE} px, bottom-right quadrant of stardist's 2-D example)")
-    print(f"{'':34s}" + "".join(f"{k:>22s}" for k in keys))
-    for row, figures in rows.items():
-        cells = "".join(f"{figures[k]:22.3f}" if k in figures else f"{'-':>22s}" for k in keys)
-        print(f"{row:34s}{cells}")
+    print_table(rows, args.seeds, name)
     (out / f"table_{name}.json").write_text(json.dumps(rows, indent=2))
+    if args.seeds:
+        page = out / f"before_after_{name}.png"
+        tuned = [
+            (f"{name} fine-tune, seed {s}", out / f"{name}_seed{s}" / "export" / "sam.safetensors")
+            for s in args.seeds
+        ]
+        before_after_page(shards, [("LiteMedSAM zero-shot", base), *tuned], page)
+        print(f"\nbefore / after pictures of held-out tiles: {page}")
 
 
 if __name__ == "__main__":
