@@ -153,7 +153,7 @@ def evaluate(ckpt: Path | str, shards: Path, out_dir: Path, seed: int) -> dict:
         settings = old["config"]["validation_settings"]
         if (
             old["checkpoint"]["sha256"] == file_sha256(Path(ckpt))
-            and settings == {"val_max_clicks": CLICKS, "seed": seed}
+            and (settings.get("val_max_clicks"), settings.get("seed")) == (CLICKS, seed)
             and all(key in old["figures"] for key, _ in COLUMNS)
         ):
             print(f"{report}: this checkpoint's evaluation, read again", flush=True)
