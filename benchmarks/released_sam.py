@@ -241,20 +241,20 @@ def print_table(rows: dict[str, dict[str, float]], seeds: list[int], name: str) 
     print(
         f"\nheld-out mIoU, {TILE}-px tiles of the bottom-right quadrant of stardist's 2-D example"
     )
-    print(f"{'':34s}" + "".join(f"{label:>11s}" for _, label in COLUMNS))
+    print(f"{'':34s}" + "".join(f"{label:>12s}" for _, label in COLUMNS))
     for row, figures in rows.items():
         cells = "".join(
-            f"{figures[k]:11.3f}" if k in figures else f"{'-':>11s}" for k, _ in COLUMNS
+            f"{figures[k]:12.3f}" if k in figures else f"{'-':>12s}" for k, _ in COLUMNS
         )
         print(f"{row:34s}{cells}")
     tuned = [rows[f"{name} fine-tune, seed {s}"] for s in seeds]
     if len(tuned) > 1:
         print(f"{name} fine-tune, mean (range) over seeds {' '.join(map(str, seeds))}")
-        print(f"{'':34s}" + "".join(f"{np.mean([t[k] for t in tuned]):11.3f}" for k, _ in COLUMNS))
+        print(f"{'':34s}" + "".join(f"{np.mean([t[k] for t in tuned]):12.3f}" for k, _ in COLUMNS))
         print(
             f"{'':34s}"
             + "".join(
-                f"{min(t[k] for t in tuned):4.2f}-{max(t[k] for t in tuned):4.2f}".rjust(11)
+                f"{min(t[k] for t in tuned):.3f}-{max(t[k] for t in tuned):.3f}".rjust(12)
                 for k, _ in COLUMNS
             )
         )
