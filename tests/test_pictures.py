@@ -9,9 +9,15 @@ import torch
 from amg_helpers import shapes_on_noise
 from conftest import tiny_mae, tiny_sam
 
+from sam_train.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 from sam_train.viz.mae_grid import mae_reconstruction_grid, visible_pixels
-from sam_train.viz.sam_masks import GT_COLOUR, PRED_COLOUR, mask_tile
-from sam_train.viz.sam_predictions import draw_predictions, one_prompt_rows, spread_over_images
+from sam_train.viz.sam_masks import GT_COLOUR, PRED_COLOUR, PROMPT_COLOUR, mask_tile, tile_grid
+from sam_train.viz.sam_predictions import (
+    box_rows,
+    draw_predictions,
+    one_prompt_rows,
+    spread_over_images,
+)
 
 
 def zero_predicting_mae(norm_pix_loss: bool = True):
@@ -110,3 +116,66 @@ def test_predict_picture_draws_the_prompt(prompt: str) -> None:
     assert (right != 120).any(axis=-1).sum() > 20  # the prompt is drawn even with no mask
     if prompt == "box":
         assert (right[5, 10:70] != 120).any(axis=-1).all()  # the box's top edge
+
+
+def _grey_batch(level: float = 0.5):
+    """shapes_on_noise's masks on one flat grey image, `level` in the model input's units."""
+    batch = shapes_on_noise(1)
+    batch.images = torch.full_like(batch.images, level)
+    return batch
+
+
+def _background(tile: np.ndarray) -> tuple[int, ...]:
+    """The tile's bottom-right pixel: away from the masks, the prompt and the labels."""
+    return tuple(int(v) for v in tile[-2, -2])
+
+
+def test_a_min_max_tile_shows_the_pixels_the_model_saw() -> None:
+    batch = _grey_batch(0.5)  # min-max input: 0.5 is mid grey, nothing to undo
+    gt, pred = batch.masks[0, 0], batch.masks[0, 1]
+    tile = mask_tile(batch.images[0], gt, pred, (64, 64), height=64, pixel_norm="min_max")
+    assert _background(tile) == (128, 128, 128)
+    imagenet = mask_tile(batch.images[0], gt, pred, (64, 64), height=64)  # 0.5 sd above mean
+    expected = [round((0.5 * s + m) * 255) for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+    assert list(_background(imagenet)) == expected
+
+
+@pytest.mark.parametrize("pixel_norm", ["imagenet", "min_max"])
+def test_picture_rows_draw_the_image_the_models_way(pixel_norm: str, monkeypatch) -> None:
+    batch = _grey_batch(0.5)
+    sam = tiny_sam(pixel_norm=pixel_norm)
+    # empty predictions: the image shows everywhere but the outlines
+    monkeypatch.setattr(type(sam), "mask_threshold", 1e9)
+    rows = one_prompt_rows(sam, [batch], num_masks=2)
+    rows += box_rows([("before", sam), ("after", sam)], [batch], num_masks=2)
+    grey = (
+        0.5
+        if pixel_norm == "min_max"
+        else [0.5 * s + m for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+    expected = tuple(round(v * 255) for v in np.broadcast_to(grey, 3))
+    for _, tiles in rows:
+        assert [_background(t) for t in tiles] == [expected] * 2
+
+
+def test_before_after_rows_show_each_model_on_the_same_masks() -> None:
+    batches = [shapes_on_noise(2, seed=0)]
+    before, after = tiny_sam(seed=0), tiny_sam(seed=1)
+    rows = box_rows([("zero-shot", before), ("fine-tuned", after)], batches, num_masks=3)
+    assert [label for label, _ in rows] == ["zero-shot: one box", "fine-tuned: one box"]
+    assert [len(tiles) for _, tiles in rows] == [3, 3]
+    # the same masks and boxes, different predictions: the ground-truth outline and the box
+    # are drawn in both rows, the tiles differ where the predictions do
+    for a, b in zip(*(tiles for _, tiles in rows)):
+        assert a.shape == b.shape
+        for colour in (GT_COLOUR, PROMPT_COLOUR):
+            assert (a == colour).all(-1).any() and (b == colour).all(-1).any()
+    assert any(not np.array_equal(a, b) for a, b in zip(*(tiles for _, tiles in rows)))
+    page = tile_grid(rows, "held-out tiles")
+    assert page.shape[1] >= 3 * rows[0][1][0].shape[1]
+
+
+def test_models_that_prepare_images_differently_are_not_compared() -> None:
+    with pytest.raises(ValueError, match="prepare images differently"):
+        box_rows([("a", tiny_sam()), ("b", tiny_sam(pixel_norm="min_max"))],
+                 [shapes_on_noise(1)], num_masks=1)  # fmt: skip

@@ -141,7 +141,14 @@ class EvalModule(L.LightningModule):
             h_w = tuple(hw[i].tolist()) if hw is not None else (size, size)
             iou = float(ious[order[i]])
             tile = mask_tile(
-                batch.images[index[i]], masks[i], best[i] > 0, h_w, points[i], labels[i], iou=iou
+                batch.images[index[i]],
+                masks[i],
+                best[i] > 0,
+                h_w,
+                points[i],
+                labels[i],
+                iou=iou,
+                pixel_norm=self.model.pixel_norm,
             )
             self.worst.append((iou, tile))
         self.worst = sorted(self.worst, key=lambda t: t[0])[: self.num_worst]

@@ -54,7 +54,8 @@ def text_prompt_rows(module, batch: SamBatch, num_masks: int) -> list[tuple[str,
             region_mask[: hw[0], : hw[1]] = True
             p, gt = pred[j] & region_mask, targets.masks[i]
             iou = float(mask_iou(p[None], gt[None])[0])
-            tiles.append(mask_tile(batch.images[targets.image_index[i]], gt, p, hw, iou=iou))
+            image = batch.images[targets.image_index[i]]
+            tiles.append(mask_tile(image, gt, p, hw, iou=iou, pixel_norm=sam.pixel_norm))
         rows.append((f"text prompt: {label}", tiles))
     sam.train(was_training)
     return rows

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from sam_train.data.transforms import denormalise
+from sam_train.models.pixels import denormalise_pixels
 from sam_train.viz.labels import BACKGROUND, font, label_box, stack_rows, text_bar
 
 GT_COLOUR = (0, 230, 0)
@@ -62,17 +62,20 @@ def mask_tile(
     iou: float | None = None,
     name: str = "",
     height: int = 192,
+    pixel_norm: str = "imagenet",
 ) -> np.ndarray:
     """One tile, the image cropped to `hw` and scaled to `height` rows.
 
-    image: [3, S, S] normalised; gt, pred: [S, S] bool; points: [N, 2] xy pixels of the S x S
+    image: [3, S, S] normalised the model's way (`pixel_norm`, `Sam.pixel_norm`: the tile
+    shows the pixels the model saw); gt, pred: [S, S] bool; points: [N, 2] xy pixels of the S x S
     frame with labels [N] (1 foreground, 0 background, -1 padding); box: [4] xyxy.
     Returns [height, width, 3] uint8, width following the image's aspect ratio.
     """
     h, w = hw
     scale = height / h
     size = (max(1, round(w * scale)), height)
-    rgb = (denormalise(image[None])[0, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255).round()
+    rgb = denormalise_pixels(image[:, :h, :w].float(), pixel_norm).clamp(0, 1)  # [3, h, w]
+    rgb = (rgb.permute(1, 2, 0).cpu().numpy() * 255).round()
     rgb = np.asarray(Image.fromarray(rgb.astype(np.uint8)).resize(size, Image.BILINEAR))
     gt_np, pred_np = (
         np.asarray(Image.fromarray(m[:h, :w].cpu().numpy()).resize(size, Image.NEAREST))

@@ -38,6 +38,27 @@ def spread_over_images(
     return chosen[:num_masks]
 
 
+def _real_region(batch: SamBatch, i: int) -> torch.Tensor:
+    """[S, S] bool: the image's real (un-padded) part of the model frame."""
+    size = batch.image_size
+    h, w = batch.image_hw[i].tolist() if batch.image_hw is not None else (size, size)
+    region = torch.zeros(size, size, dtype=torch.bool, device=batch.masks.device)
+    region[:h, :w] = True
+    return region
+
+
+def box_prediction(
+    sam: Sam, emb: torch.Tensor, batch: SamBatch, i: int, slot: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box of mask `slot` of image `i` ([4] xyxy) and the single mask the model predicts
+    from it ([S, S] bool, inside the real image); emb: that image's embedding [1, C, h, w]."""
+    size = batch.image_size
+    box = batch.boxes[i, slot].float()
+    logits, _ = sam.decode(emb, boxes=box[None], multimask_output=False)
+    pred = upscale_logits(logits.float(), (size, size))[0, 0] > sam.mask_threshold
+    return box, pred & _real_region(batch, i)
+
+
 @torch.no_grad()
 def one_prompt_rows(
     sam: Sam,
@@ -61,17 +82,13 @@ def one_prompt_rows(
         size = batch.image_size
         gt = batch.masks[i, slot].bool()
         hw = tuple(batch.image_hw[i].tolist()) if batch.image_hw is not None else (size, size)
-        region = torch.zeros_like(gt)
-        region[: hw[0], : hw[1]] = True
+        region = _real_region(batch, i)
         point = center_points(gt[None])[:, None]  # [1, 1, 2]
         label = torch.ones(1, 1, dtype=torch.long, device=gt.device)
         logits, iou_pred = sam.decode(emb, points=(point, label))
         best = int(iou_pred[0].argmax())
         pred = (upscale_logits(logits.float(), (size, size))[0, best] > sam.mask_threshold) & region
-        box = batch.boxes[i, slot].float()
-        box_logits, _ = sam.decode(emb, boxes=box[None], multimask_output=False)
-        box_pred = upscale_logits(box_logits.float(), (size, size))[0, 0] > sam.mask_threshold
-        box_pred &= region
+        box, box_pred = box_prediction(sam, emb, batch, i, slot)
         name = f"image {batch.image_ids[i]}" if batch.image_ids else ""
         points_row.append(
             mask_tile(
@@ -83,6 +100,7 @@ def one_prompt_rows(
                 label[0],
                 iou=float(mask_iou(pred[None], gt[None])[0]),
                 name=name,
+                pixel_norm=sam.pixel_norm,
             )
         )
         boxes_row.append(
@@ -94,10 +112,49 @@ def one_prompt_rows(
                 box=box,
                 iou=float(mask_iou(box_pred[None], gt[None])[0]),
                 name=name,
+                pixel_norm=sam.pixel_norm,
             )
         )
     sam.train(was_training)
     return [(POINT_ROW, points_row), (BOX_ROW, boxes_row)]
+
+
+@torch.no_grad()
+def box_rows(
+    models: list[tuple[str, Sam]],
+    batches: list[SamBatch],
+    num_masks: int,
+    min_area: int = 0,
+    max_fraction: float = 1.0,
+) -> list[tuple[str, list[np.ndarray]]]:
+    """One labelled row per (label, model) over the same masks, each tile the mask the model
+    predicts from the mask's box, with its IoU: a before/after page (a model zero-shot above
+    its fine-tune). The batches are normalised one way, so the models must share it."""
+    norms = {(sam.pixel_norm, sam.image_encoder.img_size) for _, sam in models}
+    if len(norms) != 1:
+        raise ValueError(f"models prepare images differently ({sorted(norms)}): compare alike")
+    picks = spread_over_images(batches, num_masks, min_area, max_fraction)
+    rows = []
+    for label, sam in models:
+        was_training = sam.training
+        sam.eval()
+        embeddings, tiles = {}, []
+        for b, i, slot in picks:
+            batch = batches[b]
+            if b not in embeddings:
+                embeddings[b] = sam.embed_images(batch.images)
+            box, pred = box_prediction(sam, embeddings[b][i : i + 1], batch, i, slot)
+            gt = batch.masks[i, slot].bool()
+            size = batch.image_size
+            hw = tuple(batch.image_hw[i].tolist()) if batch.image_hw is not None else (size, size)
+            iou = float(mask_iou(pred[None], gt[None])[0])
+            tile = mask_tile(
+                batch.images[i], gt, pred, hw, box=box, iou=iou, pixel_norm=sam.pixel_norm
+            )
+            tiles.append(tile)
+        sam.train(was_training)
+        rows.append((f"{label}: one box", tiles))
+    return rows
 
 
 PALETTE = (
