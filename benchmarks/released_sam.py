@@ -260,21 +260,9 @@ def print_table(rows: dict[str, dict[str, float]], seeds: list[int], name: str) 
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("outputs/released_sam"))
-    parser.add_argument("--route", choices=sorted(ROUTES), default="decoder")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
-    parser.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="more sam-train overrides"
-    )
-    parser.add_argument("--name", default=None, help="the run's folder and row name")
-    args = parser.parse_args()
-    from lite_medsam_helpers import lite_medsam_path
-
-    out, base = args.out, lite_medsam_path()
+def tile_shards(out: Path) -> Path:
+    """The split written under out/raw and its 128-px tile shards (train / val) under
+    out/shards, made once; returns the shard folder."""
     shards = out / "shards"
     if not (shards / "val").exists():
         write_split(out)
@@ -291,6 +279,25 @@ def main() -> None:
                 "--no-progress",
                 str(shards / split),
             )
+    return shards
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/released_sam"))
+    parser.add_argument("--route", choices=sorted(ROUTES), default="decoder")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="more sam-train overrides"
+    )
+    parser.add_argument("--name", default=None, help="the run's folder and row name")
+    args = parser.parse_args()
+    from lite_medsam_helpers import lite_medsam_path
+
+    out, base = args.out, lite_medsam_path()
+    shards = tile_shards(out)
     rows = baselines(shards)
     rows["LiteMedSAM zero-shot"] = evaluate(base, shards, out / "eval_zero_shot", 0)
     name = args.name or args.route

@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from released_sam import BOX_ONLY, TILE, filled_box_miou, tool, write_split  # noqa: E402
+from released_sam import BOX_ONLY, TILE, baselines, tile_shards, tool  # noqa: E402
 from released_sam import run as run_tool  # noqa: E402
 from teacher_student import run as run_sam_train  # noqa: E402
 
@@ -101,22 +101,7 @@ def unlabelled_tiles(out: Path) -> Path:
 
 def prepare(out: Path) -> Path:
     """Split, shards (train / val) and the unlabelled folder; returns the shard folder."""
-    shards = out / "shards"
-    if not (shards / "val").exists():
-        write_split(out)
-        for split in ("train", "val"):
-            run_tool(
-                tool("sam-prep"),
-                "masks",
-                "--images",
-                str(out / "raw" / split / "images"),
-                "--masks",
-                str(out / "raw" / split / "masks"),
-                "--tile",
-                str(TILE),
-                "--no-progress",
-                str(shards / split),
-            )
+    shards = tile_shards(out)
     if not (shards / "train_teacher").exists():  # distillation reads LiteMedSAM's embeddings
         from lite_medsam_helpers import lite_medsam_path
 
@@ -307,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         "pretrain_batch": PRETRAIN_BATCH,
         "stage2_steps": a.stage2_epochs * 6,
     }
-    results["filled box"] = {"miou_box": filled_box_miou(out)}
+    results.update(baselines(shards))  # the filled box, Otsu + the component under the click
     results["LiteMedSAM"] = evaluate(lite_medsam_path(), shards, out / "eval_lite_medsam")
     if "teacher_channel_mean_mse" not in results:
         results["teacher_channel_mean_mse"] = embedding_mse(None, shards)
