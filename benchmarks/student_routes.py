@@ -45,6 +45,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from released_sam import BOX_ONLY, TILE, baselines, tile_shards, tool  # noqa: E402
 from released_sam import run as run_tool  # noqa: E402
+from teacher_student import cell  # noqa: E402
 from teacher_student import run as run_sam_train  # noqa: E402
 
 SIZE = 256  # px: LiteMedSAM's input; the 128-px tiles are scaled up to it
@@ -351,14 +352,6 @@ def collect(out: Path, seeds: list[int], routes: list[str], shards: Path) -> dic
 
 
 KEYS = ["miou_box", "miou_point_confident", *(f"miou_click_{k}" for k in range(1, CLICKS + 1))]
-
-
-def cell(xs: list[float]) -> str:
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "-"
-    mean = sum(xs) / len(xs)
-    return f"{mean:.3f}" + (f" ({min(xs):.3f}-{max(xs):.3f})" if len(xs) > 1 else "")
 
 
 def print_table(results: dict) -> None:

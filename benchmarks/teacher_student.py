@@ -224,14 +224,16 @@ def main(argv: list[str] | None = None) -> None:
     (a.out / "results.json").write_text(json.dumps(results, indent=2))
 
 
-def print_table(results: dict) -> None:
-    def cell(xs: list[float]) -> str:
-        xs = [x for x in xs if x is not None]
-        if not xs:
-            return "-"
-        mean = sum(xs) / len(xs)
-        return f"{mean:.3f}" + (f" ({min(xs):.3f}-{max(xs):.3f})" if len(xs) > 1 else "")
+def cell(xs: list[float | None]) -> str:
+    """The mean of the values given (None: not measured) and, over several, their range."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    mean = sum(xs) / len(xs)
+    return f"{mean:.3f}" + (f" ({min(xs):.3f}-{max(xs):.3f})" if len(xs) > 1 else "")
 
+
+def print_table(results: dict) -> None:
     if "teacher" in results:
         t = results["teacher"]
         print(f"teacher: point {t['miou_point_confident']}, box {t['miou_box']}")

@@ -63,3 +63,18 @@ class SigkillInValidation(L.Callback):
             return
         if batch_idx >= self.batches:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def cpu_ddp_dumping_weights(run_dir, dump) -> list[str]:
+    """`sam-train` overrides for one epoch of two-process DDP on CPU in `run_dir`, each rank
+    writing its final weights to `dump`/rank<N>.pt (DumpRankWeights)."""
+    return [
+        "trainer.max_epochs=1",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        f"hydra.run.dir={run_dir}",
+        "+callbacks.dump._target_=run_helpers.DumpRankWeights",
+        f"+callbacks.dump.dirpath={dump}",
+    ]

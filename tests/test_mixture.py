@@ -21,6 +21,7 @@ from conftest import (
     sam_train_main,
 )
 from prep_helpers import as_list, image_folder
+from run_helpers import cpu_ddp_dumping_weights
 from torch.utils.data import DataLoader
 
 from data_prep.images import convert_images
@@ -358,14 +359,7 @@ def test_two_process_ddp_on_cpu_trains_a_mixture_in_step(sources, tmp_path):
             f" {{name: c, path: {sources['c']}, weight: 0.5, val_path: {sources['c']}}}]",
             "data.num_workers=0",
             "data.samples_per_epoch=16",
-            "trainer.max_epochs=1",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "trainer.precision=32-true",
-            f"hydra.run.dir={tmp_path / 'run'}",
-            "+callbacks.dump._target_=run_helpers.DumpRankWeights",
-            f"+callbacks.dump.dirpath={dump}",
+            *cpu_ddp_dumping_weights(tmp_path / "run", dump),
         ],
         cwd=tmp_path,
     )

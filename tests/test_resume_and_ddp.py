@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import MAE_TINY, run_cli
+from run_helpers import cpu_ddp_dumping_weights
 
 from sam_train.data.resumable import ResumableDataLoader, ResumableSampler, split_key
 from sam_train.lit.guards import NonFiniteLossError, NonFiniteLossGuard
@@ -18,14 +19,7 @@ def test_two_process_ddp_on_cpu_ends_with_identical_weights_on_disjoint_data(tmp
         "stage=mae",
         *MAE_TINY,
         "data.samples_per_epoch=16",
-        "trainer.max_epochs=1",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.precision=32-true",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        "+callbacks.dump._target_=run_helpers.DumpRankWeights",
-        f"+callbacks.dump.dirpath={dump}",
+        *cpu_ddp_dumping_weights(tmp_path / "run", dump),
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-4000:]
