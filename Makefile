@@ -95,7 +95,8 @@ format: install
 configs: install
 	$(BIN)/python -m sam_train.config_defaults
 
-# Side-by-side speed and memory against transformers / segment-anything (15-20 min on 2 cores).
+# Every CPU table of benchmarks/README.md, one after the other (about 2.5 h on an idle 2-core
+# machine); `bash benchmarks/run_all.sh DIR NAME ...` for some of them.
 bench: install
 	bash benchmarks/run_all.sh
 

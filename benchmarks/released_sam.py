@@ -205,7 +205,7 @@ def before_after_page(shards: Path, models: list[tuple[str, Path]], path: Path) 
     rows = box_rows(sams, batches, num_masks=8)
     title = "held-out tiles: green = ground truth, magenta = the model's mask from the yellow box"
     with atomic_path(path) as tmp:
-        PILImage.fromarray(tile_grid(rows, title)).save(tmp, format="PNG")
+        PILImage.fromarray(tile_grid(rows, title, prompts=("box",))).save(tmp, format="PNG")
 
 
 def fine_tune(base: Path, shards: Path, run_dir: Path, args: argparse.Namespace, seed: int) -> None:

@@ -127,7 +127,7 @@ def evaluate(ckpt: Path | str, shards: Path, folder: Path, tasks: str = EVAL_TAS
         run_tool(
             tool("sam-eval"),
             str(ckpt),
-            "data=coco",
+            "data=shards_sam",
             f"data.path={shards / 'val'}",
             f"data.val_path={shards / 'val'}",
             "data.num_workers=0",
@@ -169,14 +169,14 @@ def pretrain(route: str, root: Path, out: Path, shards: Path, steps: int, seed: 
             folder,
             root / "runs.log",
         )
-    else:  # d, e, f: distillation
+    else:  # d-g: distillation
         half = steps // 2
         run_train(
             [
                 "stage=distill",
                 f"model.teacher={teacher}",
                 *STUDENT_SAM,
-                "data=coco",
+                "data=shards_sam",
                 f"data.path={shards / 'train_teacher'}",
                 f"data.val_path={shards / 'val'}",
                 "data.samples_per_epoch=12",
@@ -185,8 +185,8 @@ def pretrain(route: str, root: Path, out: Path, shards: Path, steps: int, seed: 
                 "stage.module.max_masks_per_image=6",
                 *BOX_ONLY,
                 *common,
-                *([f"stage.module.decoder_phase_start={half}"] if route == "e" else []),
-                *(["model.teacher_output_norm=true"] if route == "f" else []),
+                *([f"stage.module.decoder_phase_start={half}"] if route in "eg" else []),
+                *(["model.teacher_output_norm=true"] if route in "fg" else []),
             ],
             folder,
             root / "runs.log",
@@ -194,15 +194,45 @@ def pretrain(route: str, root: Path, out: Path, shards: Path, steps: int, seed: 
     return folder / "checkpoints" / "last.ckpt"
 
 
-def stage2(init: Path | None, folder: Path, shards: Path, epochs: int, seed: int) -> Path:
-    """The same stage 2 for every route: encoder frozen, exact boxes, released_sam's recipe."""
+# Stage 2's two recipes. "scratch": the image encoder frozen (what a route did not provide,
+# such as a stage-1 encoder's new neck, trains), prompt encoder and decoder trained from the
+# route's checkpoint (LiteMedSAM's for d-g, random for a-c). "teacher-decoder": every route
+# starts its prompt encoder and decoder from LiteMedSAM's (model.decoder_from; routes e and g
+# keep the decoder their decoder phase trained), and every route trains the same tensors: neck,
+# upsampling, prompt encoder and decoder, with patch embedding, positions and blocks frozen.
+ENCODER_BODY = (
+    "model.freeze=[image_encoder.patch_embed,image_encoder.pos_embed,image_encoder.blocks]"
+)
+RECIPES = {"scratch": "", "teacher-decoder": "td_"}
+
+
+def stage2(
+    init: Path | None,
+    folder: Path,
+    shards: Path,
+    epochs: int,
+    seed: int,
+    recipe: str = "scratch",
+    route: str = "a",
+) -> Path:
+    """The same stage 2 for every route (a recipe of RECIPES), exact boxes, released_sam's lr."""
+    from lite_medsam_helpers import lite_medsam_path
+
+    if recipe == "scratch":
+        parts = ["model.freeze=[image_encoder]"]
+    else:
+        trained_decoder = route in "eg"
+        parts = [
+            ENCODER_BODY,
+            *([] if trained_decoder else [f"model.decoder_from={lite_medsam_path()}"]),
+        ]
     run_train(
         [
             "stage=sam",
             *STUDENT_SAM,
             *([f"model.init_from={init}"] if init else []),
-            "model.freeze=[image_encoder]",
-            "data=coco",
+            *parts,
+            "data=shards_sam",
             f"data.path={shards / 'train'}",
             f"data.val_path={shards / 'val'}",
             "data.num_workers=0",
@@ -270,6 +300,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pretrain-steps", type=int, default=24, help="a multiple of 6")
     p.add_argument("--stage2-epochs", type=int, default=4, help="6 steps of 2 tiles each")
     p.add_argument("--routes", nargs="*", default=list("abcde"))
+    p.add_argument(
+        "--stage2",
+        choices=sorted(RECIPES),
+        default="scratch",
+        help="stage 2's recipe: decoder from each route's checkpoint, or LiteMedSAM's for all",
+    )
     p.add_argument("--only-pretrain", action="store_true")
     p.add_argument(
         "--table-only",
@@ -293,15 +329,17 @@ def main(argv: list[str] | None = None) -> None:
         "pretrain_batch": PRETRAIN_BATCH,
         "stage2_steps": a.stage2_epochs * 6,
     }
+    tag = RECIPES[a.stage2]
+    runs_key = f"runs_{a.stage2}" if tag else "runs"
     results.update(baselines(shards))  # the filled box, Otsu + the component under the click
     results["LiteMedSAM"] = evaluate(lite_medsam_path(), shards, out / "eval_lite_medsam")
     if "teacher_channel_mean_mse" not in results:
         results["teacher_channel_mean_mse"] = embedding_mse(None, shards)
-    runs = results.setdefault("runs", {})
+    runs = results.setdefault(runs_key, {})
     if a.table_only:
-        results["runs"] = collect(out, a.seeds, a.routes, shards)
+        results[runs_key] = collect(out, a.seeds, a.routes, shards, tag)
         results_path.write_text(json.dumps(results, indent=2))
-        print_table(results)
+        print_table(results, runs_key)
         return
     for seed in a.seeds:
         root = out / f"seed{seed}"
@@ -314,31 +352,32 @@ def main(argv: list[str] | None = None) -> None:
             if a.only_pretrain:
                 continue
             row: dict = {"seed": seed}
-            if route in ("d", "e", "f"):
+            if route in "defg":
                 export = init.parent.parent / "export" / "sam.safetensors"
                 row["before_stage2"] = evaluate(
                     export, shards, root / f"eval_{route}_before", "eval.tasks=[point,box]"
                 )
                 row["embedding_mse"] = embedding_mse(export, shards)
             if not a.no_stage2:
-                sam = stage2(init, root / f"stage2_{route}", shards, a.stage2_epochs, seed)
-                row["after"] = evaluate(sam, shards, root / f"eval_{route}")
+                folder = root / f"stage2_{tag}{route}"
+                sam = stage2(init, folder, shards, a.stage2_epochs, seed, a.stage2, route)
+                row["after"] = evaluate(sam, shards, root / f"eval_{tag}{route}")
             row["seconds"] = round(time.time() - t0)
             rows = [r for r in runs.get(route, []) if r["seed"] != seed]
             runs[route] = sorted([*rows, row], key=lambda r: r["seed"])
             results_path.write_text(json.dumps(results, indent=2))
             print(f"seed {seed} route {route}: {json.dumps(row)}", flush=True)
     results_path.write_text(json.dumps(results, indent=2))
-    print_table(results)
+    print_table(results, runs_key)
 
 
-def collect(out: Path, seeds: list[int], routes: list[str], shards: Path) -> dict:
+def collect(out: Path, seeds: list[int], routes: list[str], shards: Path, tag: str = "") -> dict:
     """Rows from the finished evaluations in `out` (a run cut short is left out)."""
     runs: dict = {}
     for route in routes:
         for seed in seeds:
             root = out / f"seed{seed}"
-            after = root / f"eval_{route}" / "eval.json"
+            after = root / f"eval_{tag}{route}" / "eval.json"
             if not after.exists():
                 continue
             row: dict = {"seed": seed, "after": json.loads(after.read_text())["figures"]}
@@ -354,7 +393,7 @@ def collect(out: Path, seeds: list[int], routes: list[str], shards: Path) -> dic
 KEYS = ["miou_box", "miou_point_confident", *(f"miou_click_{k}" for k in range(1, CLICKS + 1))]
 
 
-def print_table(results: dict) -> None:
+def print_table(results: dict, runs_key: str = "runs") -> None:
     names = {
         "a": "(a) random init",
         "b": "(b) MAE",
@@ -362,6 +401,7 @@ def print_table(results: dict) -> None:
         "d": "(d) distillation",
         "e": "(e) distillation + decoder phase",
         "f": "(f) distillation from the teacher's output norm",
+        "g": "(g) (f) + decoder phase",
     }
     if "teacher_channel_mean_mse" in results:
         mse = results["teacher_channel_mean_mse"]
@@ -373,7 +413,7 @@ def print_table(results: dict) -> None:
         clicks = " / ".join(f"{f[k]:.3f}" for k in KEYS[2:] if k in f) or "-"
         point = f"{f['miou_point_confident']:.3f}" if "miou_point_confident" in f else "-"
         print(f"| {name} | - | {f['miou_box']:.3f} | {point} | {clicks} |")
-    for route, rows in results.get("runs", {}).items():
+    for route, rows in results.get(runs_key, {}).items():
         for part, label in (("before_stage2", " before stage 2"), ("after", "")):
             if any(part not in r for r in rows):
                 continue

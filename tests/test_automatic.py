@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_sam
 from pycocotools import mask as mask_utils
 from torchvision.ops import box_iou
@@ -12,8 +13,10 @@ from torchvision.ops import box_iou
 from sam_train.automatic import MaskGenerator
 from sam_train.automatic.grid import crop_boxes, layer_point_grids
 from sam_train.automatic.mask_ops import (
+    count_above,
     decode_rle,
     encode_rle,
+    logits_to_boxes,
     masks_to_boxes,
     near_crop_edge,
     remove_small_regions,
@@ -63,6 +66,7 @@ def test_mask_ops_match_segment_anything() -> None:
     torch.testing.assert_close(stability_score(logits, 0.0, 1.0), expected, equal_nan=True)
     masks = logits > 0
     assert torch.equal(masks_to_boxes(masks), ref.batched_mask_to_box(masks))
+    assert torch.equal(logits_to_boxes(logits, 0.0), ref.batched_mask_to_box(masks))
     boxes = torch.tensor([[0, 0, 10, 10], [25, 5, 29, 19], [3, 3, 8, 8]])
     crop, image = [10, 10, 40, 30], [0, 0, 40, 60]
     assert torch.equal(
@@ -76,6 +80,23 @@ def test_mask_ops_match_segment_anything() -> None:
         r["counts"] for r in ref.mask_to_rle_pytorch(masks)
     ]
     assert np.array_equal(decode_rle(ours[0]), masks[0].numpy())
+
+
+def test_pixel_counts_are_exact_past_the_int16_row_sums() -> None:
+    wide = torch.ones(2, 3, 40000)  # rows of more than 32767 pixels take the int32 path
+    wide[1, :, :5] = -1
+    assert count_above(wide, 0.0).tolist() == [120000, 119985]
+    full = torch.ones(1, 900, 32767)
+    assert count_above(full, 0.0).tolist() == [900 * 32767]
+
+
+@pytest.mark.parametrize("nh, nw", [(1024, 1024), (768, 1024), (1024, 683), (3, 1), (1021, 5), (5, 1021), (383, 17)])
+def test_upsampling_the_unpadded_part_equals_upsampling_all_then_cutting(nh, nw) -> None:
+    from sam_train.automatic.generator import upsample_unpadded
+
+    logits = torch.randn(3, 1, 256, 256, generator=torch.Generator().manual_seed(nh + nw))
+    whole = F.interpolate(logits, (1024, 1024), mode="bilinear", align_corners=False)
+    assert torch.equal(upsample_unpadded(logits, 1024, nh, nw), whole[..., :nh, :nw])
 
 
 def test_small_holes_are_filled_and_small_islands_dropped() -> None:

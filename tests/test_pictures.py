@@ -179,3 +179,17 @@ def test_models_that_prepare_images_differently_are_not_compared() -> None:
     with pytest.raises(ValueError, match="prepare images differently"):
         box_rows([("a", tiny_sam()), ("b", tiny_sam(pixel_norm="min_max"))],
                  [shapes_on_noise(1)], num_masks=1)  # fmt: skip
+
+
+def test_the_legend_lists_only_the_prompt_marks_a_page_draws() -> None:
+    from sam_train.viz.sam_masks import NEGATIVE_COLOUR, legend
+
+    def has(strip: np.ndarray, colour) -> bool:
+        return bool((strip == colour).all(-1).any())
+
+    everything, boxes = legend(600), legend(600, prompts=("box",))
+    assert has(everything, NEGATIVE_COLOUR) and has(everything, PROMPT_COLOUR)
+    assert not has(boxes, NEGATIVE_COLOUR)  # no background-click marker
+    assert has(boxes, PROMPT_COLOUR) and has(boxes, GT_COLOUR) and has(boxes, PRED_COLOUR)
+    with pytest.raises(ValueError, match="unknown prompt marks"):
+        legend(600, prompts=("lasso",))

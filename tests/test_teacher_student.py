@@ -265,7 +265,7 @@ def test_distillation_resumed_before_its_decoder_phase_gives_the_uninterrupted_w
 def test_distill_student_can_start_from_the_teachers_output_norm(teacher_path):
     """`teacher_output_norm`: the student's last LayerNorm2d (here its upsampling's) takes the
     teacher's per-channel scale and offset; without it the student keeps its own init."""
-    from sam_train.lit.teacher_models import output_norm
+    from sam_train.weights.decoder_transplant import output_norm
 
     teacher = load_teacher(teacher_path).sam  # cached: its change is undone below
     shift = torch.linspace(-1, 1, 32)

@@ -15,6 +15,7 @@ the masks that survive NMS are upsampled again and run-length encoded.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from sam_train.automatic.grid import crop_boxes, layer_point_grids
 from sam_train.automatic.mask_ops import (
     decode_rle,
     encode_rle,
+    logits_to_boxes,
     masks_to_boxes,
     near_crop_edge,
     remove_small_regions,
@@ -303,10 +305,8 @@ class MaskGenerator:
     def _full_res(self, logits: torch.Tensor) -> torch.Tensor:
         """Low-res logits [n, 4g, 4g] -> logits [n, H, W] of the image set in the predictor, as
         SAM's postprocessing: to the square input, cut the padding, resize to the original."""
-        size = self.predictor.image_size
         (h, w), (nh, nw) = self.predictor.original_size, self.predictor.input_hw
-        x = F.interpolate(logits[:, None], (size, size), mode="bilinear", align_corners=False)
-        x = x[..., :nh, :nw]
+        x = upsample_unpadded(logits[:, None], self.predictor.image_size, nh, nw)
         if (nh, nw) != (h, w):  # resizing to the same size is the identity
             x = F.interpolate(x, (h, w), mode="bilinear", align_corners=False)
         return x[:, 0]
@@ -319,7 +319,7 @@ class MaskGenerator:
         for chunk in logits.split(FULL_RES_CHUNK):
             full = self._full_res(chunk)  # [c, H, W]
             stability.append(stability_score(full, threshold, self.stability_score_offset))
-            boxes.append(masks_to_boxes(full > threshold))
+            boxes.append(logits_to_boxes(full, threshold))
         if not stability:
             return logits.new_zeros(0), torch.zeros(0, 4, dtype=torch.long, device=logits.device)
         return torch.cat(stability), torch.cat(boxes)
@@ -382,6 +382,25 @@ class MaskGenerator:
                 }
             )
         return records
+
+
+def upsample_unpadded(x: torch.Tensor, size: int, nh: int, nw: int) -> torch.Tensor:
+    """`F.interpolate(x, (size, size), bilinear)[..., :nh, :nw]`, equal to the last bit,
+    without upsampling the bottom padding (a landscape image's): at a power-of-two scale s only
+    the low-res rows that the first nh output rows read are upsampled (output row i reads input
+    rows floor((i + 0.5) / s - 0.5) and the one after; a power of two keeps 1 / s exact, so the
+    kernel maps rows alike given the scale or the sizes). Columns are not cut: the kernel
+    vectorises along a row, and a narrower row can round its tail differently."""
+    g = x.shape[-1]
+    s = size // g
+    rows = g
+    if size % g == 0 and s & (s - 1) == 0 and x.shape[-2] == g:
+        rows = min(g, max(0, math.floor((nh - 0.5) / s - 0.5)) + 2)
+    if rows == g:
+        up = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
+    else:
+        up = F.interpolate(x[..., :rows, :], scale_factor=s, mode="bilinear", align_corners=False)
+    return up[..., :nh, :nw]
 
 
 def _check_settings(

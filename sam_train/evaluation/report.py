@@ -58,7 +58,7 @@ def write_report(
         iou_histogram_png(histograms, out_dir / "iou_histogram.png")
     if worst:
         rows = [("", [p for _, p in worst[i : i + 4]]) for i in range(0, len(worst), 4)]
-        page = tile_grid(rows, "worst cases: one centre point, lowest IoU first")
+        page = tile_grid(rows, "worst cases: one centre point, lowest IoU first", ("point",))
         save_png(page, out_dir / "worst_cases.png")
     print_table(report, out_dir)
     return report

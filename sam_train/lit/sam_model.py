@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from sam_train.models.lora import LoraConfig, add_lora, count_parameters
 from sam_train.models.sam.sam import Sam, build_from_architecture
 from sam_train.training.freezing import freeze_parts, unloaded_parts
+from sam_train.weights.decoder_transplant import transplant_decoder
 from sam_train.weights.init import init_sam_from
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def _say(message: str, level: int = logging.INFO) -> None:
 
 def trainable_sam(
     init_from: str | None = None,
+    decoder_from: str | None = None,
     freeze: Sequence[str] = (),
     freeze_encoder: bool = False,
     freeze_new: bool = False,
@@ -37,6 +39,10 @@ def trainable_sam(
     encoder, timm / official MAE / official SAM weights), add adapters (`peft`) and freeze.
 
     Args:
+        decoder_from: a SAM checkpoint (any layout, ViT or TinyViT) whose prompt encoder and
+            mask decoder replace the model's after `init_from`, with its encoder's output
+            norm when `init_from` did not provide the model's (`transplant_decoder`). The
+            decoder sizes must be the checkpoint's.
         freeze: parts whose weights stay fixed (`image_encoder`, `prompt_encoder`,
             `mask_decoder.transformer`, ...), with or without `init_from`; a part `init_from`
             left wholly at random init is frozen there, named in a warning.
@@ -52,6 +58,16 @@ def trainable_sam(
         _say(report.summary())
         sam.init_report = report
         provided = set(report.loaded)
+    if decoder_from:
+        adopted = transplant_decoder(sam, decoder_from, provided)
+        norm = sorted(k for k in adopted if k.startswith("image_encoder."))
+        _say(
+            f"model.decoder_from={decoder_from}: prompt encoder and mask decoder"
+            + (f", and the encoder's output norm ({norm[0].rsplit('.', 1)[0]})" if norm else "")
+        )
+        # the copied output norm stays a new tensor of the encoder for freezing: it trains
+        # with a new neck, and a wholly random encoder is still frozen whole when asked
+        provided = (provided or set()) | {k for k in adopted if k not in norm}
     parts = list(dict.fromkeys(list(freeze) + (["image_encoder"] if freeze_encoder else [])))
     random_parts = unloaded_parts(sam, parts, provided)
     if random_parts:

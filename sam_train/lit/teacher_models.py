@@ -10,28 +10,13 @@ from __future__ import annotations
 
 import logging
 
-import torch
-import torch.nn as nn
-
 from sam_train.lit.sam_model import trainable_sam
-from sam_train.models.sam.common import LayerNorm2d
 from sam_train.models.sam.sam import Sam
 from sam_train.models.sami import SamiModel
 from sam_train.models.teacher import SamTeacher, load_teacher
+from sam_train.weights.decoder_transplant import DECODER_ARGS, copy_decoder, copy_output_norm
 
 log = logging.getLogger(__name__)
-
-# build_sam arguments of the parts copied from the teacher (they must be the teacher's)
-DECODER_ARGS = (
-    "prompt_embed_dim",
-    "mask_in_chans",
-    "text_embed_dim",
-    "decoder_depth",
-    "decoder_num_heads",
-    "decoder_mlp_dim",
-    "iou_head_hidden_dim",
-)
-
 
 def sami_student(teacher: str, init_from: str | None = None, **mae_args) -> SamiModel:
     """A `SamiModel` whose decoder predicts `teacher`'s pre-neck features (its width), its
@@ -75,28 +60,6 @@ def embedding_grid_problem(
     )
 
 
-def output_norm(encoder: nn.Module) -> LayerNorm2d | None:
-    """The last LayerNorm2d of an image encoder (its neck's, or its upsampling's), or None."""
-    norms = [m for m in encoder.modules() if isinstance(m, LayerNorm2d)]
-    return norms[-1] if norms else None
-
-
-def copy_output_norm(student: Sam, teacher: Sam) -> bool:
-    """Give the student's last LayerNorm2d the teacher's affine (per-channel scale and
-    offset); True when both have one of the same width. Both encoders end in a LayerNorm2d,
-    so the teacher's embedding = its affine of a unit-variance map: with the affine copied the
-    student starts at the teacher's channel means and scales and regresses only the normalised
-    part, where from its own init (offset 0, scale 1) Adam walks to offsets of order 1 at about
-    lr per step."""
-    mine, theirs = output_norm(student.image_encoder), output_norm(teacher.image_encoder)
-    if mine is None or theirs is None or mine.weight.shape != theirs.weight.shape:
-        return False
-    with torch.no_grad():
-        mine.weight.copy_(theirs.weight)
-        mine.bias.copy_(theirs.bias)
-    return True
-
-
 def distill_student(
     teacher: str,
     init_from: str | None = None,
@@ -108,6 +71,11 @@ def distill_student(
     teacher's decoder sizes, whatever the config says). `teacher_output_norm`: also start the
     encoder's last LayerNorm2d from the teacher's (`copy_output_norm`)."""
     architecture.pop("freeze_encoder", None)  # the distillation stage decides what trains
+    if architecture.pop("decoder_from", None):
+        raise ValueError(
+            "stage=distill copies the teacher's prompt encoder and mask decoder; drop "
+            "model.decoder_from (or train stage=sam with it)"
+        )
     t = load_teacher(str(teacher))
     problem = embedding_grid_problem(
         architecture.get("image_size", 1024),
@@ -127,8 +95,7 @@ def distill_student(
         log.info("decoder sizes taken from the teacher: %s", changed)
     architecture.update({k: teacher_arch[k] for k in DECODER_ARGS if k in teacher_arch})
     sam = trainable_sam(init_from=init_from, **architecture)
-    sam.prompt_encoder.load_state_dict(t.sam.prompt_encoder.state_dict())
-    sam.mask_decoder.load_state_dict(t.sam.mask_decoder.state_dict())
+    copy_decoder(sam, t.sam)
     if teacher_output_norm and not copy_output_norm(sam, t.sam):
         raise ValueError(
             "model.teacher_output_norm=true needs student and teacher encoders that both end in "

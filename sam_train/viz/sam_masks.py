@@ -110,17 +110,27 @@ def tile_row(tiles: list[np.ndarray], label: str = "") -> np.ndarray:
     return stack_rows([text_bar(row.shape[1], label, height=20, size=12), row]) if label else row
 
 
-def legend(width: int) -> np.ndarray:
-    """A strip naming the colours: ground truth, prediction, prompts."""
+PROMPTS = ("point", "click", "box")  # the prompt marks a page may show
+
+
+def legend(width: int, prompts: tuple[str, ...] = PROMPTS) -> np.ndarray:
+    """A strip naming the colours: ground truth, prediction, and the prompt marks the page
+    uses (`prompts`, of PROMPTS: a box-only page lists no point markers)."""
+    unknown = set(prompts) - set(PROMPTS)
+    if unknown:
+        raise ValueError(f"unknown prompt marks {sorted(unknown)}; pick from {PROMPTS}")
     height = 24
     img = Image.fromarray(text_bar(max(width, 560), "", height=height))
     draw, f, x, y = ImageDraw.Draw(img), font(12), 8, height // 2
+    marks = {
+        "point": ("point prompt", lambda x: draw_point(draw, x + 9, y, True, r=5)),
+        "click": ("background click", lambda x: draw_point(draw, x + 9, y, False, r=5)),
+        "box": ("box prompt", lambda x: draw_box(draw, [x + 2, y - 6, x + 16, y + 6])),
+    }
     entries = [
         ("ground truth", lambda x: draw.line([x, y, x + 18, y], fill=GT_COLOUR, width=3)),
         ("prediction", lambda x: draw.line([x, y, x + 18, y], fill=PRED_COLOUR, width=3)),
-        ("point prompt", lambda x: draw_point(draw, x + 9, y, True, r=5)),
-        ("background click", lambda x: draw_point(draw, x + 9, y, False, r=5)),
-        ("box prompt", lambda x: draw_box(draw, [x + 2, y - 6, x + 16, y + 6])),
+        *(marks[p] for p in PROMPTS if p in prompts),
     ]
     for text, mark in entries:
         mark(x)
@@ -129,12 +139,15 @@ def legend(width: int) -> np.ndarray:
     return np.asarray(img)
 
 
-def tile_grid(rows: list[tuple[str, list[np.ndarray]]], title: str = "") -> np.ndarray:
-    """Labelled rows of tiles, `title` on top, the legend at the bottom."""
+def tile_grid(
+    rows: list[tuple[str, list[np.ndarray]]], title: str = "", prompts: tuple[str, ...] = PROMPTS
+) -> np.ndarray:
+    """Labelled rows of tiles, `title` on top, the legend (of the `prompts` marks drawn) at the
+    bottom."""
     body = [tile_row(tiles, label) for label, tiles in rows if tiles]
     width = max(r.shape[1] for r in body)
     top = [text_bar(width, title, height=24, size=14)] if title else []
-    return stack_rows([*top, *body, legend(width)])
+    return stack_rows([*top, *body, legend(width, prompts)])
 
 
 def click_curve_png(miou_by_click: list[float], path, title: str = "") -> None:
