@@ -90,7 +90,9 @@ def test_pixel_counts_are_exact_past_the_int16_row_sums() -> None:
     assert count_above(full, 0.0).tolist() == [900 * 32767]
 
 
-@pytest.mark.parametrize("nh, nw", [(1024, 1024), (768, 1024), (1024, 683), (3, 1), (1021, 5), (5, 1021), (383, 17)])
+@pytest.mark.parametrize(
+    "nh, nw", [(1024, 1024), (768, 1024), (1024, 683), (3, 1), (1021, 5), (5, 1021), (383, 17)]
+)
 def test_upsampling_the_unpadded_part_equals_upsampling_all_then_cutting(nh, nw) -> None:
     from sam_train.automatic.generator import upsample_unpadded
 

@@ -18,6 +18,7 @@ from sam_train.weights.decoder_transplant import DECODER_ARGS, copy_decoder, cop
 
 log = logging.getLogger(__name__)
 
+
 def sami_student(teacher: str, init_from: str | None = None, **mae_args) -> SamiModel:
     """A `SamiModel` whose decoder predicts `teacher`'s pre-neck features (its width), its
     encoder optionally `init_from` a stage-1 checkpoint or ViT weights (as stage 1 reads them)."""
