@@ -1,7 +1,9 @@
-"""ViT students of LiteMedSAM's size by four routes, on real nuclei (an experiment, not a test):
+"""ViT students of LiteMedSAM's size by several routes, on real nuclei (an experiment, not a
+test):
 
     python benchmarks/student_routes.py [--out outputs/student_routes] [--seeds 0 1 2]
-        [--pretrain-steps 60] [--stage2-epochs 4] [--routes a b c d e] [--only-pretrain]
+        [--pretrain-steps 24] [--stage2-epochs 4] [--routes a b c d e f g]
+        [--stage2 scratch|teacher-decoder] [--only-pretrain] [--table-only]
 
 Data: `released_sam.py`'s split of stardist's 2-D example (12 training tiles of 128 px, 4
 held-out tiles, 31 held-out masks; the bottom-right quadrant is never read before evaluation).
@@ -12,17 +14,22 @@ channels and `model.neck_upsample=4` (16 x 16 tokens -> LiteMedSAM's 64 x 64 gri
 prompt-encoder and mask-decoder sizes.
 
 Routes to the student's encoder, the same images (the 12 training tiles, unlabelled) and the
-same number of steps of the same batch for b-e:
+same number of steps of the same batch for b-g:
   (a) random init;
   (b) MAE (stage 1) on the tiles;
   (c) SAMI with LiteMedSAM as teacher on the tiles;
   (d) distillation of LiteMedSAM's embeddings (stage=distill: its prompt encoder and mask
-      decoder copied in), and (e) the same with the decoder phase for the second half.
-Then the same stage 2 for every route: encoder frozen (tensors its route did not provide, such
-as a stage-1 encoder's new neck, train), prompt encoder and decoder trained on exact boxes only
-(released_sam.py's recipe), and `sam-eval` on the held-out tiles: box, centre point (most
-confident of 3) and 1..5 corrective clicks. Beside them: the filled box, LiteMedSAM itself, and
-the distilled students before stage 2, with the distilled student's held-out embedding MSE.
+      decoder copied in), (e) the same with the decoder phase for the second half;
+  (f) (d) with the student's last LayerNorm2d started from the teacher's
+      (model.teacher_output_norm=true), (g) (f) with the decoder phase for the second half.
+Then the same stage 2 for every route (`--stage2`, RECIPES below): "scratch" trains the
+prompt encoder and decoder each route's checkpoint has (random for a-c) with the encoder
+frozen; "teacher-decoder" starts every route from LiteMedSAM's prompt encoder and decoder
+(model.decoder_from; e and g keep the decoder their decoder phase trained) and trains neck,
+upsampling, prompt encoder and decoder. Exact boxes only (released_sam.py's recipe); then
+`sam-eval` on the held-out tiles: box, centre point (most confident of 3) and 1..5 corrective
+clicks. Beside them: the filled box, LiteMedSAM itself, and the distilled students before
+stage 2, with the distilled student's held-out embedding MSE.
 
 Every run is a console-tool call; a finished run is kept (its folder holds `done`), so the
 script resumes. The table (mean and range over seeds) goes to <out>/results.json and stdout.
