@@ -61,6 +61,35 @@ def test_fold_reproduces_the_bias_exactly():
     torch.testing.assert_close(qf @ kf.transpose(-1, -2), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("window, rel_pos", [(0, 8), (4, 4), (0, 0)])
+def test_cpu_bf16_autocast_runs_explicit_attention_close_to_fp32(window, rel_pos, monkeypatch):
+    """Under CPU bf16 autocast the block takes the plain-matmul path (the fused kernel is not
+    called) and stays within bf16 rounding of the fp32 block: outputs and gradients of the
+    input and the relative-position tables within 2% of their scale."""
+    torch.manual_seed(0)
+    block = Block(32, 4, window_size=window, rel_pos_size=rel_pos)
+    _randomise(block, 4)
+    x = torch.randn(2, 64, 32, requires_grad=True)
+    params = [x, *block.parameters()]
+    ref = block(x, (8, 8))
+    g_ref = torch.autograd.grad(ref.square().sum(), params)
+
+    calls = []
+    fused = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused(*a, **k)
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = block(x, (8, 8))
+    g_got = torch.autograd.grad(got.float().square().sum(), params)
+    assert not calls, "the fused kernel ran under CPU bf16 autocast"
+    torch.testing.assert_close(got.float(), ref, atol=0.02 * ref.abs().max().item(), rtol=0)
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a.float(), b, atol=0.02 * b.abs().max().item(), rtol=0)
+    block(x, (8, 8))  # outside autocast: the fused kernel again
+    assert calls
+
+
 # ------------------------------------------------------------------------------ official SAM
 sam_encoder = pytest.importorskip("segment_anything.modeling.image_encoder")
 

@@ -149,11 +149,36 @@ def fold_rel_pos(
     return q_folded, k_folded
 
 
+def cpu_bf16_autocast(x: torch.Tensor) -> bool:
+    """True inside `torch.autocast("cpu", dtype=torch.bfloat16)` for a CPU tensor."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd) + bias) v with plain matrix products (q, k, v [B, nh, N, hd]).
+
+    Under CPU bf16 autocast this is what runs: the products go to the bf16 matmul units,
+    while the CPU's fused SDPA kernel gains little from bf16 and, with relative positions, works
+    on folded q / k / v three times as wide. It keeps each [N, N] attention matrix for the
+    backward (segment-anything's way; `model.grad_checkpointing` gives that memory back)."""
+    attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if bias is not None:
+        attn = attn + bias
+    return attn.softmax(dim=-1).to(v.dtype) @ v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through `F.scaled_dot_product_attention`.
 
     With relative positions the bias is folded into the dot product (`fold_rel_pos`) rather
-    than passed as a dense [B, nh, N, N] mask: same result, O(N) memory, fused backward.
+    than passed as a dense [B, nh, N, N] mask: same result, O(N) memory, fused backward. Under
+    CPU bf16 autocast it runs `explicit_attention` instead (faster there, more memory).
 
     Args:
         dim: token width.
@@ -182,9 +207,14 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, nh, N, hd)
-        if self.use_rel_pos:
-            if hw is None or hw[0] * hw[1] != n:
-                raise ValueError("relative positions need the token grid (H, W) with H*W tokens")
+        if self.use_rel_pos and (hw is None or hw[0] * hw[1] != n):
+            raise ValueError("relative positions need the token grid (H, W) with H*W tokens")
+        if cpu_bf16_autocast(x):
+            bias = None
+            if self.use_rel_pos:
+                bias = decomposed_rel_pos_bias(q, hw, self.rel_pos_h, self.rel_pos_w)
+            out = explicit_attention(q, k, v, bias)
+        elif self.use_rel_pos:
             q, k = fold_rel_pos(q, k, hw, self.rel_pos_h, self.rel_pos_w)  # (B, nh, N, hd+H+W)
             # the fused CPU kernel needs v as wide as q and k: zero columns, dropped after
             v = F.pad(v, (0, q.shape[-1] - self.head_dim))
