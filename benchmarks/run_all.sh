@@ -27,7 +27,7 @@ TABLES=(
   "mae_bf16|benchmarks/bench_mae.py --precisions fp32,bf16 --reps 5 --warmup 1"
   "sam_bf16_256|benchmarks/bench_sam.py --model tiny --sizes 256 --reps 3 --precisions fp32,bf16"
   "sam_bf16_1024|benchmarks/bench_sam.py --model b --sizes 1024 --reps 1 --precisions fp32,bf16"
-  "finetune|benchmarks/bench_finetune.py"
+  "finetune|benchmarks/bench_finetune.py --reps 0 --contenders full,frozen,lora,lora_ckpt,lora_ckpt2"
   "amg_trained|benchmarks/bench_amg.py --trained --image-size 1024 --points 32,16 --reps 3"
   "amg|benchmarks/bench_amg.py --points 16"
   "mae|benchmarks/bench_mae.py"

@@ -365,6 +365,13 @@ def main(argv: list[str] | None = None) -> None:
                     export, shards, root / f"eval_{route}_before", "eval.tasks=[point,box]"
                 )
                 row["embedding_mse"] = embedding_mse(export, shards)
+            if tag and route in "abc":  # the pairing as stage 2 starts it, before any step
+                start = stage2(
+                    init, root / f"stage2_{tag}0_{route}", shards, 0, seed, a.stage2, route
+                )
+                row["before_stage2"] = evaluate(
+                    start, shards, root / f"eval_{tag}0_{route}", "eval.tasks=[point,box]"
+                )
             if not a.no_stage2:
                 folder = root / f"stage2_{tag}{route}"
                 sam = stage2(init, folder, shards, a.stage2_epochs, seed, a.stage2, route)
@@ -389,10 +396,13 @@ def collect(out: Path, seeds: list[int], routes: list[str], shards: Path, tag: s
                 continue
             row: dict = {"seed": seed, "after": json.loads(after.read_text())["figures"]}
             before = root / f"eval_{route}_before" / "eval.json"
+            if tag and route in "abc":
+                before = root / f"eval_{tag}0_{route}" / "eval.json"
             if before.exists():
                 row["before_stage2"] = json.loads(before.read_text())["figures"]
-                export = root / f"pretrain_{route}" / "export" / "sam.safetensors"
-                row["embedding_mse"] = embedding_mse(export, shards)
+                if route in "defg":
+                    export = root / f"pretrain_{route}" / "export" / "sam.safetensors"
+                    row["embedding_mse"] = embedding_mse(export, shards)
             runs.setdefault(route, []).append(row)
     return runs
 
