@@ -41,6 +41,7 @@ TABLES=(
   "deploy|benchmarks/bench_deploy.py"
   "teacher|benchmarks/bench_teacher.py --teacher b --reps 5"
   "tiny_vit|benchmarks/bench_tiny_vit.py --memory"
+  "tiny_vit_speed|benchmarks/bench_tiny_vit.py --reps 3"
   "sam_1024|benchmarks/bench_sam.py --threads 2"
   "scaling|benchmarks/bench_sam.py --scaling --threads 2"
 )
