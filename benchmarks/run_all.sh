@@ -58,7 +58,11 @@ for entry in "${TABLES[@]}"; do
     echo "== $name: python $cmd"
     echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     # shellcheck disable=SC2086
-    "$PY" $cmd "${json[@]}" 2>&1 | grep -v '^{' || echo "$name FAILED"
+    if [ ${#json[@]} -gt 0 ]; then  # the JSON goes to its file; the table stays on screen
+      "$PY" $cmd "${json[@]}" 2>&1 | grep -v '^{' || echo "$name FAILED"
+    else  # the script's own output is its result
+      "$PY" $cmd 2>&1 || echo "$name FAILED"
+    fi
     echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
   } | tee "$OUT/$name.log"
 done
