@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
+    DISTILL_TINY,
     SAM_TINY,
     assert_one_line_error,
     call_main,
@@ -98,3 +99,20 @@ def test_distillation_refuses_a_second_decoder(donor):
     arch = {**tiny_sam_arch(16), "image_size": 32, "patch_size": 8}
     with pytest.raises(ValueError, match="copies the teacher's prompt encoder"):
         distill_student(path, decoder_from=path, **arch)
+
+
+def test_a_distillation_run_with_a_second_decoder_stops_in_one_line(donor, capfd, tmp_path):
+    _, path = donor
+    res = call_main(
+        sam_train_main,
+        [
+            *DISTILL_TINY,
+            f"model.teacher={path}",
+            f"model.decoder_from={path}",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capfd,
+    )
+    assert_one_line_error(
+        res, "sam-train", "stage=distill copies the teacher's", "model.decoder_from"
+    )
