@@ -180,3 +180,21 @@ def test_both_stages_train_from_http_and_pipe_curl_past_a_missing_and_a_corrupt_
         set(sam_metrics)
     )
     assert "val/piped/miou_box" in sam_metrics
+
+
+def test_an_http_stream_is_read_ahead_in_large_requests(tmp_path, monkeypatch):
+    """A tar reader asks for 10 KB at a time; each read of fsspec's HTTP stream is a round trip
+    to its event-loop thread, so the stream is read a megabyte at a time underneath, and
+    the bytes come out unchanged."""
+    from fsspec.implementations.http import HTTPStreamFile
+
+    payload = bytes(range(256)) * (3 * 4096)  # 3 MB
+    (tmp_path / "blob.bin").write_bytes(payload)
+    calls = []
+    read = HTTPStreamFile.read
+    monkeypatch.setattr(HTTPStreamFile, "read", lambda self, n=-1: calls.append(n) or read(self, n))
+    with serve_folder(tmp_path) as (base, _):
+        with remote.open_remote(f"{base}/blob.bin") as f:
+            chunks = iter(lambda: f.read(10240), b"")
+            assert b"".join(chunks) == payload
+    assert len(payload) // 10240 > 300 and len(calls) < 40, len(calls)

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from typing import IO
@@ -77,6 +78,30 @@ def _transient(err: BaseException) -> bool:
     return True
 
 
+READ_AHEAD = 1 << 20  # bytes asked of an HTTP stream per read
+
+
+class _StreamRaw(io.RawIOBase):
+    """An fsspec HTTP stream as raw I/O, so `io.BufferedReader` can read it ahead: each of its
+    `read`s is a round trip to fsspec's event-loop thread, and a tar reader asks for 10 KB at
+    a time."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
 def open_remote(url: str, retries: int | None = None, backoff_s: float | None = None) -> IO[bytes]:
     """A readable binary stream of `url` (fsspec), retried with back-off when transient
     (default RETRIES times, waiting BACKOFF_S, then twice as long each time)."""
@@ -87,7 +112,10 @@ def open_remote(url: str, retries: int | None = None, backoff_s: float | None = 
     streaming = {"block_size": 0} if scheme_of(url) in ("http", "https") else {}
     for attempt in range(retries + 1):
         try:
-            return fsspec.open(url, "rb", **streaming).open()
+            stream = fsspec.open(url, "rb", **streaming).open()
+            if streaming:
+                return io.BufferedReader(_StreamRaw(stream), buffer_size=READ_AHEAD)
+            return stream
         except Exception as err:
             if attempt == retries or not _transient(err):
                 kind = "not found" if isinstance(err, FileNotFoundError) else type(err).__name__
