@@ -208,6 +208,26 @@ def before_after_page(shards: Path, models: list[tuple[str, Path]], path: Path) 
         PILImage.fromarray(tile_grid(rows, title, prompts=("box",))).save(tmp, format="PNG")
 
 
+def tile_recipe(shards: Path, epochs: int, lr: float, seed: int) -> list[str]:
+    """The sam-train overrides of stage 2 on the nuclei tiles: the shards, 2 tiles a step, 6
+    masks a tile, 12 tiles an epoch, exact boxes only (BOX_ONLY), CSV metrics."""
+    return [
+        "data=shards_sam",
+        f"data.path={shards / 'train'}",
+        f"data.val_path={shards / 'val'}",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "data.samples_per_epoch=12",
+        f"trainer.max_epochs={epochs}",
+        f"optim.lr={lr}",
+        "optim.warmup_steps=2",
+        "stage.module.max_masks_per_image=6",
+        *BOX_ONLY,
+        f"seed={seed}",
+        "logger=csv",
+    ]
+
+
 def fine_tune(base: Path, shards: Path, run_dir: Path, args: argparse.Namespace, seed: int) -> None:
     """One `sam-train` run of the recipe; its export lands in run_dir/export."""
     run(
@@ -215,20 +235,8 @@ def fine_tune(base: Path, shards: Path, run_dir: Path, args: argparse.Namespace,
         "stage=sam",
         "model=lite_medsam",
         f"model.init_from={base}",
-        "data=shards_sam",
-        f"data.path={shards / 'train'}",
-        f"data.val_path={shards / 'val'}",
-        "data.num_workers=0",
-        "data.batch_size=2",
-        "data.samples_per_epoch=12",
-        f"trainer.max_epochs={args.epochs}",
-        f"optim.lr={args.lr}",
-        "optim.warmup_steps=2",
-        "stage.module.max_masks_per_image=6",
+        *tile_recipe(shards, args.epochs, args.lr, seed),
         f"stage.module.val_max_clicks={CLICKS}",
-        *BOX_ONLY,
-        f"seed={seed}",
-        "logger=csv",
         "callbacks.progress_bar.refresh_rate=0",
         f"hydra.run.dir={run_dir}",
         *ROUTES[args.route],

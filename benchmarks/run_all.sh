@@ -59,7 +59,7 @@ for entry in "${TABLES[@]}"; do
     echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     # shellcheck disable=SC2086
     if [ ${#json[@]} -gt 0 ]; then  # the JSON goes to its file; the table stays on screen
-      "$PY" $cmd "${json[@]}" 2>&1 | grep -v '^{' || echo "$name FAILED"
+      { "$PY" $cmd "${json[@]}" 2>&1 || echo "$name FAILED"; } | { grep -v '^{' || true; }
     else  # the script's own output is its result
       "$PY" $cmd 2>&1 || echo "$name FAILED"
     fi

@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from released_sam import BOX_ONLY, TILE, baselines, tile_shards, tool  # noqa: E402
+from released_sam import BOX_ONLY, TILE, baselines, tile_recipe, tile_shards, tool  # noqa: E402
 from released_sam import run as run_tool  # noqa: E402
 from teacher_student import cell  # noqa: E402
 from teacher_student import run as run_sam_train  # noqa: E402
@@ -239,22 +239,10 @@ def stage2(
             *STUDENT_SAM,
             *([f"model.init_from={init}"] if init else []),
             *parts,
-            "data=shards_sam",
-            f"data.path={shards / 'train'}",
-            f"data.val_path={shards / 'val'}",
-            "data.num_workers=0",
-            "data.batch_size=2",
-            "data.samples_per_epoch=12",
-            f"trainer.max_epochs={epochs}",
+            *tile_recipe(shards, epochs, 3e-4, seed),
             "trainer.limit_val_batches=0",  # sam-eval scores the export afterwards
             "validate_before_training=false",
-            "optim.lr=3e-4",
-            "optim.warmup_steps=2",
-            "stage.module.max_masks_per_image=6",
             "stage.module.val_max_clicks=3",
-            *BOX_ONLY,
-            "logger=csv",
-            f"seed={seed}",
         ],
         folder,
         folder.parent / "runs.log",

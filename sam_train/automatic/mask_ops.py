@@ -14,8 +14,8 @@ from scipy import ndimage
 
 def count_above(logits: torch.Tensor, cut: float) -> torch.Tensor:
     """Pixels above `cut` per mask: logits [N, H, W] -> [N] int32. Rows are summed as uint8
-    into int16 first (exact below 32768 columns), then into int32: about half the time of one
-    int32 sum, which converts every pixel to int32 first."""
+    into int16 first (exact below 32768 columns), then into int32: one int32 sum would convert
+    every pixel to int32 first."""
     above = (logits > cut).view(torch.uint8)
     if logits.shape[-1] < 2**15:
         return above.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
@@ -52,8 +52,7 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 def logits_to_boxes(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """`masks_to_boxes(logits > threshold)` from row and column maxima of the logits [N, H, W]
-    (a row holds a pixel of the mask when its largest logit passes): no full-size bool mask,
-    about 6x faster on a CPU."""
+    (a row holds a pixel of the mask when its largest logit passes): no full-size bool mask."""
     if logits.shape[0] == 0:
         return torch.zeros(0, 4, dtype=torch.long, device=logits.device)
     return _boxes(logits.amax(dim=-1) > threshold, logits.amax(dim=-2) > threshold)
