@@ -7,7 +7,7 @@ DEMO   ?= outputs/demo
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install system-deps demo demo-run demo-finetune test test-fast test-long lint format configs bench bench-gpu clean
+.PHONY: install system-deps demo demo-run demo-finetune test test-durations test-fast test-long lint format configs bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -71,16 +71,21 @@ system-deps:
 	fi
 
 # One pytest worker per core (xdist's `auto`), each test file on one worker (its module-scoped
-# fixtures are built once).
+# fixtures are built once), the longest files first (tests/durations.json, from test-durations).
 TEST_WORKERS ?= auto
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: install system-deps
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q $(XDIST)
+
+# Records each test file's seconds in tests/durations.json (on a passing run), for the order above.
+test-durations: install system-deps
+	SAM_TRAIN_RECORD_DURATIONS=1 $(BIN)/python -m pytest -q $(XDIST)
 
 test-long: install
 	SAM_TRAIN_LONG_TESTS=1 $(BIN)/python -m pytest -q -m long -s
 
 test-fast: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow"
 
 lint: install
 	$(BIN)/ruff check sam_train data_prep tests benchmarks

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import subprocess
@@ -47,13 +48,58 @@ def tree_pythonpath(*extra: Path | str) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """`long` tests (minutes of training to show a learning claim) run only when asked."""
-    if os.environ.get("SAM_TRAIN_LONG_TESTS") == "1":
+    """`long` tests (minutes of training to show a learning claim) run only when asked; files
+    run heaviest first."""
+    if os.environ.get("SAM_TRAIN_LONG_TESTS") != "1":
+        skip = pytest.mark.skip(reason="long: set SAM_TRAIN_LONG_TESTS=1 (make test-long)")
+        for item in items:
+            if "long" in item.keywords:
+                item.add_marker(skip)
+    heaviest_files_first(items)
+
+
+# seconds each test file took in a recorded `make test` (make test-durations); only the order
+# of the files depends on it
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def heaviest_files_first(items: list) -> None:
+    """Order test files by their recorded seconds, longest first (a file not recorded counts as
+    the median). `make test` hands whole files to the xdist workers in this order
+    (`--dist loadfile --no-loadscope-reorder`), so the long files start early instead of one
+    worker finishing alone on one of them. The order within a file is kept."""
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    known = sorted(seconds.values())
+    default = known[len(known) // 2] if known else 0.0
+    items.sort(key=lambda item: -seconds.get(item.path.name, default))  # stable sort
+
+
+_file_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    """With SAM_TRAIN_RECORD_DURATIONS=1: add up each file's setup, call and teardown time."""
+    if os.environ.get("SAM_TRAIN_RECORD_DURATIONS") == "1":
+        name = Path(report.nodeid.split("::")[0]).name
+        _file_seconds[name] = _file_seconds.get(name, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """With SAM_TRAIN_RECORD_DURATIONS=1, after a passing run (in the xdist controller, which
+    receives every worker's reports): the files that ran get their seconds in
+    tests/durations.json, the others keep theirs."""
+    if not _file_seconds or exitstatus != 0 or hasattr(session.config, "workerinput"):
         return
-    skip = pytest.mark.skip(reason="long: set SAM_TRAIN_LONG_TESTS=1 (make test-long)")
-    for item in items:
-        if "long" in item.keywords:
-            item.add_marker(skip)
+    record_durations(_file_seconds)
+
+
+def record_durations(file_seconds: dict[str, float]) -> None:
+    recorded = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    recorded |= {name: round(s, 1) for name, s in file_seconds.items()}
+    ordered = dict(sorted(recorded.items(), key=lambda kv: -kv[1]))
+    tmp = DURATIONS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ordered, indent=1) + "\n")
+    tmp.replace(DURATIONS)
 
 
 def console_script(name: str) -> str:

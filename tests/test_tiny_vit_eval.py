@@ -6,26 +6,26 @@ and from its export (settings given)."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
-from conftest import console_script
+from conftest import call_main, train_in_process
 from lite_medsam_helpers import lite_medsam_path, stardist_nuclei
 from PIL import Image
 from test_eval_cli import last_validation
+
+from sam_train.cli import eval as eval_cli
+from sam_train.cli import prep as prep_cli
 
 CLICKS = 3
 MAX_MASKS = 6
 
 
-def run(name: str, *args, cwd) -> subprocess.CompletedProcess:
-    res = subprocess.run(
-        [console_script(name), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res
+def run(main, *args) -> None:
+    """A tool's `main(ARGS)` in this process (the console scripts' own smoke tests start them
+    as a user does), which must exit 0."""
+    res = call_main(main, list(args))
+    assert res.returncode in (0, None), res.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,8 @@ def nuclei_shards(tmp_path_factory):
         for kind, arr in (("images", rgb), ("masks", labels.astype(np.uint8))):
             (root / split / kind).mkdir(parents=True)
             Image.fromarray(arr[y : y + 128, x : x + 128]).save(root / split / kind / "n.png")
-        run("sam-prep", "masks", "--images", root / split / "images", "--masks",
-            root / split / "masks", "--no-progress", root / "shards" / split, cwd=root)  # fmt: skip
+        run(prep_cli.main, "masks", "--images", root / split / "images", "--masks",
+            root / split / "masks", "--no-progress", root / "shards" / split)  # fmt: skip
     return root / "shards"
 
 
@@ -52,13 +52,12 @@ def test_sam_eval_of_a_lite_medsam_fine_tune_gives_its_validation_figures(nuclei
         "data.num_workers=0",
     ]
     run_dir = tmp_path / "run"
-    run("sam-train", "stage=sam", "model=lite_medsam", f"model.init_from={lite_medsam_path()}",
+    train_in_process(["stage=sam", "model=lite_medsam", f"model.init_from={lite_medsam_path()}",
         *data, "data.batch_size=1", "data.samples_per_epoch=1", "trainer.max_epochs=1",
         "model.freeze=[image_encoder,prompt_encoder]", "stage.module.max_masks_per_image=4",
         "stage.module.interactive.num_click_rounds=0", f"stage.module.val_max_masks={MAX_MASKS}",
         f"stage.module.val_max_clicks={CLICKS}", "logger=csv", "seed=3",
-        "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run_dir}",
-        cwd=tmp_path)  # fmt: skip
+        "callbacks.progress_bar.refresh_rate=0"], run_dir)  # fmt: skip
     trained = last_validation(run_dir / "csv" / "metrics.csv")
     same = [k for k in trained if k.startswith("miou_")]
     assert {"miou_point_confident", "miou_box", f"miou_click_{CLICKS}"} <= set(same)
@@ -70,8 +69,8 @@ def test_sam_eval_of_a_lite_medsam_fine_tune_gives_its_validation_figures(nuclei
         (run_dir / "export" / "sam.safetensors", given),  # an export carries no settings
     ):
         out = tmp_path / f"eval_{ckpt.suffix[1:]}"
-        run("sam-eval", ckpt, *data, "eval.tasks=[point,box,clicks]", *settings,
-            f"eval.out_dir={out}", cwd=tmp_path)  # fmt: skip
+        run(eval_cli.main, ckpt, *data, "eval.tasks=[point,box,clicks]", *settings,
+            f"eval.out_dir={out}", f"hydra.run.dir={out}_hydra")  # fmt: skip
         figures = json.loads((out / "eval.json").read_text())["figures"]
         for name in same:
             assert figures[name] == pytest.approx(trained[name], abs=1e-5), (ckpt.name, name)
