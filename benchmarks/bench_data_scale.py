@@ -10,12 +10,14 @@ sample). Readers, each in this process (= one loader worker), 1 torch thread, co
 alternating after a warm-up, median of `--reps`, in wall time and in CPU seconds of the
 reading process (steadier on a loaded machine; the HTTP server runs in its own process): stage 2 = `SamSamplePrep` at 1024 px with at
 most 64 masks, collated to SamBatch, batch 4; stage 1 = MAE RandomResizedCrop to 224, batch 32.
-Prints a table and a JSON line.
+Before them, the cost of opening one shard and reading it through (local file, HTTP as the
+readers open it, fsspec's HTTP stream). Prints a table and a JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import socket
 import subprocess
@@ -128,6 +130,43 @@ def readers(shards: Path, base: str, stage: str, samples: int) -> dict:
     return {name: partial(lambda s: sum(1 for _ in s), s) for name, s in streams.items()}
 
 
+def shard_costs(shards: Path, base: str, reps: int) -> dict[str, dict]:
+    """ms of wall and CPU to open one shard and read it to the end, 10 KB at a time as the
+    tar reader does: from the local file, over HTTP as the readers open it
+    (`remote.open_shard`), and through fsspec's HTTP stream read a megabyte at a time (how
+    `http://` was read before run 6), each over all shards, alternating, `reps` x 4 times."""
+    import fsspec
+
+    from sam_train.data.remote import open_shard
+
+    def fsspec_stream(url: str):
+        return io.BufferedReader(fsspec.open(url, "rb", block_size=0).open(), 1 << 20)
+
+    names = sorted(p.name for p in shards.glob("*.tar"))
+    openers = {
+        "local file": lambda n: open(shards / n, "rb"),
+        "http (open_shard)": lambda n: open_shard(f"{base}/{n}"),
+        "http (fsspec stream)": lambda n: fsspec_stream(f"{base}/{n}"),
+    }
+
+    def read_all(opener) -> None:
+        for name in names:
+            with opener(name) as f:
+                while f.read(10240):
+                    pass
+
+    contenders = {k: partial(read_all, v) for k, v in openers.items()}
+    times = interleaved_cpu(contenders, 4 * reps, 1)
+    return {
+        k: {
+            "wall_ms": 1e3 * median([w for w, _ in ts]) / len(names),
+            "cpu_ms": 1e3 * median([c for _, c in ts]) / len(names),
+            "cpu_spread": spread([c for _, c in ts]),
+        }
+        for k, ts in times.items()
+    }
+
+
 def interleaved_cpu(contenders: dict, reps: int, warmup: int) -> dict[str, list[tuple]]:
     """(wall s, CPU s of this process) per call of each contender, alternating (order reversed
     every round). CPU seconds are what a dedicated core would spend: on a loaded machine they
@@ -176,6 +215,7 @@ def main() -> None:
             "shard_bytes_per_sample": shard_bytes / manifest["total"],
         }
         with serve(root / "shards") as base:
+            out["shard_costs"] = shard_costs(root / "shards", base, a.reps)
             rows = []
             for stage, samples in (("sam", 24), ("mae", 128)):
                 out["load"].append(load_average())
@@ -206,6 +246,11 @@ def main() -> None:
         f"{c['source_bytes_per_image'] / 1e6:.2f} MB in, {c['shard_bytes_per_sample'] / 1e6:.3f} "
         "MB per sample out"
     )
+    for name, cost in out["shard_costs"].items():
+        print(
+            f"one shard, {name:20}: {cost['wall_ms']:6.2f} ms wall, {cost['cpu_ms']:6.2f} ms CPU "
+            f"(spread {cost['cpu_spread']:.0%})"
+        )
     head = f"{'stage':6} {'reader':18} {'samples/s':>10} {'vs local':>9} {'spread':>7}"
     print(head + f" {'per CPU s':>10} {'vs local':>9} {'spread':>7}")
     for r in rows:

@@ -4,6 +4,7 @@ failures are retried with back-off; a scheme without its package is one line."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 
 import pytest
@@ -182,19 +183,53 @@ def test_both_stages_train_from_http_and_pipe_curl_past_a_missing_and_a_corrupt_
     assert "val/piped/miou_box" in sam_metrics
 
 
-def test_an_http_stream_is_read_ahead_in_large_requests(tmp_path, monkeypatch):
-    """A tar reader asks for 10 KB at a time; each read of fsspec's HTTP stream is a round trip
-    to its event-loop thread, so the stream is read a megabyte at a time underneath, and
-    the bytes come out unchanged."""
-    from fsspec.implementations.http import HTTPStreamFile
+def test_an_http_shard_is_one_get_read_a_megabyte_at_a_time(tmp_path, monkeypatch):
+    """No HEAD or range requests; the tar reader's 10 KB reads come from a buffer filled by
+    large reads of the response, and the bytes come out unchanged."""
+    import http.client
 
     payload = bytes(range(256)) * (3 * 4096)  # 3 MB
     (tmp_path / "blob.bin").write_bytes(payload)
     calls = []
-    read = HTTPStreamFile.read
-    monkeypatch.setattr(HTTPStreamFile, "read", lambda self, n=-1: calls.append(n) or read(self, n))
-    with serve_folder(tmp_path) as (base, _):
+    readinto = http.client.HTTPResponse.readinto
+    monkeypatch.setattr(
+        http.client.HTTPResponse, "readinto", lambda self, b: calls.append(1) or readinto(self, b)
+    )
+    with serve_folder(tmp_path) as (base, hits):
         with remote.open_remote(f"{base}/blob.bin") as f:
-            chunks = iter(lambda: f.read(10240), b"")
-            assert b"".join(chunks) == payload
-    assert len(payload) // 10240 > 300 and len(calls) < 40, len(calls)
+            assert b"".join(iter(lambda: f.read(10240), b"")) == payload
+    assert dict(hits) == {"blob.bin": 1}
+    assert len(payload) // 10240 > 300 and len(calls) < 10, len(calls)
+
+
+def test_a_missing_http_shard_is_one_line_and_not_retried(served):
+    with serve_folder(served) as (base, hits):
+        with pytest.raises(RemoteError) as err:
+            remote.open_remote(f"{base}/shards/gone.tar")
+        assert remote.read_text(f"{base}/shards/gone.json") is None
+    assert str(err.value) == f"{base}/shards/gone.tar: cannot be opened (not found: HTTP 404)"
+    assert hits["shards/gone.tar"] == 1
+
+
+def test_a_body_cut_short_is_a_shard_error_not_a_shorter_shard(served, caplog):
+    """The server promises the whole shard but closes after its first sample's files: read
+    through, that is a valid tar of one sample, so only the Content-Length can tell."""
+    import tarfile
+
+    name = "shards/shard-000001.tar"
+    with tarfile.open(served / name) as tar:
+        members = tar.getmembers()
+    second = next(m for m in members if m.name.split(".")[0] != members[0].name.split(".")[0])
+    with serve_folder(served, cut={name: second.offset}) as (base, _):
+        counter = SkipCounter()
+        keys = keys_of([f"{base}/{name}"], counter)
+    assert len(keys) <= 1 and counter.as_dict()["shard_error"] == 1  # of 3 samples
+    assert "shard-000001.tar: connection closed" in caplog.text
+
+
+def test_user_and_password_in_an_http_url_are_basic_auth(served):
+    with serve_folder(served) as (base, hits):
+        url = base.replace("http://", "http://me:p%40ss@") + "/shards/manifest.json"
+        assert '"total"' in remote.read_text(url)
+    token = base64.b64encode(b"me:p@ss").decode()
+    assert hits[f"Authorization Basic {token}"] == 1 and hits["shards/manifest.json"] == 1
