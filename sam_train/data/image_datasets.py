@@ -69,12 +69,13 @@ class ImageFolderDataset(Dataset):
 
 
 class PhotoCropsDataset(Dataset):
-    """`samples_per_epoch` transformed views of a few in-memory photos (cycled in order)."""
+    """`samples_per_epoch` transformed views of a few in-memory photos (cycled in order):
+    PIL images or uint8 tensors [3, H, W], whichever `transform` takes."""
 
     def __init__(
         self,
-        photos: Sequence[Image.Image],
-        transform: Callable[[Image.Image], torch.Tensor],
+        photos: Sequence[Image.Image | torch.Tensor],
+        transform: Callable[[Image.Image | torch.Tensor], torch.Tensor],
         samples_per_epoch: int,
     ) -> None:
         if not photos:

@@ -9,6 +9,7 @@ from typing import ClassVar
 import lightning as L
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from sam_train.data.image_datasets import ImageFolderDataset, PhotoCropsDataset, list_images
 from sam_train.data.machine import fit_pin_memory, fit_workers
@@ -113,7 +114,9 @@ def sample_datamodule(
         raise ValueError(
             f"data.val_photos names unknown photos {sorted(unknown)}; have {sorted(photos)}"
         )
-    train = [im for name, im in photos.items() if name not in val_photos]
+    # training photos as uint8 tensors [3, H, W], converted once: crops are cut and resized
+    # with torch ops, no PIL image per sample (validation keeps PIL: two fixed views)
+    train = [pil_to_tensor(im) for name, im in photos.items() if name not in val_photos]
     val = [photos[name] for name in val_photos]
     return MaeDataModule(
         PhotoCropsDataset(train, MaeTrainTransform(img_size, crop_scale), samples_per_epoch),

@@ -34,12 +34,14 @@ def dist_rank_world() -> tuple[int, int]:
 
 @contextmanager
 def seeded(seed: int | None):
-    """Run a block with the global torch RNG seeded (restored afterwards); no-op for None."""
+    """Run a block with torch's global CPU generator seeded (restored afterwards); no-op for
+    None. Only the CPU generator: transforms draw from it, and `torch.manual_seed` would also
+    queue a CUDA seeding (with a stack trace) on every call, a third of a millisecond each."""
     if seed is None:
         yield
         return
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         yield
 
 
