@@ -93,7 +93,7 @@ def test_one_module_takes_each_path_by_matrix_size(monkeypatch):
         _assert_matches_reference(attn, x, hw)
 
 
-def test_default_limit_folds_only_the_global_blocks_at_1024():
+def test_default_limit_folds_the_1024_encoder_and_not_the_small_grids():
     """The default rule on the SAM encoders' real shapes (expanded views: no memory)."""
 
     def q(b: int, nh: int, n: int) -> torch.Tensor:
@@ -101,7 +101,9 @@ def test_default_limit_folds_only_the_global_blocks_at_1024():
 
     assert not dense_bias_fits(q(1, 12, 64 * 64))  # sam_vit_b 1024, global: 805 MB
     assert not dense_bias_fits(q(1, 3, 64 * 64))  # sam_vit_tiny 1024, global: 201 MB
-    assert dense_bias_fits(q(25, 12, 14 * 14))  # sam_vit_b 1024, 25 windows: 46 MB
+    assert not dense_bias_fits(q(25, 12, 14 * 14))  # sam_vit_b 1024, 25 windows: 46 MB
+    assert dense_bias_fits(q(9, 12, 14 * 14))  # sam_vit_b 512, 9 windows: 17 MB
+    assert dense_bias_fits(q(1, 3, 32 * 32))  # sam_vit_tiny 512, global: 13 MB
     assert dense_bias_fits(q(1, 3, 16 * 16))  # sam_vit_tiny 256, global
     assert dense_bias_fits(q(4, 3, 14 * 14))  # sam_vit_tiny 256, 4 windows
     assert not dense_bias_fits(q(2, 12, 14 * 14), max_bytes=0)

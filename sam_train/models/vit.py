@@ -177,14 +177,13 @@ def explicit_attention(
 
 # Largest [B, nh, N, N] attention matrix (bytes, one call) that the CPU computes explicitly with
 # the dense relative-position bias; above it the bias is folded into q and k (`fold_rel_pos`).
-# Measured on a 2-core EPYC in fp32 (benchmarks/README.md, attention table): the explicit path
-# is the faster one at every size (0.6-0.7x of the fold's time for 14 x 14 windows and 16 x 16
-# grids, ~0.85-0.9x for 64 x 64), but it stores every matrix for the backward: 805 MB per image
-# in a global block of the 1024-px ViT-B encoder (the fold stores 0.18 GB), where a 14 x 14
-# window batch of the same encoder (46 MB) stores about what the fold does. 64 MiB keeps the
-# windows of batch-1 1024-px ViT-B and every block of the small grids explicit, and the global
-# blocks at 1024 px folded.
-DENSE_BIAS_MAX_BYTES = 64 * 2**20
+# Measured in fp32, 1 thread (`benchmarks/bench_attention.py`, benchmarks/README.md): explicit
+# trains in ~0.85x of the fold's time in the 16 x 16 grid and the 4 windows of sam_vit_tiny at
+# 256 px (0.8 / 1.8 MB), ties in the 25 windows of 14 x 14 of ViT-B at 1024 px (46 MB: 1.02x,
+# with 20% more peak memory), and in a global block at 1024 px (805 MB) is faster (0.7x) but
+# stores every matrix for the backward, 2.5 GB of peak against the fold's 0.37 GB. 32 MiB keeps
+# the small grids explicit and the 1024-px encoder folded throughout.
+DENSE_BIAS_MAX_BYTES = 32 * 2**20
 
 
 def dense_bias_fits(q: torch.Tensor, max_bytes: int = DENSE_BIAS_MAX_BYTES) -> bool:
@@ -197,13 +196,13 @@ def dense_bias_fits(q: torch.Tensor, max_bytes: int = DENSE_BIAS_MAX_BYTES) -> b
 class Attention(nn.Module):
     """Multi-head self-attention; with relative positions, one of two exact formulations per call.
 
-    - Small [N, N] matrices on the CPU (`dense_bias_fits`: at most `dense_bias_max_bytes` for
-      B * nh * N * N in one call: windowed blocks, 16 x 16 or 32 x 32 grids): `explicit_attention`
-      with the dense bias of `decomposed_rel_pos_bias`, the faster path on the CPU.
-    - Larger ones (global blocks of the 1024-px encoder), and every call on other devices: the
-      bias folded into the dot product (`fold_rel_pos`) and the fused
-      `F.scaled_dot_product_attention`: O(N) memory, no [N, N] matrix stored, 3x the
-      attention-product work in a 64 x 64 grid.
+    - Small [N, N] matrices on the CPU (`dense_bias_fits`: B * nh * N * N * 4 bytes at most
+      `dense_bias_max_bytes` in one call, e.g. every block of sam_vit_tiny at 256 or 512 px):
+      `explicit_attention` with the dense bias of `decomposed_rel_pos_bias`, the faster path.
+    - Larger ones (every block of the 1024-px ViT-B encoder, 46 MB for its windows, 805 MB for a
+      global block), and every call off the CPU: the bias folded into the dot product
+      (`fold_rel_pos`) and the fused `F.scaled_dot_product_attention`: no [N, N] matrix stored,
+      3x the attention-product work in a 64 x 64 grid.
     Under CPU bf16 autocast it always runs `explicit_attention` (the bf16 units make the products
     cheap). Without relative positions: `F.scaled_dot_product_attention`.
 
