@@ -197,8 +197,9 @@ class Attention(nn.Module):
     """Multi-head self-attention; with relative positions, one of two exact formulations per call.
 
     - Small [N, N] matrices on the CPU (`dense_bias_fits`: B * nh * N * N * 4 bytes at most
-      `dense_bias_max_bytes` in one call, e.g. every block of sam_vit_tiny at 256 or 512 px):
-      `explicit_attention` with the dense bias of `decomposed_rel_pos_bias`, the faster path.
+      `dense_bias_max_bytes` in one call, e.g. every block of sam_vit_tiny at 256 or 512 px,
+      batch 1): `explicit_attention` with the dense bias of `decomposed_rel_pos_bias`, the
+      faster path.
     - Larger ones (every block of the 1024-px ViT-B encoder, 46 MB for its windows, 805 MB for a
       global block), and every call off the CPU: the bias folded into the dot product
       (`fold_rel_pos`) and the fused `F.scaled_dot_product_attention`: no [N, N] matrix stored,
