@@ -1,22 +1,27 @@
-"""SAM image-encoder attention with decomposed relative positions: three formulations.
+"""SAM image-encoder attention with decomposed relative positions: four formulations.
 
     python benchmarks/bench_attention.py [--reps 3] [--json out.json]
 
 - `dense bias`: the [B, nh, N, N] relative-position bias built and passed to
-  `F.scaled_dot_product_attention` as an additive mask (our previous code);
-- `folded` (ours, the default): the bias folded into the dot product, q' = [q*scale, q.R_h,
-  q.R_w], k' = [k, onehot(row), onehot(col)], SDPA with scale 1 (`sam_train.models.vit.fold_rel_pos`);
+  `F.scaled_dot_product_attention` as an additive mask (our code before the fold);
+- `folded`: the bias folded into the dot product, q' = [q*scale, q.R_h, q.R_w],
+  k' = [k, onehot(row), onehot(col)], SDPA with scale 1 (`sam_train.models.vit.fold_rel_pos`;
+  our `Attention` with `dense_bias_max_bytes=0`);
+- `ours`: our `Attention` as built by default: explicit products with the dense bias where the
+  call's [B, nh, N, N] matrix is at most `vit.DENSE_BIAS_MAX_BYTES`, folded above;
 - `official`: `segment_anything.modeling.image_encoder.Attention` (explicit q @ k^T, bias
   added, softmax, @ v).
 
-Same weights in all three (outputs compared before timing). Cases: one global block of the
-1024-px ViT-B encoder (64 x 64 tokens, width 768, 12 heads, batch 1) and one windowed block
-(the same grid as 25 windows of 14 x 14 after padding to 70 x 70). Modes: `forward`
+Same weights in all four (outputs compared before timing). Cases: one global block of the
+1024-px ViT-B encoder (64 x 64 tokens, width 768, 12 heads, batch 1), one windowed block (the
+same grid as 25 windows of 14 x 14 after padding to 70 x 70), and the two blocks of the 256-px
+sam_vit_tiny encoder (width 192, 3 heads: global 16 x 16, and 4 windows of 14 x 14 after
+padding to 28 x 28). Modes: `forward`
 (inference, no_grad) and `train` (forward + backward of a scalar of the output).
 Alternating repetitions after warm-up, medians; peak = bytes the CPU allocator holds above
 the start (`common.peak_cpu_bytes`). FLOP/s counts the useful work (projections, the two
 attention products, the relative-position products) for every formulation; the folded one
-does about 3x the attention-product work for global blocks (head dim 64 -> 64 + 64 + 64).
+does about 3x the attention-product work for global blocks at 1024 (head dim 64 -> 64 + 64 + 64).
 """
 
 from __future__ import annotations
@@ -58,11 +63,12 @@ def build(dim: int, heads: int, side: int, seed: int = 0):
     with torch.no_grad():  # non-zero relative tables, as after training
         official.rel_pos_h.normal_(std=0.02)
         official.rel_pos_w.normal_(std=0.02)
-    folded = Attention(dim, heads, rel_pos_size=side)
+    ours = Attention(dim, heads, rel_pos_size=side)
+    folded = Attention(dim, heads, rel_pos_size=side, dense_bias_max_bytes=0)
     dense = DenseBiasAttention(dim, heads, rel_pos_size=side)
-    folded.load_state_dict(official.state_dict())
-    dense.load_state_dict(official.state_dict())
-    return {"dense bias": dense, "folded": folded, "official": official}
+    for m in (ours, folded, dense):
+        m.load_state_dict(official.state_dict())
+    return {"dense bias": dense, "folded": folded, "ours": ours, "official": official}
 
 
 def case_flops(seqs: int, side: int, dim: int, heads: int) -> float:
@@ -145,8 +151,14 @@ def main() -> None:
     rows += bench_case(
         "window 25x(14x14)", 25, 14, dim, heads, a.reps + 2, a.warmup, peak["flops_per_s"]
     )
+    # sam_vit_tiny at 256 px: a 16 x 16 grid, padded to 28 x 28 = 4 windows of 14 x 14
+    tiny_reps = 4 * a.reps + 3
+    rows += bench_case("tiny global 16x16", 1, 16, 192, 3, tiny_reps, a.warmup, peak["flops_per_s"])
+    rows += bench_case(
+        "tiny window 4x(14x14)", 4, 14, 192, 3, tiny_reps, a.warmup, peak["flops_per_s"]
+    )
     print(
-        f"{'case':18} {'mode':8} {'impl':11} {'s':>8} {'spread':>7} {'vs folded':>9} "
+        f"{'case':21} {'mode':8} {'impl':11} {'s':>8} {'spread':>7} {'vs folded':>9} "
         f"{'FLOP/s':>13} {'of peak':>8} {'peak mem':>10} {'err':>8}"
     )
     for r in rows:
@@ -156,7 +168,7 @@ def main() -> None:
             if x["case"] == r["case"] and x["mode"] == r["mode"] and x["impl"] == "folded"
         )
         print(
-            f"{r['case']:18} {r['mode']:8} {r['impl']:11} {r['s']:8.3f} {r['spread']:7.1%} "
+            f"{r['case']:21} {r['mode']:8} {r['impl']:11} {r['s']:8.3f} {r['spread']:7.1%} "
             f"{r['s'] / folded['s']:8.2f}x {common.fmt_si(r['flops_per_s'], 'FLOP/s'):>13} "
             f"{r['fraction_of_matmul_peak']:8.1%} {common.fmt_si(r['peak_bytes'], 'B'):>10} "
             f"{r['max_abs_err_vs_official']:8.1e}"

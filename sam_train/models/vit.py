@@ -163,22 +163,49 @@ def explicit_attention(
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(hd) + bias) v with plain matrix products (q, k, v [B, nh, N, hd]).
 
-    Under CPU bf16 autocast this is what runs: the products go to the bf16 matmul units,
-    while the CPU's fused SDPA kernel gains little from bf16 and, with relative positions, works
-    on folded q / k / v three times as wide. It keeps each [N, N] attention matrix for the
-    backward (segment-anything's way; `model.grad_checkpointing` gives that memory back)."""
+    It keeps each [N, N] attention matrix for the backward (segment-anything's way), so
+    `Attention` runs it only where that is cheap: under CPU bf16 autocast, where the products
+    go to the bf16 matmul units (the CPU's fused SDPA kernel gains little from bf16 and, with
+    relative positions, works on folded q / k / v three times as wide; `model.grad_checkpointing`
+    gives the memory back), and in fp32 on the CPU for calls whose matrices are small
+    (`dense_bias_fits`)."""
     attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if bias is not None:
         attn = attn + bias
     return attn.softmax(dim=-1).to(v.dtype) @ v
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention through `F.scaled_dot_product_attention`.
+# Largest [B, nh, N, N] attention matrix (bytes, one call) that the CPU computes explicitly with
+# the dense relative-position bias; above it the bias is folded into q and k (`fold_rel_pos`).
+# Measured in fp32, 1 thread (`benchmarks/bench_attention.py`, benchmarks/README.md): explicit
+# trains in ~0.85x of the fold's time in the 16 x 16 grid and the 4 windows of sam_vit_tiny at
+# 256 px (0.8 / 1.8 MB), ties in the 25 windows of 14 x 14 of ViT-B at 1024 px (46 MB: 1.02x,
+# with 20% more peak memory), and in a global block at 1024 px (805 MB) is faster (0.7x) but
+# stores every matrix for the backward, 2.5 GB of peak against the fold's 0.37 GB. 32 MiB keeps
+# the small grids explicit and the 1024-px encoder folded throughout.
+DENSE_BIAS_MAX_BYTES = 32 * 2**20
 
-    With relative positions the bias is folded into the dot product (`fold_rel_pos`) rather
-    than passed as a dense [B, nh, N, N] mask: same result, O(N) memory, fused backward. Under
-    CPU bf16 autocast it runs `explicit_attention` instead (faster there, more memory).
+
+def dense_bias_fits(q: torch.Tensor, max_bytes: int = DENSE_BIAS_MAX_BYTES) -> bool:
+    """True where the attention of `q` [B, nh, N, hd] runs explicitly with the dense bias: a
+    CPU tensor whose [B, nh, N, N] matrix takes at most `max_bytes`."""
+    b, nh, n, _ = q.shape
+    return q.device.type == "cpu" and b * nh * n * n * q.element_size() <= max_bytes
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; with relative positions, one of two exact formulations per call.
+
+    - Small [N, N] matrices on the CPU (`dense_bias_fits`: B * nh * N * N * 4 bytes at most
+      `dense_bias_max_bytes` in one call, e.g. every block of sam_vit_tiny at 256 or 512 px,
+      batch 1): `explicit_attention` with the dense bias of `decomposed_rel_pos_bias`, the
+      faster path.
+    - Larger ones (every block of the 1024-px ViT-B encoder, 46 MB for its windows, 805 MB for a
+      global block), and every call off the CPU: the bias folded into the dot product
+      (`fold_rel_pos`) and the fused `F.scaled_dot_product_attention`: no [N, N] matrix stored,
+      3x the attention-product work in a 64 x 64 grid.
+    Under CPU bf16 autocast it always runs `explicit_attention` (the bf16 units make the products
+    cheap). Without relative positions: `F.scaled_dot_product_attention`.
 
     Args:
         dim: token width.
@@ -186,16 +213,26 @@ class Attention(nn.Module):
         qkv_bias: add a bias to the fused query/key/value projection.
         rel_pos_size: grid side (tokens) the relative-position tables are made for; 0 disables
             relative positions.
+        dense_bias_max_bytes: largest attention matrix (bytes, B * nh * N * N * element size
+            per call) computed explicitly with the dense bias in fp32 on the CPU; 0 folds always.
     """
 
     def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = True, rel_pos_size: int = 0
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        rel_pos_size: int = 0,
+        dense_bias_max_bytes: int = DENSE_BIAS_MAX_BYTES,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        if dense_bias_max_bytes < 0:
+            raise ValueError(f"dense_bias_max_bytes is {dense_bias_max_bytes}; use 0 or more")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.dense_bias_max_bytes = dense_bias_max_bytes
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = rel_pos_size > 0
@@ -209,7 +246,9 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, nh, N, hd)
         if self.use_rel_pos and (hw is None or hw[0] * hw[1] != n):
             raise ValueError("relative positions need the token grid (H, W) with H*W tokens")
-        if cpu_bf16_autocast(x):
+        if cpu_bf16_autocast(x) or (
+            self.use_rel_pos and dense_bias_fits(q, self.dense_bias_max_bytes)
+        ):
             bias = None
             if self.use_rel_pos:
                 bias = decomposed_rel_pos_bias(q, hw, self.rel_pos_h, self.rel_pos_w)
